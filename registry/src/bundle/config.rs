@@ -1,0 +1,356 @@
+//! `bundle.json`: the geometry of the backbone, the adapter, the decoder and the tasks.
+//!
+//! Every struct keeps the keys it does not know in `extra`, so a bundle written by a
+//! newer vmt-hub survives a round trip through an older one (DESIGN §2).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The only bundle format this version reads and writes.
+pub const BUNDLE_FORMAT: &str = "vmt-bundle/1";
+
+/// Geometry (and, when known, provenance) of a Swin backbone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwinGeometry {
+    #[serde(default = "swin_family")]
+    pub family: String,
+    pub embed_dim: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+    pub window_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Where the weights came from: `hf:<repo>`, `dir:<path>` or `random:<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The commit the weights were resolved to (Hugging Face sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `sha256:<hex>` of the weights file (or of the canonical bytes of random weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn swin_family() -> String {
+    "swin".into()
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl SwinGeometry {
+    /// A geometry with no provenance.
+    pub fn new(
+        embed_dim: usize,
+        depths: &[usize],
+        num_heads: &[usize],
+        window_size: usize,
+    ) -> Self {
+        Self {
+            family: swin_family(),
+            embed_dim,
+            depths: depths.to_vec(),
+            num_heads: num_heads.to_vec(),
+            window_size,
+            patch_size: 4,
+            mlp_ratio: 4.0,
+            layer_norm_eps: 1e-5,
+            source: None,
+            revision: None,
+            digest: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Swin-T: embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7.
+    pub fn swin_t() -> Self {
+        Self::new(96, &[2, 2, 6, 2], &[3, 6, 12, 24], 7)
+    }
+
+    /// The geometry of the parity fixtures: embed 32, depths 2-2-2-2, heads 1-2-4-8, window 4.
+    pub fn tiny() -> Self {
+        Self::new(32, &[2, 2, 2, 2], &[1, 2, 4, 8], 4)
+    }
+
+    /// Channels of stage `i`'s feature map.
+    pub fn stage_dims(&self) -> Vec<usize> {
+        (0..self.depths.len())
+            .map(|i| self.embed_dim << i)
+            .collect()
+    }
+
+    /// Hidden width of a block's MLP at `dim` channels.
+    pub fn mlp_hidden(&self, dim: usize) -> usize {
+        (dim as f64 * self.mlp_ratio) as usize
+    }
+
+    /// True when both describe the same network (provenance and unknown keys aside).
+    pub fn same_shape(&self, other: &Self) -> bool {
+        self.embed_dim == other.embed_dim
+            && self.depths == other.depths
+            && self.num_heads == other.num_heads
+            && self.window_size == other.window_size
+            && self.patch_size == other.patch_size
+            && self.mlp_ratio == other.mlp_ratio
+    }
+
+    /// A one-line description such as `embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7`.
+    pub fn describe(&self) -> String {
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
+        };
+        format!(
+            "embed {}, depths {}, heads {}, window {}, patch {}",
+            self.embed_dim,
+            join(&self.depths),
+            join(&self.num_heads),
+            self.window_size,
+            self.patch_size
+        )
+    }
+}
+
+/// VMT-Adapter (own up-projection) or VMT-Adapter-Lite (up = downᵀ, own bias).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdapterKind {
+    #[serde(rename = "vmt")]
+    Vmt,
+    #[serde(rename = "vmt-lite")]
+    VmtLite,
+}
+
+impl std::str::FromStr for AdapterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vmt" => Ok(Self::Vmt),
+            "vmt-lite" => Ok(Self::VmtLite),
+            _ => Err(format!("unknown adapter kind {s:?} (expected vmt or vmt-lite)")),
+        }
+    }
+}
+
+/// The shared adapter's hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterConfig {
+    pub kind: AdapterKind,
+    /// Bottleneck of stage i is `max(1, C_i / reduction)`.
+    pub reduction: usize,
+    /// `s` in `x = x1 + MLP(h) + s * a`.
+    pub scale: f64,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl AdapterConfig {
+    pub fn new(kind: AdapterKind, reduction: usize, scale: f64) -> Self {
+        Self {
+            kind,
+            reduction,
+            scale,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn bottleneck(&self, dim: usize) -> usize {
+        (dim / self.reduction.max(1)).max(1)
+    }
+}
+
+/// Width of every task decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    /// D: channels of each stage after its lateral projection.
+    pub dim: usize,
+    /// Channels after fusing the four stages.
+    pub hidden: usize,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl DecoderConfig {
+    pub fn new(dim: usize, hidden: usize) -> Self {
+        Self {
+            dim,
+            hidden,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// What a task predicts, which fixes its loss and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Segmentation,
+    Saliency,
+    Normals,
+    Depth,
+}
+
+impl TaskKind {
+    /// Output channels a task of this kind must have, where fixed.
+    pub fn fixed_channels(self) -> Option<usize> {
+        match self {
+            TaskKind::Segmentation => None,
+            TaskKind::Saliency | TaskKind::Depth => Some(1),
+            TaskKind::Normals => Some(3),
+        }
+    }
+}
+
+impl std::str::FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "segmentation" => Ok(Self::Segmentation),
+            "saliency" => Ok(Self::Saliency),
+            "normals" => Ok(Self::Normals),
+            "depth" => Ok(Self::Depth),
+            _ => Err(format!(
+                "unknown task kind {s:?} (expected segmentation, saliency, normals or depth)"
+            )),
+        }
+    }
+}
+
+/// One task: its name (used in tensor names), kind and output channels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub kind: TaskKind,
+    pub channels: usize,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl TaskSpec {
+    pub fn new(name: &str, kind: TaskKind, channels: usize) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            channels,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// The whole `bundle.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleConfig {
+    pub format: String,
+    pub backbone: SwinGeometry,
+    pub adapter: AdapterConfig,
+    pub decoder: DecoderConfig,
+    pub tasks: Vec<TaskSpec>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl BundleConfig {
+    pub fn new(
+        backbone: SwinGeometry,
+        adapter: AdapterConfig,
+        decoder: DecoderConfig,
+        tasks: Vec<TaskSpec>,
+    ) -> Self {
+        Self {
+            format: BUNDLE_FORMAT.into(),
+            backbone,
+            adapter,
+            decoder,
+            tasks,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn task(&self, name: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// Checks what serde cannot: the format, the task names and channel counts.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format != BUNDLE_FORMAT {
+            return Err(format!(
+                "unknown format {:?} (this vmt-hub reads {BUNDLE_FORMAT:?})",
+                self.format
+            ));
+        }
+        let g = &self.backbone;
+        if g.family != "swin" {
+            return Err(format!("backbone.family is {:?}, expected \"swin\"", g.family));
+        }
+        if g.depths.is_empty() || g.depths.len() != g.num_heads.len() {
+            return Err(format!(
+                "backbone.depths ({:?}) and backbone.num_heads ({:?}) must be non-empty and of equal length",
+                g.depths, g.num_heads
+            ));
+        }
+        for (i, (&c, &h)) in g.stage_dims().iter().zip(&g.num_heads).enumerate() {
+            if h == 0 || c % h != 0 {
+                return Err(format!(
+                    "backbone.num_heads[{i}] = {h} does not divide the stage's {c} channels"
+                ));
+            }
+        }
+        if g.window_size == 0 || g.patch_size == 0 || g.embed_dim == 0 {
+            return Err("backbone.window_size, patch_size and embed_dim must be positive".into());
+        }
+        if self.adapter.reduction == 0 {
+            return Err("adapter.reduction must be positive".into());
+        }
+        if self.decoder.dim == 0 || self.decoder.hidden == 0 {
+            return Err("decoder.dim and decoder.hidden must be positive".into());
+        }
+        if self.tasks.is_empty() {
+            return Err("tasks is empty: a bundle needs at least one task".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tasks {
+            validate_task_name(&t.name)?;
+            if !seen.insert(&t.name) {
+                return Err(format!("task {:?} appears twice", t.name));
+            }
+            if t.channels == 0 {
+                return Err(format!("task {:?} has 0 channels", t.name));
+            }
+            if let Some(c) = t.kind.fixed_channels() {
+                if t.channels != c {
+                    return Err(format!(
+                        "task {:?} is {:?} and must have {c} channel(s), not {}",
+                        t.name, t.kind, t.channels
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Task names become part of tensor and component names: keep them simple.
+pub fn validate_task_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "task name {name:?} must start with a-z and use only a-z, 0-9, '_' and '-' (at most 64)"
+        ))
+    }
+}

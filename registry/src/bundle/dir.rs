@@ -1,0 +1,189 @@
+//! The exported bundle directory: `bundle.json` + `adapter.safetensors` (DESIGN §2).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::Dtype;
+
+pub use crate::safetensors_canon::RawTensor;
+
+use super::config::BundleConfig;
+use super::layout::{bundle_tensors, component_of};
+use crate::error::{Error, Result};
+use crate::safetensors_canon::{canonical_bytes, parse};
+
+pub const CONFIG_FILE: &str = "bundle.json";
+pub const TENSORS_FILE: &str = "adapter.safetensors";
+
+/// A bundle in memory: its config and every tensor, checked against each other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleDir {
+    pub config: BundleConfig,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+/// Reads and validates `bundle.json` (format, tasks, geometry).
+pub fn read_config(path: &Path) -> Result<BundleConfig> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::MissingFile {
+            path: path.into(),
+            what: "a bundle directory needs bundle.json",
+        },
+        _ => Error::io(path, e),
+    })?;
+    parse_config(&bytes, path)
+}
+
+/// Parses and validates bundle.json bytes; `origin` names the file in errors.
+pub fn parse_config(bytes: &[u8], origin: &Path) -> Result<BundleConfig> {
+    // Look at `format` first so an unknown format is reported as such, not as a
+    // missing field of the format we know.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Json {
+        path: origin.into(),
+        source: e,
+    })?;
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(super::BUNDLE_FORMAT) => {}
+        other => {
+            return Err(Error::BadBundle {
+                path: origin.into(),
+                reason: format!(
+                    "unknown format {:?} (this vmt-hub reads {:?})",
+                    other.unwrap_or("<none>"),
+                    super::BUNDLE_FORMAT
+                ),
+            })
+        }
+    }
+    let config: BundleConfig = serde_json::from_value(value).map_err(|e| Error::Json {
+        path: origin.into(),
+        source: e,
+    })?;
+    config.validate().map_err(|reason| Error::BadBundle {
+        path: origin.into(),
+        reason,
+    })?;
+    Ok(config)
+}
+
+impl BundleDir {
+    /// Checks that `tensors` are exactly the bundle's tensors, F32, with the right shapes.
+    pub fn new(
+        config: BundleConfig,
+        tensors: BTreeMap<String, RawTensor>,
+        origin: &Path,
+    ) -> Result<Self> {
+        check_tensors(&config, &tensors, origin)?;
+        Ok(Self { config, tensors })
+    }
+
+    /// Reads an exported directory; every problem names the file and the tensor.
+    pub fn read(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: dir.into(),
+                what: "not a bundle directory",
+            });
+        }
+        let config = read_config(&dir.join(CONFIG_FILE))?;
+        let tpath = dir.join(TENSORS_FILE);
+        let bytes = std::fs::read(&tpath).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingFile {
+                path: tpath.clone(),
+                what: "a bundle directory needs adapter.safetensors",
+            },
+            _ => Error::io(&tpath, e),
+        })?;
+        let tensors = parse(&bytes, &tpath)?;
+        Self::new(config, tensors, &tpath)
+    }
+
+    /// Writes `bundle.json` (pretty, stable key order) and canonical `adapter.safetensors`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = self.config_json_pretty();
+        write_file(&dir.join(CONFIG_FILE), json.as_bytes())?;
+        write_file(&dir.join(TENSORS_FILE), &canonical_bytes(&self.tensors))
+    }
+
+    pub fn config_json_pretty(&self) -> String {
+        let mut s = serde_json::to_string_pretty(&self.config).expect("config serialises");
+        s.push('\n');
+        s
+    }
+
+    /// The tensors of one component (`shared` or `task/<name>`).
+    pub fn component_tensors(&self, component: &str) -> BTreeMap<String, RawTensor> {
+        self.tensors
+            .iter()
+            .filter(|(name, _)| component_of(name).as_deref() == Some(component))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    }
+
+    /// Component names in a stable order: `shared`, then the tasks in config order.
+    pub fn components(&self) -> Vec<String> {
+        std::iter::once(super::SHARED_COMPONENT.to_string())
+            .chain(
+                self.config
+                    .tasks
+                    .iter()
+                    .map(|t| super::task_component(&t.name)),
+            )
+            .collect()
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The bundle must hold exactly the tensors its config implies.
+pub fn check_tensors(
+    config: &BundleConfig,
+    tensors: &BTreeMap<String, RawTensor>,
+    origin: &Path,
+) -> Result<()> {
+    let file = PathBuf::from(origin);
+    let specs = bundle_tensors(config);
+    for spec in &specs {
+        let t = tensors.get(&spec.name).ok_or_else(|| Error::MissingTensor {
+            file: file.clone(),
+            name: spec.name.clone(),
+        })?;
+        if t.dtype != Dtype::F32 {
+            return Err(Error::NotF32 {
+                file: file.clone(),
+                name: spec.name.clone(),
+                found: format!("{:?}", t.dtype),
+            });
+        }
+        if t.shape != spec.shape {
+            return Err(Error::ShapeMismatch {
+                file: file.clone(),
+                name: spec.name.clone(),
+                expected: spec.shape.clone(),
+                found: t.shape.clone(),
+            });
+        }
+    }
+    if tensors.len() != specs.len() {
+        let known: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(name) = tensors.keys().find(|n| !known.contains(n.as_str())) {
+            let reason = match component_of(name) {
+                None => "names start with adapter. or tasks.<task>.".to_string(),
+                Some(c) if c.starts_with("task/") && config.task(&c[5..]).is_none() => {
+                    format!("bundle.json has no task {:?}", &c[5..])
+                }
+                Some(_) => "bundle.json's geometry implies no such tensor".to_string(),
+            };
+            return Err(Error::UnexpectedTensor {
+                file,
+                name: name.clone(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}

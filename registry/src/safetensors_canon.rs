@@ -1,0 +1,89 @@
+//! Canonical safetensors bytes: tensors sorted by name, one fixed `__metadata__` entry,
+//! no timestamps. The same tensors always give the same bytes, hence the same digest.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, View};
+
+use crate::error::{Error, Result};
+
+/// The only metadata entry written (what PyTorch's `save_file` writes too).
+pub const METADATA: (&str, &str) = ("format", "pt");
+
+/// A tensor as bytes: what the registry moves around without knowing any maths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes.
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// An F32 tensor from its values.
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), values.len());
+        Self {
+            dtype: Dtype::F32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values of an F32 tensor.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Serialises `tensors` canonically. Bundle tensors are all F32, so the safetensors
+/// crate's (dtype, name) order is the name order.
+pub fn canonical_bytes(tensors: &BTreeMap<String, RawTensor>) -> Vec<u8> {
+    let metadata = HashMap::from([(METADATA.0.to_string(), METADATA.1.to_string())]);
+    safetensors::serialize(tensors.iter(), Some(metadata))
+        .expect("serialising tensors whose lengths match their shapes")
+}
+
+/// Parses safetensors bytes into raw tensors; `origin` names the file in errors.
+pub fn parse(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, RawTensor>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::NotSafetensors {
+        path: origin.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let t = RawTensor {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
+            (name, t)
+        })
+        .collect())
+}

@@ -1,0 +1,354 @@
+//! Where backbones come from: a local directory (`config.json` + `model.safetensors`,
+//! Hugging Face or timm/Microsoft names) or a built-in seeded random Swin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde_json::Value;
+use vmt_registry::bundle::{SwinGeometry, RawTensor};
+use vmt_registry::Digest;
+
+use super::error::{ModelError, Result};
+use super::swin::{self, Swin};
+use super::tensors::{to_raw, NamedTensors};
+
+/// The built-in random backbones: name, geometry and seed.
+pub const RANDOM_BACKBONES: &[&str] = &["random:tiny", "random:swin-t"];
+
+/// A loaded backbone and where it came from.
+#[derive(Debug, Clone)]
+pub struct Backbone {
+    pub swin: Arc<Swin>,
+    /// `dir:<path>`, `hf:<repo>` or `random:<name>`.
+    pub source: String,
+    pub revision: Option<String>,
+    /// `sha256:<hex>` of the weights file (of canonical bytes for random weights).
+    pub digest: String,
+}
+
+impl Backbone {
+    /// Loads `spec`: `random:tiny`, `random:swin-t` or a directory.
+    pub fn load(spec: &str, device: &Device) -> Result<Self> {
+        if spec.starts_with("random:") {
+            return random_backbone(spec, device);
+        }
+        let dir = Path::new(spec);
+        if dir.is_dir() {
+            return load_dir(dir, device);
+        }
+        Err(ModelError::bad_input(
+            format!("backbone {spec:?}"),
+            format!(
+                "not a directory with config.json and model.safetensors, nor one of {}",
+                RANDOM_BACKBONES.join(", ")
+            ),
+        ))
+    }
+
+    pub fn is_random(&self) -> bool {
+        self.source.starts_with("random:")
+    }
+
+    /// The geometry with this backbone's provenance, as recorded in bundles.
+    pub fn geometry_with_provenance(&self) -> SwinGeometry {
+        let mut g = self.swin.geometry.clone();
+        g.source = Some(self.source.clone());
+        g.revision = self.revision.clone();
+        g.digest = Some(self.digest.clone());
+        g
+    }
+
+    /// Refuses a backbone whose weights differ from those a bundle was trained on.
+    pub fn check_matches(&self, recorded: &SwinGeometry) -> Result<()> {
+        if let Some(want) = &recorded.digest {
+            if want != &self.digest {
+                return Err(ModelError::BackboneMismatch(format!(
+                    "the bundle was trained on backbone {} with weights {want}, but {} has weights {}",
+                    recorded.source.as_deref().unwrap_or("<unknown>"),
+                    self.source,
+                    self.digest
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters of the backbone (no classifier, no index buffers).
+    pub fn parameter_count(&self) -> usize {
+        swin::parameter_count(&self.swin.geometry)
+    }
+}
+
+/// Reads a local directory with `config.json` and `model.safetensors`.
+pub fn load_dir(dir: &Path, device: &Device) -> Result<Backbone> {
+    let geometry = read_config(&dir.join("config.json"))?;
+    let weights_path = dir.join("model.safetensors");
+    if !weights_path.is_file() {
+        return Err(ModelError::bad_input(
+            weights_path.display().to_string(),
+            "missing: a backbone directory needs model.safetensors",
+        ));
+    }
+    let raw = NamedTensors::load(&weights_path, device)?;
+    let weights = canonical_names(raw)?;
+    let swin = Swin::new(&weights, &geometry, device)?;
+    let digest = Digest::of_file(&weights_path)
+        .map_err(|e| ModelError::bad_input(weights_path.display().to_string(), e.to_string()))?;
+    let source = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Ok(Backbone {
+        swin: Arc::new(swin),
+        source: format!("dir:{}", source.display()),
+        revision: None,
+        digest: digest.to_string(),
+    })
+}
+
+/// Parses a Hugging Face `SwinConfig` (or a timm config naming a Swin architecture).
+pub fn read_config(path: &Path) -> Result<SwinGeometry> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| ModelError::Json {
+        path: path.into(),
+        source: e,
+    })?;
+    parse_config(&v, path)
+}
+
+fn parse_config(v: &Value, path: &Path) -> Result<SwinGeometry> {
+    let not_swin = |reason: String| ModelError::NotSwin {
+        path: PathBuf::from(path),
+        reason,
+    };
+    if let Some(arch) = v.get("architecture").and_then(Value::as_str) {
+        return timm_geometry(arch).ok_or_else(|| not_swin(format!("timm architecture {arch:?} is not a known Swin")));
+    }
+    match v.get("model_type").and_then(Value::as_str) {
+        Some("swin") => {}
+        Some(other) => return Err(not_swin(format!("model_type is {other:?}, expected \"swin\""))),
+        None => return Err(not_swin("no model_type (expected \"swin\")".into())),
+    }
+    let usize_field = |name: &str, default: Option<usize>| -> Result<usize> {
+        match v.get(name) {
+            Some(x) => x
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| not_swin(format!("{name} is not a non-negative integer"))),
+            None => default.ok_or_else(|| not_swin(format!("{name} is missing"))),
+        }
+    };
+    let list = |name: &str| -> Result<Vec<usize>> {
+        v.get(name)
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .ok_or_else(|| not_swin(format!("{name} is missing or not a list of integers")))
+    };
+    if usize_field("num_channels", Some(3))? != 3 {
+        return Err(not_swin("num_channels must be 3".into()));
+    }
+    if v.get("use_absolute_embeddings").and_then(Value::as_bool) == Some(true) {
+        return Err(not_swin("use_absolute_embeddings = true is not supported".into()));
+    }
+    if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
+        if act != "gelu" {
+            return Err(not_swin(format!("hidden_act {act:?} is not supported (only \"gelu\")")));
+        }
+    }
+    let mut g = SwinGeometry::new(
+        usize_field("embed_dim", None)?,
+        &list("depths")?,
+        &list("num_heads")?,
+        usize_field("window_size", None)?,
+    );
+    g.patch_size = usize_field("patch_size", Some(4))?;
+    g.mlp_ratio = v.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
+    g.layer_norm_eps = v.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5);
+    if g.depths.len() != g.num_heads.len() || g.depths.is_empty() {
+        return Err(not_swin("depths and num_heads must be non-empty and of equal length".into()));
+    }
+    Ok(g)
+}
+
+/// Geometry of timm's `swin_{tiny,small,base,large}_patch4_window{7,12}_*` names.
+fn timm_geometry(arch: &str) -> Option<SwinGeometry> {
+    let rest = arch.strip_prefix("swin_")?;
+    let (size, rest) = rest.split_once("_patch")?;
+    let (patch, rest) = rest.split_once("_window")?;
+    let window: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let (embed, depths, heads): (usize, &[usize], &[usize]) = match size {
+        "tiny" => (96, &[2, 2, 6, 2], &[3, 6, 12, 24]),
+        "small" => (96, &[2, 2, 18, 2], &[3, 6, 12, 24]),
+        "base" => (128, &[2, 2, 18, 2], &[4, 8, 16, 32]),
+        "large" => (192, &[2, 2, 18, 2], &[6, 12, 24, 48]),
+        _ => return None,
+    };
+    let mut g = SwinGeometry::new(embed, depths, heads, window.parse().ok()?);
+    g.patch_size = patch.parse().ok()?;
+    Some(g)
+}
+
+/// Maps a checkpoint's names onto the Hugging Face names without the `swin.` prefix.
+///
+/// Hugging Face (`swin.` prefix or none): `classifier.*` and `relative_position_index`
+/// dropped. timm/Microsoft: fused `qkv` split, `layers.N.downsample` moved to the end of
+/// its stage whether the checkpoint keeps it at the end (Microsoft) or at the start of
+/// the next stage (timm >= 0.9); `head.*`, `attn_mask` and index buffers dropped.
+pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
+    let origin = raw.origin.clone();
+    let is_timm = raw.tensors.keys().any(|k| k.starts_with("patch_embed."));
+    let mut out = HashMap::new();
+    if !is_timm {
+        for (name, t) in raw.tensors {
+            let name = name.strip_prefix("swin.").map(str::to_string).unwrap_or(name);
+            if name.starts_with("classifier.") || name.ends_with("relative_position_index") || name.starts_with("pooler.") {
+                continue;
+            }
+            out.insert(name, t);
+        }
+        return Ok(NamedTensors::new(origin, out));
+    }
+    let downsample_at_end = raw.tensors.keys().any(|k| k.starts_with("layers.0.downsample."));
+    for (name, t) in raw.tensors {
+        if name.starts_with("head") || name.ends_with("attn_mask") || name.ends_with("relative_position_index") {
+            continue;
+        }
+        let mapped = if let Some(rest) = name.strip_prefix("patch_embed.proj.") {
+            format!("embeddings.patch_embeddings.projection.{rest}")
+        } else if let Some(rest) = name.strip_prefix("patch_embed.norm.") {
+            format!("embeddings.norm.{rest}")
+        } else if let Some(rest) = name.strip_prefix("norm.") {
+            format!("layernorm.{rest}")
+        } else if let Some(rest) = name.strip_prefix("layers.") {
+            let (stage, rest) = rest.split_once('.').unwrap_or((rest, ""));
+            let stage: usize = stage.parse().map_err(|_| ModelError::UnexpectedTensor {
+                file: origin.clone(),
+                name: name.clone(),
+                reason: "layers.<N> with N not a number".into(),
+            })?;
+            if let Some(d) = rest.strip_prefix("downsample.") {
+                let at = if downsample_at_end { stage } else { stage.checked_sub(1).ok_or_else(|| ModelError::UnexpectedTensor {
+                    file: origin.clone(),
+                    name: name.clone(),
+                    reason: "a downsample before the first stage".into(),
+                })? };
+                format!("encoder.layers.{at}.downsample.{d}")
+            } else if let Some(rest) = rest.strip_prefix("blocks.") {
+                let (block, part) = rest.split_once('.').unwrap_or((rest, ""));
+                let p = format!("encoder.layers.{stage}.blocks.{block}");
+                if let Some(kind) = part.strip_prefix("attn.qkv.") {
+                    let c = t.dim(0)? / 3;
+                    for (i, n) in ["query", "key", "value"].iter().enumerate() {
+                        out.insert(format!("{p}.attention.self.{n}.{kind}"), t.narrow(0, i * c, c)?);
+                    }
+                    continue;
+                }
+                let part = part
+                    .replace("norm1.", "layernorm_before.")
+                    .replace("norm2.", "layernorm_after.")
+                    .replace("attn.proj.", "attention.output.dense.")
+                    .replace("attn.relative_position_bias_table", "attention.self.relative_position_bias_table")
+                    .replace("mlp.fc1.", "intermediate.dense.")
+                    .replace("mlp.fc2.", "output.dense.");
+                format!("{p}.{part}")
+            } else {
+                format!("encoder.layers.{stage}.{rest}")
+            }
+        } else {
+            name.clone()
+        };
+        out.insert(mapped, t);
+    }
+    Ok(NamedTensors::new(origin, out))
+}
+
+/// Seeded random weights in a built-in geometry: same name, same weights, everywhere.
+pub fn random_weights(geometry: &SwinGeometry, seed: u64, device: &Device) -> Result<NamedTensors> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0f32, 0.02).expect("valid normal");
+    let mut t = BTreeMap::new();
+    let mut randn = |shape: Vec<usize>| -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n).map(|_| normal.sample(&mut rng)).collect()
+    };
+    let add = |t: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, name: String, shape: Vec<usize>, values: Vec<f32>| {
+        t.insert(name, (shape, values));
+    };
+    let g = geometry;
+    let (c0, p) = (g.embed_dim, g.patch_size);
+    let zeros = |n: usize| vec![0f32; n];
+    let ones = |n: usize| vec![1f32; n];
+    add(&mut t, "embeddings.patch_embeddings.projection.weight".into(), vec![c0, 3, p, p], randn(vec![c0, 3, p, p]));
+    add(&mut t, "embeddings.patch_embeddings.projection.bias".into(), vec![c0], zeros(c0));
+    add(&mut t, "embeddings.norm.weight".into(), vec![c0], ones(c0));
+    add(&mut t, "embeddings.norm.bias".into(), vec![c0], zeros(c0));
+    let span = (2 * g.window_size - 1).pow(2);
+    let dims = g.stage_dims();
+    for (i, (&depth, &heads)) in g.depths.iter().zip(&g.num_heads).enumerate() {
+        let c = dims[i];
+        let hidden = g.mlp_hidden(c);
+        for j in 0..depth {
+            let b = format!("encoder.layers.{i}.blocks.{j}");
+            for n in ["layernorm_before", "layernorm_after"] {
+                add(&mut t, format!("{b}.{n}.weight"), vec![c], ones(c));
+                add(&mut t, format!("{b}.{n}.bias"), vec![c], zeros(c));
+            }
+            for n in ["query", "key", "value"] {
+                add(&mut t, format!("{b}.attention.self.{n}.weight"), vec![c, c], randn(vec![c, c]));
+                add(&mut t, format!("{b}.attention.self.{n}.bias"), vec![c], zeros(c));
+            }
+            add(&mut t, format!("{b}.attention.self.relative_position_bias_table"), vec![span, heads], randn(vec![span, heads]));
+            add(&mut t, format!("{b}.attention.output.dense.weight"), vec![c, c], randn(vec![c, c]));
+            add(&mut t, format!("{b}.attention.output.dense.bias"), vec![c], zeros(c));
+            add(&mut t, format!("{b}.intermediate.dense.weight"), vec![hidden, c], randn(vec![hidden, c]));
+            add(&mut t, format!("{b}.intermediate.dense.bias"), vec![hidden], zeros(hidden));
+            add(&mut t, format!("{b}.output.dense.weight"), vec![c, hidden], randn(vec![c, hidden]));
+            add(&mut t, format!("{b}.output.dense.bias"), vec![c], zeros(c));
+        }
+        if i + 1 < g.depths.len() {
+            let d = format!("encoder.layers.{i}.downsample");
+            add(&mut t, format!("{d}.norm.weight"), vec![4 * c], ones(4 * c));
+            add(&mut t, format!("{d}.norm.bias"), vec![4 * c], zeros(4 * c));
+            add(&mut t, format!("{d}.reduction.weight"), vec![2 * c, 4 * c], randn(vec![2 * c, 4 * c]));
+        }
+    }
+    let last = *dims.last().expect("at least one stage");
+    add(&mut t, "layernorm.weight".into(), vec![last], ones(last));
+    add(&mut t, "layernorm.bias".into(), vec![last], zeros(last));
+    let mut tensors = HashMap::new();
+    for (name, (shape, values)) in t {
+        tensors.insert(name, Tensor::from_vec(values, shape, device)?);
+    }
+    Ok(NamedTensors::new(format!("random seed {seed}"), tensors))
+}
+
+fn random_backbone(spec: &str, device: &Device) -> Result<Backbone> {
+    let (geometry, seed) = match spec {
+        "random:tiny" => (SwinGeometry::tiny(), 0x7469_6e79),
+        "random:swin-t" => (SwinGeometry::swin_t(), 0x7377_696e),
+        _ => {
+            return Err(ModelError::bad_input(
+                format!("backbone {spec:?}"),
+                format!("unknown random backbone (built in: {})", RANDOM_BACKBONES.join(", ")),
+            ))
+        }
+    };
+    let weights = random_weights(&geometry, seed, device)?;
+    let swin = Swin::new(&weights, &geometry, device)?;
+    Ok(Backbone {
+        swin: Arc::new(swin),
+        source: spec.to_string(),
+        revision: None,
+        digest: weights_digest(&weights)?.to_string(),
+    })
+}
+
+/// Digest of canonical safetensors bytes of a weight map (names sorted, no metadata drift).
+pub fn weights_digest(w: &NamedTensors) -> Result<Digest> {
+    let mut raw: BTreeMap<String, RawTensor> = BTreeMap::new();
+    for (name, t) in &w.tensors {
+        raw.insert(name.clone(), to_raw(&t.to_dtype(DType::F32)?)?);
+    }
+    Ok(Digest::of(&vmt_registry::safetensors_canon::canonical_bytes(&raw)))
+}

@@ -1,0 +1,20 @@
+//! The VMT-Adapter model in candle: the frozen Swin, the adapters, KEMs, decoders and
+//! losses, equal to `shared/reference/vmt_ref.py`.
+
+pub mod backbone;
+pub mod error;
+pub mod init;
+pub mod loss;
+pub mod ops;
+pub mod swin;
+pub mod tensors;
+pub mod vmt;
+
+pub use backbone::Backbone;
+pub use error::ModelError;
+pub use loss::{task_loss, Target};
+pub use tensors::NamedTensors;
+pub use vmt::{VmtModel, VmtOutput};
+pub use vmt_registry::bundle::{
+    AdapterConfig, AdapterKind, BundleConfig, DecoderConfig, SwinGeometry, TaskKind, TaskSpec,
+};

@@ -1,0 +1,122 @@
+//! Differentiable building blocks made of plain tensor ops.
+//!
+//! candle's fused `layer_norm`, `softmax_last_dim` and `upsample_bilinear2d` record no
+//! backward op (DESIGN §1): a gradient through them silently vanishes. Everything on
+//! the training path uses these versions instead.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+/// A linear layer with a PyTorch-layout weight `[out, in]` and optional bias `[out]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    /// `[..., in] -> [..., out]`, as one 2-D matmul over the flattened leading dims.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let (lead, inp) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let out = self.weight.dim(0)?;
+        let y = x.reshape((rows, inp[0]))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = lead.to_vec();
+        shape.push(out);
+        y.reshape(shape)
+    }
+}
+
+/// LayerNorm over the last dimension, built from plain ops so that gradients flow.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension from plain ops (the max is a constant shift).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over dimension `dim` from plain ops.
+pub fn log_softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let max = x.max_keepdim(dim)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(dim)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// The `[out, in]` matrix of PyTorch's bilinear resize with `align_corners=False`
+/// along one axis: `y = A · x`.
+pub fn bilinear_matrix(out: usize, inp: usize) -> Vec<f32> {
+    let mut a = vec![0f32; out * inp];
+    let scale = inp as f64 / out as f64;
+    for i in 0..out {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(inp - 1);
+        let i1 = (i0 + 1).min(inp - 1);
+        let l1 = src - i0 as f64;
+        a[i * inp + i0] += (1.0 - l1) as f32;
+        a[i * inp + i1] += l1 as f32;
+    }
+    a
+}
+
+/// Bilinear resize of an NCHW map `[B, C, h, w]` to `[B, C, H, W]` (same rule).
+pub fn resize_bilinear_nchw(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let a_h = Tensor::from_vec(bilinear_matrix(out_h, h), (out_h, h), dev)?.to_dtype(x.dtype())?;
+    let a_w = Tensor::from_vec(bilinear_matrix(out_w, w), (out_w, w), dev)?.to_dtype(x.dtype())?;
+    // Along W: [B*C*h, w] · A_wᵀ -> [B*C*h, W].
+    let y = x.contiguous()?.reshape((b * c * h, w))?.matmul(&a_w.t()?)?;
+    // Along H: [B*C*W, h] · A_hᵀ -> [B*C*W, H], with W and H swapped around it.
+    let y = y
+        .reshape((b * c, h, out_w))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * c * out_w, h))?
+        .matmul(&a_h.t()?)?;
+    y.reshape((b * c, out_w, out_h))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, c, out_h, out_w))
+}
+
+/// A scalar f32 tensor on `dev`.
+pub fn scalar(v: f32, dev: &Device) -> Result<Tensor> {
+    Tensor::new(v, dev)?.to_dtype(DType::F32)
+}

@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+/// `../shared/fixtures` beside the repository (read in place, never copied).
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+}
+
+/// Largest `|a - b| - rel*|b|` over all elements; <= abs means within tolerance.
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, abs: f32, rel: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut worst = (0usize, 0f32);
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let excess = (a - b).abs() - rel * b.abs();
+        assert!(a.is_finite(), "{what}: element {i} is {a}");
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    assert!(
+        worst.1 <= abs,
+        "{what}: element {} is {} but the reference has {} (tolerance {abs} + {rel}·|ref|)",
+        worst.0,
+        g[worst.0],
+        w[worst.0]
+    );
+}
+
+/// Gradient tolerance of the fixtures: max |a - b| within `rel` of max |b|.
+pub fn assert_grad_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0, "{what}: the reference gradient is all zero");
+    assert!(
+        err <= rel * scale,
+        "{what}: max error {err} exceeds {rel} x max |grad| {scale}"
+    );
+}
