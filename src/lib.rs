@@ -1,1 +1,15 @@
+//! vmt-hub: train, store and share VMT-Adapters (multi-task adapters for a frozen Swin)
+//! with candle.
+//!
+//! - [`model`]: the Swin backbone, the adapters, KEMs, decoders and losses;
+//! - [`forward`]: running a bundle on an input;
+//! - [`cli`]: the `vmt-hub` command line (a thin layer over the above).
+//!
+//! Formats and storage live in the `vmt-registry` crate (no candle).
+
+pub mod cli;
+pub mod device;
+pub mod forward;
 pub mod model;
+
+pub use vmt_registry as registry;

@@ -1,0 +1,175 @@
+//! `vmt-hub forward` and `vmt-hub demo`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::Tensor;
+use clap::Args;
+use vmt_registry::bundle::{
+    trainable_count, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, TaskKind,
+    TaskSpec,
+};
+
+use crate::device::parse_device;
+use crate::forward::{load_model, read_pixels, write_outputs};
+use crate::model::init::init_bundle;
+use crate::model::Backbone;
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// An exported bundle directory (bundle.json + adapter.safetensors).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Backbone: a directory (config.json + model.safetensors) or random:tiny / random:swin-t.
+    /// Default: the source the bundle records.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// safetensors file with `pixel_values` [B,3,H,W] f32.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output safetensors: `<task>` [B,C,H,W] and `features.stage<i>` (NCHW).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print parameter counts and the time taken.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// The backbone a bundle records (`random:*` or `dir:<path>`), if usable as is.
+fn recorded_backbone(config: &BundleConfig) -> Option<String> {
+    let source = config.backbone.source.as_deref()?;
+    if source.starts_with("random:") {
+        return Some(source.into());
+    }
+    source.strip_prefix("dir:").map(str::to_string)
+}
+
+pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let device = parse_device(&args.device)?;
+    let bundle = BundleDir::read(&args.bundle)?;
+    let spec = match args.backbone.or_else(|| recorded_backbone(&bundle.config)) {
+        Some(s) => s,
+        None => bail!(
+            "{}: the bundle records no usable backbone source; pass --backbone",
+            args.bundle.display()
+        ),
+    };
+    let backbone = Backbone::load(&spec, &device).with_context(|| format!("loading backbone {spec}"))?;
+    let origin = args.bundle.join("adapter.safetensors").display().to_string();
+    let model = load_model(&bundle, &backbone, &origin)?;
+    let pixels = read_pixels(&args.input, &device)?;
+    let loaded = start.elapsed();
+    let out = model.forward(&pixels)?;
+    write_outputs(&args.out, &out)?;
+    let total = start.elapsed();
+    if args.verbose {
+        print_summary(&backbone, &bundle.config);
+        eprintln!(
+            "input {:?}; load {:.3}s, forward + write {:.3}s, total {:.3}s",
+            pixels.dims(),
+            loaded.as_secs_f64(),
+            (total - loaded).as_secs_f64(),
+            total.as_secs_f64()
+        );
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn print_summary(backbone: &Backbone, config: &BundleConfig) {
+    let trainable = trainable_count(config);
+    let frozen = backbone.parameter_count();
+    let label = if backbone.is_random() { " (RANDOM weights)" } else { "" };
+    eprintln!("backbone {}{label}: {}", backbone.source, backbone.swin.geometry.describe());
+    eprintln!(
+        "parameters: {trainable} trainable ({:.2}% of the backbone), {frozen} frozen",
+        100.0 * trainable as f64 / frozen as f64
+    );
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Built-in backbone.
+    #[arg(long, default_value = "random:tiny")]
+    pub backbone: String,
+    /// Tasks: NAME[:KIND[:CHANNELS]], comma-separated.
+    #[arg(long, default_value = "semseg,human_parts,sal,normals")]
+    pub tasks: String,
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    /// Where the demo bundle, input and outputs go.
+    #[arg(long, default_value = "vmt-demo")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parses `semseg,human_parts,sal,normals` or `name:kind[:channels]` entries. The
+/// PASCAL-Context names have defaults: semseg (21), human_parts (7), sal, normals, depth.
+pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|entry| {
+            let parts: Vec<&str> = entry.trim().split(':').collect();
+            let name = parts[0];
+            let (kind, channels) = match (name, parts.len()) {
+                (_, 2) | (_, 3) => {
+                    let kind: TaskKind = parts[1].parse().map_err(anyhow::Error::msg)?;
+                    let channels = match parts.get(2) {
+                        Some(c) => c.parse().with_context(|| format!("task {entry:?}: channels"))?,
+                        None => kind.fixed_channels().with_context(|| {
+                            format!("task {entry:?}: a segmentation task needs its number of classes (NAME:segmentation:N)")
+                        })?,
+                    };
+                    (kind, channels)
+                }
+                ("semseg", 1) => (TaskKind::Segmentation, 21),
+                ("human_parts", 1) => (TaskKind::Segmentation, 7),
+                ("sal", 1) => (TaskKind::Saliency, 1),
+                ("normals", 1) => (TaskKind::Normals, 3),
+                ("depth", 1) => (TaskKind::Depth, 1),
+                _ => bail!("task {entry:?}: unknown name; write NAME:KIND[:CHANNELS] (kinds: segmentation, saliency, normals, depth)"),
+            };
+            Ok(TaskSpec::new(name, kind, channels))
+        })
+        .collect()
+}
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let device = parse_device(&args.device)?;
+    let backbone = Backbone::load(&args.backbone, &device)?;
+    let config = BundleConfig::new(
+        backbone.geometry_with_provenance(),
+        AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
+        DecoderConfig::new(16, 32),
+        parse_tasks(&args.tasks)?,
+    );
+    config.validate().map_err(anyhow::Error::msg)?;
+    let bundle_dir = args.out.join("bundle");
+    let tensors = init_bundle(&config, 0);
+    let bundle = BundleDir::new(config, tensors, &bundle_dir)?;
+    bundle.write(&bundle_dir)?;
+    let s = args.image_size;
+    let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
+    let input = args.out.join("input.safetensors");
+    let raw = std::collections::BTreeMap::from([(
+        "pixel_values".to_string(),
+        crate::model::tensors::to_raw(&pixels)?,
+    )]);
+    std::fs::write(&input, vmt_registry::safetensors_canon::canonical_bytes(&raw))
+        .with_context(|| input.display().to_string())?;
+    println!("bundle (untrained) -> {}", bundle_dir.display());
+    forward(ForwardArgs {
+        bundle: bundle_dir,
+        backbone: Some(args.backbone.clone()),
+        input,
+        out: args.out.join("output.safetensors"),
+        device: args.device.clone(),
+        verbose: true,
+    })
+}
+
