@@ -7,6 +7,7 @@
 //!
 //! Formats and storage live in the `vmt-registry` crate (no candle).
 
+pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod forward;
