@@ -1,12 +1,18 @@
 //! vmt-registry: the formats and storage of vmt-hub, with no machine learning in it.
 //!
 //! - [`bundle`]: `bundle.json`, the tensor naming scheme, exported directories;
-//! - [`safetensors_canon`]: canonical safetensors bytes (same tensors, same digest).
+//! - [`safetensors_canon`]: canonical safetensors bytes (same tensors, same digest);
+//! - [`digest`], [`oci`], [`reference`]: digests, OCI manifests, bundle references;
+//! - [`store`]: the local registry (blobs on disk + sled index).
 
 pub mod bundle;
 pub mod digest;
 pub mod error;
+pub mod oci;
+pub mod reference;
 pub mod safetensors_canon;
+pub mod store;
 
-pub use error::{Error, Result};
 pub use digest::Digest;
+pub use error::{Error, Result};
+pub use store::Registry;

@@ -1,6 +1,7 @@
 //! The `vmt-hub` command line: argument parsing and printing over the library.
 
 mod forward;
+pub mod registry;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,26 @@ pub enum Command {
     /// Make an untrained bundle on a built-in random backbone and run it on a generated
     /// input: the whole model end to end, with nothing downloaded.
     Demo(DemoArgs),
+    /// Store an exported bundle directory in the registry under a tag.
+    Import(registry::ImportArgs),
+    /// Write a stored bundle as a directory (bundle.json + adapter.safetensors).
+    Export(registry::ExportArgs),
+    /// Tagged bundles: name, tag, digest, size, tasks.
+    List,
+    /// A bundle's config, components (sizes, digests, parameters) and lineage.
+    Show { reference: String },
+    /// Give a stored bundle another NAME:TAG.
+    Tag { reference: String, new_tag: String },
+    /// Remove a tag (or every tag of a digest); blobs go at the next `gc`.
+    Rm { reference: String },
+    /// Delete blobs that no tagged bundle needs.
+    Gc {
+        /// List what would be deleted and why the rest is kept.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash blobs and check bundles; `--rebuild-index` recovers a lost index.
+    Verify(registry::VerifyArgs),
     /// Benchmarks (results belong in docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -56,7 +77,16 @@ pub enum BenchCommand {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = cli.registry.as_deref();
     match cli.command {
+        Command::Import(args) => registry::import(root, args),
+        Command::Export(args) => registry::export(root, args),
+        Command::List => registry::list(root),
+        Command::Show { reference } => registry::show(root, &reference),
+        Command::Tag { reference, new_tag } => registry::tag(root, &reference, &new_tag),
+        Command::Rm { reference } => registry::rm(root, &reference),
+        Command::Gc { dry_run } => registry::gc(root, dry_run),
+        Command::Verify(args) => registry::verify(root, args),
         Command::Forward(args) => forward::forward(args),
         Command::Demo(args) => forward::demo(args),
         Command::Bench(BenchCommand::Forward { backbone, tasks, batch, size, iters, device, json }) => {

@@ -130,6 +130,15 @@ pub enum AdapterKind {
     VmtLite,
 }
 
+impl std::fmt::Display for AdapterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vmt => "vmt",
+            Self::VmtLite => "vmt-lite",
+        })
+    }
+}
+
 impl std::str::FromStr for AdapterKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -1,0 +1,114 @@
+//! OCI image-manifest types (image-spec v1.1) for bundles, and canonical JSON.
+//!
+//! A bundle is an artifact: `artifactType` [`BUNDLE_ARTIFACT_TYPE`], a config blob
+//! (`bundle.json` as canonical JSON) and one safetensors layer per component, each
+//! titled with its component name.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::digest::Digest;
+
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const BUNDLE_ARTIFACT_TYPE: &str = "application/vnd.vmt.bundle.v1+json";
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.vmt.bundle.config.v1+json";
+pub const COMPONENT_MEDIA_TYPE: &str = "application/vnd.vmt.component.v1.safetensors";
+/// Layer annotation holding the component name (`shared`, `task/<name>`).
+pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+/// Manifest annotation holding the `name:tag` it was published under, so that a lost
+/// index can be rebuilt from the blobs alone.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+/// A content descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// The component name of a layer (its title annotation).
+    pub fn title(&self) -> Option<&str> {
+        self.annotations.get(TITLE_ANNOTATION).map(String::as_str)
+    }
+}
+
+/// An OCI image manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    #[serde(rename = "artifactType", default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Parses a manifest and checks that it is a vmt bundle.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not an OCI manifest: {e}"))?;
+        if m.schema_version != 2 || m.media_type != MANIFEST_MEDIA_TYPE {
+            return Err(format!(
+                "schemaVersion {} / mediaType {:?} is not an OCI image manifest",
+                m.schema_version, m.media_type
+            ));
+        }
+        if m.artifact_type.as_deref() != Some(BUNDLE_ARTIFACT_TYPE) {
+            return Err(format!(
+                "artifactType {:?} is not a vmt bundle ({BUNDLE_ARTIFACT_TYPE})",
+                m.artifact_type
+            ));
+        }
+        if m.config.media_type != CONFIG_MEDIA_TYPE {
+            return Err(format!("config mediaType {:?} is not {CONFIG_MEDIA_TYPE}", m.config.media_type));
+        }
+        for l in &m.layers {
+            if l.media_type != COMPONENT_MEDIA_TYPE || l.title().is_none() {
+                return Err(format!("layer {} is not a titled vmt component", l.digest));
+            }
+        }
+        Ok(m)
+    }
+
+    /// The `name:tag` it was published under.
+    pub fn ref_name(&self) -> Option<&str> {
+        self.annotations.get(REF_NAME_ANNOTATION).map(String::as_str)
+    }
+
+    /// Canonical bytes (sorted keys, no spaces): the digest is a function of content.
+    pub fn to_canonical_bytes(&self) -> Vec<u8> {
+        canonical_json(&serde_json::to_value(self).expect("manifest serialises"))
+    }
+
+    /// Every blob it references: config first, then the layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+}
+
+/// Canonical JSON: object keys sorted at every level, no insignificant whitespace.
+pub fn canonical_json(v: &Value) -> Vec<u8> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sort(v)).expect("JSON value serialises")
+}

@@ -1,0 +1,122 @@
+//! Content-addressed blobs: files under `blobs/sha256/<hex>`, written through a temp
+//! file that is fsynced and renamed, so a reader sees a whole blob or none.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `root`; leftover temp files of a crashed writer
+    /// are removed (the caller holds the registry lock).
+    pub fn open(root: &Path) -> Result<Self> {
+        let dir = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        for d in [&dir, &tmp] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(Self { dir, tmp })
+    }
+
+    pub fn path(&self, d: &Digest) -> PathBuf {
+        self.dir.join(d.hex())
+    }
+
+    pub fn contains(&self, d: &Digest) -> bool {
+        self.path(d).is_file()
+    }
+
+    /// Stores `bytes`; returns its digest and whether a new file was written. An existing
+    /// blob whose bytes no longer match (bit rot) is replaced.
+    pub fn put(&self, bytes: &[u8]) -> Result<(Digest, bool)> {
+        let d = Digest::of(bytes);
+        let path = self.path(&d);
+        if path.is_file() && Digest::of_file(&path).ok() == Some(d) {
+            return Ok((d, false));
+        }
+        let mut f = tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(f.path(), e))?;
+        f.as_file().sync_all().map_err(|e| Error::io(f.path(), e))?;
+        f.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        sync_dir(&self.dir);
+        Ok((d, true))
+    }
+
+    /// Reads a blob and checks it against its digest; `what` names it in errors.
+    pub fn get(&self, d: &Digest, what: &str) -> Result<Vec<u8>> {
+        let path = self.path(d);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingBlob {
+                digest: d.to_string(),
+                what: what.into(),
+            },
+            _ => Error::io(&path, e),
+        })?;
+        let actual = Digest::of(&bytes);
+        if actual != *d {
+            return Err(Error::DigestMismatch {
+                what: format!("{what} (blob {})", path.display()),
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Size in bytes, if present.
+    pub fn size(&self, d: &Digest) -> Option<u64> {
+        std::fs::metadata(self.path(d)).ok().map(|m| m.len())
+    }
+
+    /// Every blob digest in the store (files with other names are ignored).
+    pub fn list(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            if let Some(d) = e.file_name().to_str().and_then(Digest::from_hex) {
+                out.push(d);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn remove(&self, d: &Digest) -> Result<()> {
+        let p = self.path(d);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    /// Marks a manifest as the most recent claim of its tag (used by index rebuilds).
+    pub fn touch(&self, d: &Digest) {
+        if let Ok(f) = std::fs::File::options().append(true).open(self.path(d)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    pub fn modified(&self, d: &Digest) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.path(d)).ok()?.modified().ok()
+    }
+}
+
+/// Makes a rename durable (best effort: not every filesystem supports it).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
