@@ -1,6 +1,6 @@
 //! `vmt-hub forward` and `vmt-hub demo`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -18,9 +18,9 @@ use crate::model::Backbone;
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// An exported bundle directory (bundle.json + adapter.safetensors).
+    /// A bundle: a registry reference (NAME:TAG, digest) or an exported directory.
     #[arg(long)]
-    pub bundle: PathBuf,
+    pub bundle: String,
     /// Backbone: a directory (config.json + model.safetensors) or random:tiny / random:swin-t.
     /// Default: the source the bundle records.
     #[arg(long)]
@@ -47,19 +47,28 @@ fn recorded_backbone(config: &BundleConfig) -> Option<String> {
     source.strip_prefix("dir:").map(str::to_string)
 }
 
-pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+/// Reads a bundle given as a directory or as a registry reference; returns it and a
+/// name for error messages.
+pub fn read_bundle(root: Option<&Path>, bundle: &str) -> anyhow::Result<(BundleDir, String)> {
+    let dir = Path::new(bundle);
+    if dir.is_dir() {
+        let origin = dir.join("adapter.safetensors").display().to_string();
+        return Ok((BundleDir::read(dir)?, origin));
+    }
+    let reg = super::registry::open(root)?;
+    let d = reg.resolve(bundle)?;
+    Ok((reg.load(&d)?, format!("{bundle} ({d})")))
+}
+
+pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let device = parse_device(&args.device)?;
-    let bundle = BundleDir::read(&args.bundle)?;
+    let (bundle, origin) = read_bundle(root, &args.bundle)?;
     let spec = match args.backbone.or_else(|| recorded_backbone(&bundle.config)) {
         Some(s) => s,
-        None => bail!(
-            "{}: the bundle records no usable backbone source; pass --backbone",
-            args.bundle.display()
-        ),
+        None => bail!("{}: the bundle records no usable backbone source; pass --backbone", args.bundle),
     };
     let backbone = Backbone::load(&spec, &device).with_context(|| format!("loading backbone {spec}"))?;
-    let origin = args.bundle.join("adapter.safetensors").display().to_string();
     let model = load_model(&bundle, &backbone, &origin)?;
     let pixels = read_pixels(&args.input, &device)?;
     let loaded = start.elapsed();
@@ -163,8 +172,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&input, vmt_registry::safetensors_canon::canonical_bytes(&raw))
         .with_context(|| input.display().to_string())?;
     println!("bundle (untrained) -> {}", bundle_dir.display());
-    forward(ForwardArgs {
-        bundle: bundle_dir,
+    forward(None, ForwardArgs {
+        bundle: bundle_dir.display().to_string(),
         backbone: Some(args.backbone.clone()),
         input,
         out: args.out.join("output.safetensors"),

@@ -87,7 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rm { reference } => registry::rm(root, &reference),
         Command::Gc { dry_run } => registry::gc(root, dry_run),
         Command::Verify(args) => registry::verify(root, args),
-        Command::Forward(args) => forward::forward(args),
+        Command::Forward(args) => forward::forward(root, args),
         Command::Demo(args) => forward::demo(args),
         Command::Bench(BenchCommand::Forward { backbone, tasks, batch, size, iters, device, json }) => {
             let device = crate::device::parse_device(&device)?;
