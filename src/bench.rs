@@ -71,3 +71,88 @@ pub fn bench_forward(
     }
     Ok(out)
 }
+
+/// One registry operation's throughput.
+#[derive(Debug, Serialize)]
+pub struct RegistryTiming {
+    pub operation: String,
+    pub bytes: u64,
+    pub median_s: f64,
+    pub mb_per_s: f64,
+}
+
+fn median_of(mut times: Vec<f64>) -> f64 {
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+/// Import, export and verify of a Swin-T-sized four-task bundle in a temporary
+/// registry, next to `sha256sum` over the same bytes. Imports go to a fresh registry each
+/// time (so every blob is written), under `dir`.
+pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec<RegistryTiming>> {
+    use vmt_registry::bundle::{BundleDir, SwinGeometry};
+    use vmt_registry::reference::TagName;
+    use vmt_registry::Registry;
+
+    let cfg = BundleConfig::new(
+        SwinGeometry::swin_t(),
+        AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
+        DecoderConfig::new(32, 64),
+        crate::cli::parse_tasks("semseg,human_parts,sal,normals")?,
+    );
+    let src = dir.join("bundle");
+    let tensors = randomized_bundle(&cfg, 0);
+    BundleDir::new(cfg, tensors, &src)?.write(&src)?;
+    let bytes = std::fs::metadata(src.join("adapter.safetensors"))?.len()
+        + std::fs::metadata(src.join("bundle.json"))?.len();
+    let tag = TagName::parse("bench:v1")?;
+    let mut rows = Vec::new();
+    let mut record = |op: &str, times: Vec<f64>| {
+        let m = median_of(times);
+        rows.push(RegistryTiming {
+            operation: op.into(),
+            bytes,
+            median_s: m,
+            mb_per_s: bytes as f64 / 1e6 / m,
+        });
+    };
+    let mut import = Vec::new();
+    for i in 0..iters {
+        let root = dir.join(format!("reg{i}"));
+        let t = Instant::now();
+        let bundle = BundleDir::read(&src)?;
+        Registry::open(&root)?.publish(&bundle, &tag)?;
+        import.push(t.elapsed().as_secs_f64());
+    }
+    record("import (read + check + hash + fsync'd blobs + index)", import);
+    let reg = Registry::open(&dir.join("reg0"))?;
+    let d = reg.resolve("bench:v1")?;
+    let mut export = Vec::new();
+    for i in 0..iters {
+        let out = dir.join(format!("export{i}"));
+        let t = Instant::now();
+        reg.load(&d)?.write(&out)?;
+        export.push(t.elapsed().as_secs_f64());
+    }
+    record("export (verify blobs + write directory)", export);
+    let mut verify = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        let r = reg.verify(Some("bench:v1"))?;
+        anyhow::ensure!(r.ok(), "verify found problems: {:?}", r.problems);
+        verify.push(t.elapsed().as_secs_f64());
+    }
+    record("verify (re-hash every blob of the bundle)", verify);
+    let mut sha = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        let st = std::process::Command::new("sha256sum")
+            .arg(src.join("adapter.safetensors"))
+            .arg(src.join("bundle.json"))
+            .output()?;
+        anyhow::ensure!(st.status.success(), "sha256sum failed");
+        sha.push(t.elapsed().as_secs_f64());
+    }
+    record("sha256sum on the same files (process included)", sha);
+    Ok(rows)
+}

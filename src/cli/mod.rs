@@ -73,6 +73,13 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import, export and verify throughput of a Swin-T-sized four-task bundle.
+    Registry {
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a parsed command line.
@@ -99,6 +106,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!(
                         "{} {} tasks, batch {}, {}x{}: median {:.1} ms, min {:.1} ms, {:.2} images/s ({} runs)",
                         r.backbone, r.tasks, r.batch, r.size, r.size, r.median_s * 1e3, r.min_s * 1e3, r.images_per_s, r.iters
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Registry { iters, json }) => {
+            let tmp = tempfile::tempdir()?;
+            for r in crate::bench::bench_registry(tmp.path(), iters)? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:<52} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
+                        r.operation, r.mb_per_s, r.median_s * 1e3, r.bytes as f64 / 1e6
                     );
                 }
             }
