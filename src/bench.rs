@@ -124,7 +124,10 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
         Registry::open(&root)?.publish(&bundle, &tag)?;
         import.push(t.elapsed().as_secs_f64());
     }
-    record("import (read + check + hash + fsync'd blobs + index)", import);
+    record(
+        "import (read + check + hash + fsync'd blobs + index)",
+        import,
+    );
     let reg = Registry::open(&dir.join("reg0"))?;
     let d = reg.resolve("bench:v1")?;
     let mut export = Vec::new();

@@ -12,7 +12,9 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
                 Some(rest) => rest
                     .strip_prefix(':')
                     .and_then(|i| i.parse::<usize>().ok())
-                    .ok_or_else(|| anyhow::anyhow!("--device {name:?}: expected cpu, cuda or cuda:<index>"))?,
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--device {name:?}: expected cpu, cuda or cuda:<index>")
+                    })?,
                 None => anyhow::bail!("--device {name:?}: expected cpu, cuda or cuda:<index>"),
             };
             if !candle_core::utils::cuda_is_available() {

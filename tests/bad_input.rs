@@ -35,12 +35,19 @@ fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 fn pixels_file(dir: &Path, t: RawTensor) -> PathBuf {
     let p = dir.join("input.safetensors");
-    std::fs::write(&p, canonical_bytes(&BTreeMap::from([("pixel_values".to_string(), t)]))).unwrap();
+    std::fs::write(
+        &p,
+        canonical_bytes(&BTreeMap::from([("pixel_values".to_string(), t)])),
+    )
+    .unwrap();
     p
 }
 
 fn good_pixels(dir: &Path) -> PathBuf {
-    pixels_file(dir, RawTensor::from_f32(vec![1, 3, 32, 32], &vec![0.5; 3 * 32 * 32]))
+    pixels_file(
+        dir,
+        RawTensor::from_f32(vec![1, 3, 32, 32], &vec![0.5; 3 * 32 * 32]),
+    )
 }
 
 /// Runs forward and returns (success, stderr).
@@ -80,7 +87,12 @@ fn edit_tensors(bundle: &Path, f: impl FnOnce(&mut BTreeMap<String, RawTensor>))
 fn the_good_case_works() {
     let (tmp, bundle, backbone) = scratch();
     let out = tmp.path().join("out.safetensors");
-    let (ok, stderr) = forward(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &out);
+    let (ok, stderr) = forward(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &out,
+    );
     assert!(ok, "{stderr}");
     let t = parse(&std::fs::read(&out).unwrap(), &out).unwrap();
     assert_eq!(t["semseg"].shape, [1, 5, 32, 32]);
@@ -94,25 +106,46 @@ fn tensor_with_wrong_shape() {
     edit_tensors(&bundle, |t| {
         t.insert(name.into(), RawTensor::from_f32(vec![16, 32], &[0.0; 512]));
     });
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &[name, "[16, 32]", "[16, 64]", "adapter.safetensors"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &[name, "[16, 32]", "[16, 64]", "adapter.safetensors"],
+    );
 }
 
 #[test]
 fn tensor_outside_the_naming_scheme() {
     let (tmp, bundle, backbone) = scratch();
     edit_tensors(&bundle, |t| {
-        t.insert("extra.weight".into(), RawTensor::from_f32(vec![2], &[0.0; 2]));
+        t.insert(
+            "extra.weight".into(),
+            RawTensor::from_f32(vec![2], &[0.0; 2]),
+        );
     });
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["extra.weight", "naming scheme"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["extra.weight", "naming scheme"],
+    );
 }
 
 #[test]
 fn tensor_of_a_task_the_config_lacks() {
     let (tmp, bundle, backbone) = scratch();
     edit_tensors(&bundle, |t| {
-        t.insert("tasks.depth.decoder.head.bias".into(), RawTensor::from_f32(vec![1], &[0.0]));
+        t.insert(
+            "tasks.depth.decoder.head.bias".into(),
+            RawTensor::from_f32(vec![1], &[0.0]),
+        );
     });
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["tasks.depth.decoder.head.bias", "no task \"depth\""]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["tasks.depth.decoder.head.bias", "no task \"depth\""],
+    );
 }
 
 #[test]
@@ -122,7 +155,12 @@ fn missing_tensor() {
     edit_tensors(&bundle, |t| {
         t.remove(name);
     });
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &[name, "missing"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &[name, "missing"],
+    );
 }
 
 #[test]
@@ -130,18 +168,37 @@ fn tensor_not_f32() {
     let (tmp, bundle, backbone) = scratch();
     let name = "tasks.sal.decoder.head.bias";
     edit_tensors(&bundle, |t| {
-        t.insert(name.into(), RawTensor { dtype: Dtype::F64, shape: vec![1], data: vec![0; 8] });
+        t.insert(
+            name.into(),
+            RawTensor {
+                dtype: Dtype::F64,
+                shape: vec![1],
+                data: vec![0; 8],
+            },
+        );
     });
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &[name, "F64"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &[name, "F64"],
+    );
 }
 
 #[test]
 fn unknown_format() {
     let (tmp, bundle, backbone) = scratch();
     let p = bundle.join("bundle.json");
-    let s = std::fs::read_to_string(&p).unwrap().replace("vmt-bundle/1", "vmt-bundle/9");
+    let s = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("vmt-bundle/1", "vmt-bundle/9");
     std::fs::write(&p, s).unwrap();
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["bundle.json", "unknown format", "vmt-bundle/9"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["bundle.json", "unknown format", "vmt-bundle/9"],
+    );
 }
 
 #[test]
@@ -150,23 +207,58 @@ fn truncated_and_foreign_safetensors() {
     let p = bundle.join("adapter.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["adapter.safetensors", "not a valid safetensors"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["adapter.safetensors", "not a valid safetensors"],
+    );
     std::fs::write(&p, b"PK\x03\x04 this is a zip file, not safetensors").unwrap();
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["adapter.safetensors", "not a valid safetensors"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["adapter.safetensors", "not a valid safetensors"],
+    );
 }
 
 #[test]
 fn input_not_bchw_f32() {
     let (tmp, bundle, backbone) = scratch();
     let bb = backbone.to_str().unwrap();
-    let three_d = pixels_file(tmp.path(), RawTensor::from_f32(vec![3, 32, 32], &vec![0.0; 3 * 1024]));
-    expect_error(&bundle, bb, &three_d, &["pixel_values", "[3, 32, 32]", "[B, 3, H, W]"]);
-    let gray = pixels_file(tmp.path(), RawTensor::from_f32(vec![1, 1, 32, 32], &vec![0.0; 1024]));
+    let three_d = pixels_file(
+        tmp.path(),
+        RawTensor::from_f32(vec![3, 32, 32], &vec![0.0; 3 * 1024]),
+    );
+    expect_error(
+        &bundle,
+        bb,
+        &three_d,
+        &["pixel_values", "[3, 32, 32]", "[B, 3, H, W]"],
+    );
+    let gray = pixels_file(
+        tmp.path(),
+        RawTensor::from_f32(vec![1, 1, 32, 32], &vec![0.0; 1024]),
+    );
     expect_error(&bundle, bb, &gray, &["pixel_values", "[1, 1, 32, 32]"]);
-    let f64s = pixels_file(tmp.path(), RawTensor { dtype: Dtype::F64, shape: vec![1, 3, 2, 2], data: vec![0; 96] });
+    let f64s = pixels_file(
+        tmp.path(),
+        RawTensor {
+            dtype: Dtype::F64,
+            shape: vec![1, 3, 2, 2],
+            data: vec![0; 96],
+        },
+    );
     expect_error(&bundle, bb, &f64s, &["pixel_values", "F64", "F32"]);
     let p = tmp.path().join("other.safetensors");
-    std::fs::write(&p, canonical_bytes(&BTreeMap::from([("image".to_string(), RawTensor::from_f32(vec![1], &[0.0]))]))).unwrap();
+    std::fs::write(
+        &p,
+        canonical_bytes(&BTreeMap::from([(
+            "image".to_string(),
+            RawTensor::from_f32(vec![1], &[0.0]),
+        )])),
+    )
+    .unwrap();
     expect_error(&bundle, bb, &p, &["pixel_values", "missing"]);
 }
 
@@ -174,25 +266,45 @@ fn input_not_bchw_f32() {
 fn backbone_config_not_swin() {
     let (tmp, bundle, backbone) = scratch();
     let p = backbone.join("config.json");
-    let s = std::fs::read_to_string(&p).unwrap().replace("\"model_type\": \"swin\"", "\"model_type\": \"vit\"");
+    let s = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"model_type\": \"swin\"", "\"model_type\": \"vit\"");
     std::fs::write(&p, s).unwrap();
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &["config.json", "not a Swin", "vit"]);
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &["config.json", "not a Swin", "vit"],
+    );
 }
 
 #[test]
 fn backbone_of_another_geometry() {
     let (tmp, bundle, _) = scratch();
-    expect_error(&bundle, "random:swin-t", &good_pixels(tmp.path()), &["embed 32", "embed 96"]);
+    expect_error(
+        &bundle,
+        "random:swin-t",
+        &good_pixels(tmp.path()),
+        &["embed 32", "embed 96"],
+    );
 }
 
 #[test]
 fn backbone_with_other_weights_than_recorded() {
     let (tmp, bundle, backbone) = scratch();
     let p = bundle.join("bundle.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let recorded = format!("sha256:{}", "ab".repeat(32));
     v["backbone"]["digest"] = recorded.clone().into();
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let actual = vmt_registry::Digest::of_file(&backbone.join("model.safetensors")).unwrap().to_string();
-    expect_error(&bundle, backbone.to_str().unwrap(), &good_pixels(tmp.path()), &[&recorded, &actual]);
+    let actual = vmt_registry::Digest::of_file(&backbone.join("model.safetensors"))
+        .unwrap()
+        .to_string();
+    expect_error(
+        &bundle,
+        backbone.to_str().unwrap(),
+        &good_pixels(tmp.path()),
+        &[&recorded, &actual],
+    );
 }

@@ -20,7 +20,13 @@ use vmt_registry::bundle::{
     TaskKind,
 };
 
-fn config(geometry: SwinGeometry, kind: AdapterKind, tasks: &str, d: usize, hidden: usize) -> BundleConfig {
+fn config(
+    geometry: SwinGeometry,
+    kind: AdapterKind,
+    tasks: &str,
+    d: usize,
+    hidden: usize,
+) -> BundleConfig {
     BundleConfig::new(
         geometry,
         AdapterConfig::new(kind, 4, 0.7),
@@ -38,9 +44,19 @@ fn targets(cfg: &BundleConfig, b: usize, h: usize, w: usize, dev: &Device) -> Ve
             let n = b * h * w;
             match t.kind {
                 TaskKind::Segmentation | TaskKind::Saliency => {
-                    let classes = if t.kind == TaskKind::Saliency { 2 } else { t.channels };
+                    let classes = if t.kind == TaskKind::Saliency {
+                        2
+                    } else {
+                        t.channels
+                    };
                     let v: Vec<u8> = (0..n)
-                        .map(|p| if p % 17 == 0 { 255 } else { ((p * 7 + i) % classes) as u8 })
+                        .map(|p| {
+                            if p % 17 == 0 {
+                                255
+                            } else {
+                                ((p * 7 + i) % classes) as u8
+                            }
+                        })
                         .collect();
                     Target::Labels(Tensor::from_vec(v, (b, h, w), dev).unwrap())
                 }
@@ -60,7 +76,13 @@ fn targets(cfg: &BundleConfig, b: usize, h: usize, w: usize, dev: &Device) -> Ve
 fn every_tensor_gets_a_gradient(kind: AdapterKind) {
     let dev = Device::Cpu;
     let backbone = Backbone::load("random:tiny", &dev).unwrap();
-    let cfg = config(SwinGeometry::tiny(), kind, "semseg:segmentation:4,sal,normals,depth", 8, 16);
+    let cfg = config(
+        SwinGeometry::tiny(),
+        kind,
+        "semseg:segmentation:4,sal,normals,depth",
+        8,
+        16,
+    );
     let raw = randomized_bundle(&cfg, 3);
     let plain = from_raw(&raw, "randomized", &dev).unwrap();
     let vars: HashMap<String, Var> = plain
@@ -68,7 +90,12 @@ fn every_tensor_gets_a_gradient(kind: AdapterKind) {
         .iter()
         .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
         .collect();
-    let named = NamedTensors::new("vars", vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect());
+    let named = NamedTensors::new(
+        "vars",
+        vars.iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect(),
+    );
     let model = VmtModel::new(cfg.clone(), Arc::clone(&backbone.swin), &named).unwrap();
     // 40x40 is not a multiple of the window at stage 1: padding and shifting both run.
     let pixels = Tensor::randn(0f32, 1f32, (2, 3, 40, 40), &dev).unwrap();
@@ -85,8 +112,17 @@ fn every_tensor_gets_a_gradient(kind: AdapterKind) {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{kind:?}: {name} received no gradient"));
-        let max = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(max > 0.0 && max.is_finite(), "{kind:?}: {name} has gradient max |g| = {max}");
+        let max = g
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max > 0.0 && max.is_finite(),
+            "{kind:?}: {name} has gradient max |g| = {max}"
+        );
     }
 }
 
@@ -106,8 +142,17 @@ fn every_trainable_tensor_gets_a_gradient_vmt_lite() {
 
 #[test]
 fn swin_t_parameter_counts_match_the_reference() {
-    let cfg = config(SwinGeometry::swin_t(), AdapterKind::Vmt, "semseg,human_parts,sal,normals", 32, 64);
-    assert_eq!(cfg.tasks.iter().map(|t| t.channels).collect::<Vec<_>>(), [21, 7, 1, 3]);
+    let cfg = config(
+        SwinGeometry::swin_t(),
+        AdapterKind::Vmt,
+        "semseg,human_parts,sal,normals",
+        32,
+        64,
+    );
+    assert_eq!(
+        cfg.tasks.iter().map(|t| t.channels).collect::<Vec<_>>(),
+        [21, 7, 1, 3]
+    );
     // Counted from the tensors actually made, and from the layout.
     let made: usize = init_bundle(&cfg, 0).values().map(|t| t.numel()).sum();
     assert_eq!(made, 1_351_088);
@@ -130,7 +175,11 @@ fn to_timm_layout(hf: &NamedTensors, downsample_at_end: bool) -> NamedTensors {
             continue;
         }
         if n.ends_with("relative_position_index") {
-            out.insert(n.replace("encoder.", "").replace("attention.self.", "attn."), t.clone());
+            out.insert(
+                n.replace("encoder.", "")
+                    .replace("attention.self.", "attn."),
+                t.clone(),
+            );
             continue;
         }
         let n = n
@@ -140,13 +189,29 @@ fn to_timm_layout(hf: &NamedTensors, downsample_at_end: bool) -> NamedTensors {
             .replace("layernorm_before", "norm1")
             .replace("layernorm_after", "norm2")
             .replace("attention.output.dense", "attn.proj")
-            .replace("attention.self.relative_position_bias_table", "attn.relative_position_bias_table")
+            .replace(
+                "attention.self.relative_position_bias_table",
+                "attn.relative_position_bias_table",
+            )
             .replace("intermediate.dense", "mlp.fc1")
             .replace("output.dense", "mlp.fc2");
-        let n = if n.starts_with("layernorm.") { n.replace("layernorm.", "norm.") } else { n };
+        let n = if n.starts_with("layernorm.") {
+            n.replace("layernorm.", "norm.")
+        } else {
+            n
+        };
         let n = if !downsample_at_end && n.contains(".downsample.") {
-            let stage: usize = n["layers.".len()..].split('.').next().unwrap().parse().unwrap();
-            n.replacen(&format!("layers.{stage}."), &format!("layers.{}.", stage + 1), 1)
+            let stage: usize = n["layers.".len()..]
+                .split('.')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            n.replacen(
+                &format!("layers.{stage}."),
+                &format!("layers.{}.", stage + 1),
+                1,
+            )
         } else {
             n
         };
@@ -184,7 +249,13 @@ fn timm_and_microsoft_layouts_load_to_the_same_network() {
         let swin = Swin::new(&timm, &geometry, &dev).unwrap();
         let got = swin.forward_features(&pixels).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_close(&format!("downsample_at_end={at_end} stage {i}"), g, w, 0.0, 0.0);
+            assert_close(
+                &format!("downsample_at_end={at_end} stage {i}"),
+                g,
+                w,
+                0.0,
+                0.0,
+            );
         }
     }
 }
@@ -193,16 +264,30 @@ fn timm_and_microsoft_layouts_load_to_the_same_network() {
 fn any_input_size_gives_outputs_of_that_size() {
     let dev = Device::Cpu;
     let backbone = Backbone::load("random:tiny", &dev).unwrap();
-    let cfg = config(SwinGeometry::tiny(), AdapterKind::Vmt, "semseg:segmentation:3,normals", 8, 16);
+    let cfg = config(
+        SwinGeometry::tiny(),
+        AdapterKind::Vmt,
+        "semseg:segmentation:3,normals",
+        8,
+        16,
+    );
     let t = from_raw(&randomized_bundle(&cfg, 1), "r", &dev).unwrap();
     let model = VmtModel::new(cfg, Arc::clone(&backbone.swin), &t).unwrap();
     for (h, w) in [(1, 1), (17, 9), (37, 70), (64, 64)] {
-        let out = model.forward(&Tensor::randn(0f32, 1f32, (1, 3, h, w), &dev).unwrap()).unwrap();
+        let out = model
+            .forward(&Tensor::randn(0f32, 1f32, (1, 3, h, w), &dev).unwrap())
+            .unwrap();
         assert_eq!(out.task("semseg").unwrap().dims(), [1, 3, h, w]);
         assert_eq!(out.task("normals").unwrap().dims(), [1, 3, h, w]);
         let s0 = out.features[0].dims();
         assert_eq!((s0[2], s0[3]), (h.div_ceil(4), w.div_ceil(4)));
-        let finite = out.task("semseg").unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let finite = out
+            .task("semseg")
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(finite.is_finite(), "{h}x{w}");
     }
 }
@@ -219,6 +304,12 @@ fn zero_adapters_leave_the_backbone_unchanged() {
     let out = model.forward(&pixels).unwrap();
     let plain = backbone.swin.forward_features(&pixels).unwrap();
     for (i, (g, p)) in out.features.iter().zip(&plain).enumerate() {
-        assert_close(&format!("stage {i}"), g, &p.permute((0, 3, 1, 2)).unwrap(), 0.0, 0.0);
+        assert_close(
+            &format!("stage {i}"),
+            g,
+            &p.permute((0, 3, 1, 2)).unwrap(),
+            0.0,
+            0.0,
+        );
     }
 }

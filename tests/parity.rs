@@ -27,13 +27,21 @@ fn check_case(case: &str) {
         .collect();
     let named = NamedTensors::new(
         "vars",
-        vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect(),
+        vars.iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect(),
     );
     let model = VmtModel::new(bundle.config.clone(), Arc::clone(&backbone.swin), &named).unwrap();
 
     let input = NamedTensors::load(&dir.join("input.safetensors"), &dev).unwrap();
     let expected = NamedTensors::load(&dir.join("expected.safetensors"), &dev).unwrap();
-    let exp = |name: &str| expected.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks {name}")).clone();
+    let exp = |name: &str| {
+        expected
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture lacks {name}"))
+            .clone()
+    };
     let pixels = input.tensors["pixel_values"].clone();
     let out = model.forward(&pixels).unwrap();
 
@@ -45,7 +53,12 @@ fn check_case(case: &str) {
     for task in &bundle.config.tasks {
         let pred = out.task(&task.name).unwrap();
         assert_close(&task.name, pred, &exp(&task.name), 1e-4, 1e-4);
-        let target = target_from_tensor(task.kind, input.tensors[&format!("targets.{}", task.name)].clone(), &dev).unwrap();
+        let target = target_from_tensor(
+            task.kind,
+            input.tensors[&format!("targets.{}", task.name)].clone(),
+            &dev,
+        )
+        .unwrap();
         let loss = task_loss(task.kind, &task.name, pred, &target).unwrap();
         let name = format!("loss.{}", task.name);
         assert_close(&name, &loss.reshape(1).unwrap(), &exp(&name), 1e-4, 1e-4);
@@ -57,9 +70,15 @@ fn check_case(case: &str) {
     let grads = total.unwrap().backward().unwrap();
     let mut checked = 0;
     for (name, want) in &expected.tensors {
-        let Some(var_name) = name.strip_prefix("grad.") else { continue };
-        let var = vars.get(var_name).unwrap_or_else(|| panic!("no tensor {var_name}"));
-        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{var_name} received no gradient"));
+        let Some(var_name) = name.strip_prefix("grad.") else {
+            continue;
+        };
+        let var = vars
+            .get(var_name)
+            .unwrap_or_else(|| panic!("no tensor {var_name}"));
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{var_name} received no gradient"));
         assert_grad_close(name, got, want, 1e-3);
         checked += 1;
     }

@@ -46,7 +46,11 @@ pub struct Manifest {
     pub schema_version: u32,
     #[serde(rename = "mediaType")]
     pub media_type: String,
-    #[serde(rename = "artifactType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub artifact_type: Option<String>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
@@ -72,7 +76,10 @@ impl Manifest {
             ));
         }
         if m.config.media_type != CONFIG_MEDIA_TYPE {
-            return Err(format!("config mediaType {:?} is not {CONFIG_MEDIA_TYPE}", m.config.media_type));
+            return Err(format!(
+                "config mediaType {:?} is not {CONFIG_MEDIA_TYPE}",
+                m.config.media_type
+            ));
         }
         for l in &m.layers {
             if l.media_type != COMPONENT_MEDIA_TYPE || l.title().is_none() {
@@ -84,7 +91,9 @@ impl Manifest {
 
     /// The `name:tag` it was published under.
     pub fn ref_name(&self) -> Option<&str> {
-        self.annotations.get(REF_NAME_ANNOTATION).map(String::as_str)
+        self.annotations
+            .get(REF_NAME_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// Canonical bytes (sorted keys, no spaces): the digest is a function of content.
@@ -103,7 +112,8 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {
-                let sorted: BTreeMap<&String, Value> = m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
                 Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
             }
             Value::Array(a) => Value::Array(a.iter().map(sort).collect()),

@@ -63,7 +63,10 @@ impl TagName {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !tag_ok {
-            return Err(invalid(s, "a tag is letters, digits, '.', '_' and '-' (at most 128)"));
+            return Err(invalid(
+                s,
+                "a tag is letters, digits, '.', '_' and '-' (at most 128)",
+            ));
         }
         Ok(Self {
             name: name.into(),
@@ -82,12 +85,21 @@ impl Reference {
             if hex.len() == 64 {
                 return Ok(Self::Digest(s.parse()?));
             }
-            if hex.len() >= 4 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            if hex.len() >= 4
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
                 return Ok(Self::Prefix(hex.into()));
             }
-            return Err(invalid(s, "a digest prefix needs at least 4 lowercase hex digits"));
+            return Err(invalid(
+                s,
+                "a digest prefix needs at least 4 lowercase hex digits",
+            ));
         }
-        let looks_hex = s.len() >= 6 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let looks_hex = s.len() >= 6
+            && s.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
         if looks_hex && !s.contains(':') {
             return Ok(Self::Prefix(s.into()));
         }
@@ -103,22 +115,48 @@ mod tests {
     fn parses_every_form() {
         assert_eq!(
             Reference::parse("pascal/vmt:v1").unwrap(),
-            Reference::Tag(TagName { name: "pascal/vmt".into(), tag: "v1".into() })
+            Reference::Tag(TagName {
+                name: "pascal/vmt".into(),
+                tag: "v1".into()
+            })
         );
         assert_eq!(
             Reference::parse("vmt").unwrap(),
-            Reference::Tag(TagName { name: "vmt".into(), tag: "latest".into() })
+            Reference::Tag(TagName {
+                name: "vmt".into(),
+                tag: "latest".into()
+            })
         );
         let d = Digest::of(b"x");
-        assert_eq!(Reference::parse(&format!("vmt@{d}")).unwrap(), Reference::Digest(d));
-        assert_eq!(Reference::parse(&d.to_string()).unwrap(), Reference::Digest(d));
-        assert_eq!(Reference::parse("sha256:abcd").unwrap(), Reference::Prefix("abcd".into()));
-        assert_eq!(Reference::parse("abcdef12").unwrap(), Reference::Prefix("abcdef12".into()));
+        assert_eq!(
+            Reference::parse(&format!("vmt@{d}")).unwrap(),
+            Reference::Digest(d)
+        );
+        assert_eq!(
+            Reference::parse(&d.to_string()).unwrap(),
+            Reference::Digest(d)
+        );
+        assert_eq!(
+            Reference::parse("sha256:abcd").unwrap(),
+            Reference::Prefix("abcd".into())
+        );
+        assert_eq!(
+            Reference::parse("abcdef12").unwrap(),
+            Reference::Prefix("abcdef12".into())
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "UPPER:v1", "a:", "a:b c", "a//b:v", "sha256:xy", "x@sha256:12"] {
+        for bad in [
+            "",
+            "UPPER:v1",
+            "a:",
+            "a:b c",
+            "a//b:v",
+            "sha256:xy",
+            "x@sha256:12",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

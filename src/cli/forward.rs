@@ -66,9 +66,13 @@ pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
     let (bundle, origin) = read_bundle(root, &args.bundle)?;
     let spec = match args.backbone.or_else(|| recorded_backbone(&bundle.config)) {
         Some(s) => s,
-        None => bail!("{}: the bundle records no usable backbone source; pass --backbone", args.bundle),
+        None => bail!(
+            "{}: the bundle records no usable backbone source; pass --backbone",
+            args.bundle
+        ),
     };
-    let backbone = Backbone::load(&spec, &device).with_context(|| format!("loading backbone {spec}"))?;
+    let backbone =
+        Backbone::load(&spec, &device).with_context(|| format!("loading backbone {spec}"))?;
     let model = load_model(&bundle, &backbone, &origin)?;
     let pixels = read_pixels(&args.input, &device)?;
     let loaded = start.elapsed();
@@ -92,8 +96,16 @@ pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
 fn print_summary(backbone: &Backbone, config: &BundleConfig) {
     let trainable = trainable_count(config);
     let frozen = backbone.parameter_count();
-    let label = if backbone.is_random() { " (RANDOM weights)" } else { "" };
-    eprintln!("backbone {}{label}: {}", backbone.source, backbone.swin.geometry.describe());
+    let label = if backbone.is_random() {
+        " (RANDOM weights)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "backbone {}{label}: {}",
+        backbone.source,
+        backbone.swin.geometry.describe()
+    );
     eprintln!(
         "parameters: {trainable} trainable ({:.2}% of the backbone), {frozen} frozen",
         100.0 * trainable as f64 / frozen as f64
@@ -169,16 +181,21 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "pixel_values".to_string(),
         crate::model::tensors::to_raw(&pixels)?,
     )]);
-    std::fs::write(&input, vmt_registry::safetensors_canon::canonical_bytes(&raw))
-        .with_context(|| input.display().to_string())?;
+    std::fs::write(
+        &input,
+        vmt_registry::safetensors_canon::canonical_bytes(&raw),
+    )
+    .with_context(|| input.display().to_string())?;
     println!("bundle (untrained) -> {}", bundle_dir.display());
-    forward(None, ForwardArgs {
-        bundle: bundle_dir.display().to_string(),
-        backbone: Some(args.backbone.clone()),
-        input,
-        out: args.out.join("output.safetensors"),
-        device: args.device.clone(),
-        verbose: true,
-    })
+    forward(
+        None,
+        ForwardArgs {
+            bundle: bundle_dir.display().to_string(),
+            backbone: Some(args.backbone.clone()),
+            input,
+            out: args.out.join("output.safetensors"),
+            device: args.device.clone(),
+            verbose: true,
+        },
+    )
 }
-

@@ -96,9 +96,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => registry::verify(root, args),
         Command::Forward(args) => forward::forward(root, args),
         Command::Demo(args) => forward::demo(args),
-        Command::Bench(BenchCommand::Forward { backbone, tasks, batch, size, iters, device, json }) => {
+        Command::Bench(BenchCommand::Forward {
+            backbone,
+            tasks,
+            batch,
+            size,
+            iters,
+            device,
+            json,
+        }) => {
             let device = crate::device::parse_device(&device)?;
-            let rows = crate::bench::bench_forward(&backbone, &tasks, &batch, size, iters, &device)?;
+            let rows =
+                crate::bench::bench_forward(&backbone, &tasks, &batch, size, iters, &device)?;
             for r in rows {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
@@ -119,7 +128,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     println!(
                         "{:<52} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
-                        r.operation, r.mb_per_s, r.median_s * 1e3, r.bytes as f64 / 1e6
+                        r.operation,
+                        r.mb_per_s,
+                        r.median_s * 1e3,
+                        r.bytes as f64 / 1e6
                     );
                 }
             }

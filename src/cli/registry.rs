@@ -92,7 +92,11 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     let bundle = reg.load(&d)?;
     let specs = bundle_tensors(&bundle.config);
     let params = |component: &str| -> usize {
-        specs.iter().filter(|s| s.component == component).map(|s| s.numel()).sum()
+        specs
+            .iter()
+            .filter(|s| s.component == component)
+            .map(|s| s.numel())
+            .sum()
     };
     println!("digest: {d}");
     println!("tags: {}", reg.tags_of(&d)?.join(", "));
@@ -136,7 +140,10 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
         let names: Vec<String> = chain.iter().map(|p| p.to_string()).collect();
         println!("lineage: {}", names.join(" <- "));
     }
-    println!("config:\n{}", serde_json::to_string_pretty(&config_value(&bundle.config))?);
+    println!(
+        "config:\n{}",
+        serde_json::to_string_pretty(&config_value(&bundle.config))?
+    );
     Ok(())
 }
 
@@ -162,7 +169,12 @@ pub fn gc(root: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {
     let verb = if dry_run { "would delete" } else { "deleted" };
     let freed: u64 = report.removed.iter().map(|e| e.size).sum();
     for e in &report.removed {
-        println!("{verb} {} ({}): {}", e.digest, human_bytes(e.size), e.reason);
+        println!(
+            "{verb} {} ({}): {}",
+            e.digest,
+            human_bytes(e.size),
+            e.reason
+        );
     }
     if dry_run {
         for e in &report.kept {
@@ -190,8 +202,13 @@ pub struct VerifyArgs {
 pub fn verify(root: Option<&Path>, args: VerifyArgs) -> anyhow::Result<()> {
     if args.rebuild_index {
         let dir = root.map(PathBuf::from).unwrap_or_else(default_root);
-        let r = rebuild_index(&dir).with_context(|| format!("rebuilding the index of {}", dir.display()))?;
-        println!("rebuilt the index: {} manifest(s), {} tag(s)", r.manifests, r.tags.len());
+        let r = rebuild_index(&dir)
+            .with_context(|| format!("rebuilding the index of {}", dir.display()))?;
+        println!(
+            "rebuilt the index: {} manifest(s), {} tag(s)",
+            r.manifests,
+            r.tags.len()
+        );
         for (t, d) in &r.tags {
             println!("  {t} -> {d}");
         }

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::Value;
-use vmt_registry::bundle::{SwinGeometry, RawTensor};
+use vmt_registry::bundle::{RawTensor, SwinGeometry};
 use vmt_registry::Digest;
 
 use super::error::{ModelError, Result};
@@ -123,11 +123,16 @@ fn parse_config(v: &Value, path: &Path) -> Result<SwinGeometry> {
         reason,
     };
     if let Some(arch) = v.get("architecture").and_then(Value::as_str) {
-        return timm_geometry(arch).ok_or_else(|| not_swin(format!("timm architecture {arch:?} is not a known Swin")));
+        return timm_geometry(arch)
+            .ok_or_else(|| not_swin(format!("timm architecture {arch:?} is not a known Swin")));
     }
     match v.get("model_type").and_then(Value::as_str) {
         Some("swin") => {}
-        Some(other) => return Err(not_swin(format!("model_type is {other:?}, expected \"swin\""))),
+        Some(other) => {
+            return Err(not_swin(format!(
+                "model_type is {other:?}, expected \"swin\""
+            )))
+        }
         None => return Err(not_swin("no model_type (expected \"swin\")".into())),
     }
     let usize_field = |name: &str, default: Option<usize>| -> Result<usize> {
@@ -149,11 +154,15 @@ fn parse_config(v: &Value, path: &Path) -> Result<SwinGeometry> {
         return Err(not_swin("num_channels must be 3".into()));
     }
     if v.get("use_absolute_embeddings").and_then(Value::as_bool) == Some(true) {
-        return Err(not_swin("use_absolute_embeddings = true is not supported".into()));
+        return Err(not_swin(
+            "use_absolute_embeddings = true is not supported".into(),
+        ));
     }
     if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
         if act != "gelu" {
-            return Err(not_swin(format!("hidden_act {act:?} is not supported (only \"gelu\")")));
+            return Err(not_swin(format!(
+                "hidden_act {act:?} is not supported (only \"gelu\")"
+            )));
         }
     }
     let mut g = SwinGeometry::new(
@@ -164,9 +173,14 @@ fn parse_config(v: &Value, path: &Path) -> Result<SwinGeometry> {
     );
     g.patch_size = usize_field("patch_size", Some(4))?;
     g.mlp_ratio = v.get("mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
-    g.layer_norm_eps = v.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5);
+    g.layer_norm_eps = v
+        .get("layer_norm_eps")
+        .and_then(Value::as_f64)
+        .unwrap_or(1e-5);
     if g.depths.len() != g.num_heads.len() || g.depths.is_empty() {
-        return Err(not_swin("depths and num_heads must be non-empty and of equal length".into()));
+        return Err(not_swin(
+            "depths and num_heads must be non-empty and of equal length".into(),
+        ));
     }
     Ok(g)
 }
@@ -201,17 +215,29 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
     let mut out = HashMap::new();
     if !is_timm {
         for (name, t) in raw.tensors {
-            let name = name.strip_prefix("swin.").map(str::to_string).unwrap_or(name);
-            if name.starts_with("classifier.") || name.ends_with("relative_position_index") || name.starts_with("pooler.") {
+            let name = name
+                .strip_prefix("swin.")
+                .map(str::to_string)
+                .unwrap_or(name);
+            if name.starts_with("classifier.")
+                || name.ends_with("relative_position_index")
+                || name.starts_with("pooler.")
+            {
                 continue;
             }
             out.insert(name, t);
         }
         return Ok(NamedTensors::new(origin, out));
     }
-    let downsample_at_end = raw.tensors.keys().any(|k| k.starts_with("layers.0.downsample."));
+    let downsample_at_end = raw
+        .tensors
+        .keys()
+        .any(|k| k.starts_with("layers.0.downsample."));
     for (name, t) in raw.tensors {
-        if name.starts_with("head") || name.ends_with("attn_mask") || name.ends_with("relative_position_index") {
+        if name.starts_with("head")
+            || name.ends_with("attn_mask")
+            || name.ends_with("relative_position_index")
+        {
             continue;
         }
         let mapped = if let Some(rest) = name.strip_prefix("patch_embed.proj.") {
@@ -228,11 +254,17 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
                 reason: "layers.<N> with N not a number".into(),
             })?;
             if let Some(d) = rest.strip_prefix("downsample.") {
-                let at = if downsample_at_end { stage } else { stage.checked_sub(1).ok_or_else(|| ModelError::UnexpectedTensor {
-                    file: origin.clone(),
-                    name: name.clone(),
-                    reason: "a downsample before the first stage".into(),
-                })? };
+                let at = if downsample_at_end {
+                    stage
+                } else {
+                    stage
+                        .checked_sub(1)
+                        .ok_or_else(|| ModelError::UnexpectedTensor {
+                            file: origin.clone(),
+                            name: name.clone(),
+                            reason: "a downsample before the first stage".into(),
+                        })?
+                };
                 format!("encoder.layers.{at}.downsample.{d}")
             } else if let Some(rest) = rest.strip_prefix("blocks.") {
                 let (block, part) = rest.split_once('.').unwrap_or((rest, ""));
@@ -240,7 +272,10 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
                 if let Some(kind) = part.strip_prefix("attn.qkv.") {
                     let c = t.dim(0)? / 3;
                     for (i, n) in ["query", "key", "value"].iter().enumerate() {
-                        out.insert(format!("{p}.attention.self.{n}.{kind}"), t.narrow(0, i * c, c)?);
+                        out.insert(
+                            format!("{p}.attention.self.{n}.{kind}"),
+                            t.narrow(0, i * c, c)?,
+                        );
                     }
                     continue;
                 }
@@ -248,7 +283,10 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
                     .replace("norm1.", "layernorm_before.")
                     .replace("norm2.", "layernorm_after.")
                     .replace("attn.proj.", "attention.output.dense.")
-                    .replace("attn.relative_position_bias_table", "attention.self.relative_position_bias_table")
+                    .replace(
+                        "attn.relative_position_bias_table",
+                        "attention.self.relative_position_bias_table",
+                    )
                     .replace("mlp.fc1.", "intermediate.dense.")
                     .replace("mlp.fc2.", "output.dense.");
                 format!("{p}.{part}")
@@ -272,15 +310,28 @@ pub fn random_weights(geometry: &SwinGeometry, seed: u64, device: &Device) -> Re
         let n: usize = shape.iter().product();
         (0..n).map(|_| normal.sample(&mut rng)).collect()
     };
-    let add = |t: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>, name: String, shape: Vec<usize>, values: Vec<f32>| {
+    let add = |t: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+               name: String,
+               shape: Vec<usize>,
+               values: Vec<f32>| {
         t.insert(name, (shape, values));
     };
     let g = geometry;
     let (c0, p) = (g.embed_dim, g.patch_size);
     let zeros = |n: usize| vec![0f32; n];
     let ones = |n: usize| vec![1f32; n];
-    add(&mut t, "embeddings.patch_embeddings.projection.weight".into(), vec![c0, 3, p, p], randn(vec![c0, 3, p, p]));
-    add(&mut t, "embeddings.patch_embeddings.projection.bias".into(), vec![c0], zeros(c0));
+    add(
+        &mut t,
+        "embeddings.patch_embeddings.projection.weight".into(),
+        vec![c0, 3, p, p],
+        randn(vec![c0, 3, p, p]),
+    );
+    add(
+        &mut t,
+        "embeddings.patch_embeddings.projection.bias".into(),
+        vec![c0],
+        zeros(c0),
+    );
     add(&mut t, "embeddings.norm.weight".into(), vec![c0], ones(c0));
     add(&mut t, "embeddings.norm.bias".into(), vec![c0], zeros(c0));
     let span = (2 * g.window_size - 1).pow(2);
@@ -295,22 +346,67 @@ pub fn random_weights(geometry: &SwinGeometry, seed: u64, device: &Device) -> Re
                 add(&mut t, format!("{b}.{n}.bias"), vec![c], zeros(c));
             }
             for n in ["query", "key", "value"] {
-                add(&mut t, format!("{b}.attention.self.{n}.weight"), vec![c, c], randn(vec![c, c]));
-                add(&mut t, format!("{b}.attention.self.{n}.bias"), vec![c], zeros(c));
+                add(
+                    &mut t,
+                    format!("{b}.attention.self.{n}.weight"),
+                    vec![c, c],
+                    randn(vec![c, c]),
+                );
+                add(
+                    &mut t,
+                    format!("{b}.attention.self.{n}.bias"),
+                    vec![c],
+                    zeros(c),
+                );
             }
-            add(&mut t, format!("{b}.attention.self.relative_position_bias_table"), vec![span, heads], randn(vec![span, heads]));
-            add(&mut t, format!("{b}.attention.output.dense.weight"), vec![c, c], randn(vec![c, c]));
-            add(&mut t, format!("{b}.attention.output.dense.bias"), vec![c], zeros(c));
-            add(&mut t, format!("{b}.intermediate.dense.weight"), vec![hidden, c], randn(vec![hidden, c]));
-            add(&mut t, format!("{b}.intermediate.dense.bias"), vec![hidden], zeros(hidden));
-            add(&mut t, format!("{b}.output.dense.weight"), vec![c, hidden], randn(vec![c, hidden]));
+            add(
+                &mut t,
+                format!("{b}.attention.self.relative_position_bias_table"),
+                vec![span, heads],
+                randn(vec![span, heads]),
+            );
+            add(
+                &mut t,
+                format!("{b}.attention.output.dense.weight"),
+                vec![c, c],
+                randn(vec![c, c]),
+            );
+            add(
+                &mut t,
+                format!("{b}.attention.output.dense.bias"),
+                vec![c],
+                zeros(c),
+            );
+            add(
+                &mut t,
+                format!("{b}.intermediate.dense.weight"),
+                vec![hidden, c],
+                randn(vec![hidden, c]),
+            );
+            add(
+                &mut t,
+                format!("{b}.intermediate.dense.bias"),
+                vec![hidden],
+                zeros(hidden),
+            );
+            add(
+                &mut t,
+                format!("{b}.output.dense.weight"),
+                vec![c, hidden],
+                randn(vec![c, hidden]),
+            );
             add(&mut t, format!("{b}.output.dense.bias"), vec![c], zeros(c));
         }
         if i + 1 < g.depths.len() {
             let d = format!("encoder.layers.{i}.downsample");
             add(&mut t, format!("{d}.norm.weight"), vec![4 * c], ones(4 * c));
             add(&mut t, format!("{d}.norm.bias"), vec![4 * c], zeros(4 * c));
-            add(&mut t, format!("{d}.reduction.weight"), vec![2 * c, 4 * c], randn(vec![2 * c, 4 * c]));
+            add(
+                &mut t,
+                format!("{d}.reduction.weight"),
+                vec![2 * c, 4 * c],
+                randn(vec![2 * c, 4 * c]),
+            );
         }
     }
     let last = *dims.last().expect("at least one stage");
@@ -330,7 +426,10 @@ fn random_backbone(spec: &str, device: &Device) -> Result<Backbone> {
         _ => {
             return Err(ModelError::bad_input(
                 format!("backbone {spec:?}"),
-                format!("unknown random backbone (built in: {})", RANDOM_BACKBONES.join(", ")),
+                format!(
+                    "unknown random backbone (built in: {})",
+                    RANDOM_BACKBONES.join(", ")
+                ),
             ))
         }
     };
@@ -350,5 +449,7 @@ pub fn weights_digest(w: &NamedTensors) -> Result<Digest> {
     for (name, t) in &w.tensors {
         raw.insert(name.clone(), to_raw(&t.to_dtype(DType::F32)?)?);
     }
-    Ok(Digest::of(&vmt_registry::safetensors_canon::canonical_bytes(&raw)))
+    Ok(Digest::of(
+        &vmt_registry::safetensors_canon::canonical_bytes(&raw),
+    ))
 }

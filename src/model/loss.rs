@@ -29,20 +29,30 @@ fn count(mask: &Tensor) -> Result<f32> {
 }
 
 /// The unweighted loss of one task (a scalar tensor). `pred`: `[B, K, H, W]`.
-pub fn task_loss(kind: TaskKind, task: &str, pred: &Tensor, target: &Target) -> std::result::Result<Tensor, ModelError> {
+pub fn task_loss(
+    kind: TaskKind,
+    task: &str,
+    pred: &Tensor,
+    target: &Target,
+) -> std::result::Result<Tensor, ModelError> {
     let (b, k, h, w) = pred.dims4()?;
     let bad = |reason: String| ModelError::bad_input(format!("target of task {task:?}"), reason);
     match (kind, target) {
         (TaskKind::Segmentation | TaskKind::Saliency, Target::Labels(labels)) => {
             if labels.dims() != [b, h, w] {
-                return Err(bad(format!("labels are {:?}, expected [{b}, {h}, {w}]", labels.dims())));
+                return Err(bad(format!(
+                    "labels are {:?}, expected [{b}, {h}, {w}]",
+                    labels.dims()
+                )));
             }
             let labels = labels.to_dtype(DType::F32)?;
             let valid = labels.ne(IGNORE as f64)?.to_dtype(DType::F32)?;
             if kind == TaskKind::Segmentation {
                 let out_of_range = count(&(labels.ge(k as f64)?.to_dtype(DType::F32)? * &valid)?)?;
                 if out_of_range > 0.0 {
-                    return Err(bad(format!("{out_of_range} pixel(s) have a class id >= {k} (and not 255)")));
+                    return Err(bad(format!(
+                        "{out_of_range} pixel(s) have a class id >= {k} (and not 255)"
+                    )));
                 }
                 Ok(cross_entropy(pred, &labels, &valid, k)?)
             } else {
@@ -51,30 +61,44 @@ pub fn task_loss(kind: TaskKind, task: &str, pred: &Tensor, target: &Target) -> 
         }
         (TaskKind::Normals, Target::Dense(t)) => {
             if t.dims() != [b, 3, h, w] {
-                return Err(bad(format!("normals are {:?}, expected [{b}, 3, {h}, {w}]", t.dims())));
+                return Err(bad(format!(
+                    "normals are {:?}, expected [{b}, 3, {h}, {w}]",
+                    t.dims()
+                )));
             }
             Ok(normals_l1(pred, &t.to_dtype(DType::F32)?)?)
         }
         (TaskKind::Depth, Target::Dense(t)) => {
             if t.dims() != [b, 1, h, w] {
-                return Err(bad(format!("depth is {:?}, expected [{b}, 1, {h}, {w}]", t.dims())));
+                return Err(bad(format!(
+                    "depth is {:?}, expected [{b}, 1, {h}, {w}]",
+                    t.dims()
+                )));
             }
             let t = t.to_dtype(DType::F32)?;
             let valid = t.gt(0.0)?.to_dtype(DType::F32)?;
             let n = count(&valid)?.max(1.0);
-            Ok(((pred - &t)?.abs()? * valid)?.sum_all()?.affine(1.0 / n as f64, 0.0)?)
+            Ok(((pred - &t)?.abs()? * valid)?
+                .sum_all()?
+                .affine(1.0 / n as f64, 0.0)?)
         }
-        (kind, _) => Err(bad(format!("a {kind:?} task needs {} targets", match kind {
-            TaskKind::Segmentation | TaskKind::Saliency => "label (u8)",
-            _ => "dense (f32)",
-        }))),
+        (kind, _) => Err(bad(format!(
+            "a {kind:?} task needs {} targets",
+            match kind {
+                TaskKind::Segmentation | TaskKind::Saliency => "label (u8)",
+                _ => "dense (f32)",
+            }
+        ))),
     }
 }
 
 /// Cross-entropy over classes (dim 1), mean over valid pixels.
 fn cross_entropy(pred: &Tensor, labels: &Tensor, valid: &Tensor, k: usize) -> Result<Tensor> {
     let classes = Tensor::arange(0f32, k as f32, pred.device())?.reshape((1, k, 1, 1))?;
-    let one_hot = labels.unsqueeze(1)?.broadcast_eq(&classes)?.to_dtype(DType::F32)?;
+    let one_hot = labels
+        .unsqueeze(1)?
+        .broadcast_eq(&classes)?
+        .to_dtype(DType::F32)?;
     let picked = (log_softmax(pred, 1)? * one_hot)?.sum(1)?; // [B, H, W]
     let n = count(valid)?.max(1.0);
     (picked * valid)?.sum_all()?.affine(-1.0 / n as f64, 0.0)
@@ -87,9 +111,11 @@ fn balanced_bce(logits: &Tensor, labels: &Tensor, valid: &Tensor) -> Result<Tens
     let n_pos = count(&pos)?;
     let n_neg = count(valid)? - n_pos;
     // w = n_neg/n on positives, n_pos/n on (valid) negatives.
-    let weight = ((&pos * (n_neg / n_valid) as f64)? + ((valid - &pos)? * (n_pos / n_valid) as f64)?)?;
+    let weight =
+        ((&pos * (n_neg / n_valid) as f64)? + ((valid - &pos)? * (n_pos / n_valid) as f64)?)?;
     // Stable BCE-with-logits: max(x, 0) - x*z + log(1 + exp(-|x|)).
-    let bce = ((logits.relu()? - (logits * &pos)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let bce =
+        ((logits.relu()? - (logits * &pos)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     (bce * weight)?.sum_all()?.affine(1.0 / n_valid as f64, 0.0)
 }
 

@@ -12,17 +12,26 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use vmt_registry::bundle::SwinGeometry;
 use super::error::ModelError;
 use super::ops::{softmax_last_dim, LayerNorm, Linear};
 use super::tensors::NamedTensors;
+use vmt_registry::bundle::SwinGeometry;
 
 /// Reads one backbone tensor as f32 (checkpoints may hold f16/bf16).
-fn weight(w: &NamedTensors, name: &str, shape: &[usize]) -> std::result::Result<Tensor, ModelError> {
+fn weight(
+    w: &NamedTensors,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<Tensor, ModelError> {
     Ok(w.get(name, shape)?.to_dtype(DType::F32)?)
 }
 
-fn layer_norm(w: &NamedTensors, prefix: &str, dim: usize, eps: f64) -> std::result::Result<LayerNorm, ModelError> {
+fn layer_norm(
+    w: &NamedTensors,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> std::result::Result<LayerNorm, ModelError> {
     Ok(LayerNorm::new(
         weight(w, &format!("{prefix}.weight"), &[dim])?,
         weight(w, &format!("{prefix}.bias"), &[dim])?,
@@ -42,7 +51,10 @@ fn linear(
     } else {
         None
     };
-    Ok(Linear::new(weight(w, &format!("{prefix}.weight"), &[out, inp])?, b))
+    Ok(Linear::new(
+        weight(w, &format!("{prefix}.weight"), &[out, inp])?,
+        b,
+    ))
 }
 
 /// Patch embedding: a `p x p` stride-`p` convolution (done as one matmul) and a LayerNorm.
@@ -57,7 +69,11 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     fn new(w: &NamedTensors, g: &SwinGeometry) -> std::result::Result<Self, ModelError> {
         let (c, p) = (g.embed_dim, g.patch_size);
-        let kernel = weight(w, "embeddings.patch_embeddings.projection.weight", &[c, 3, p, p])?;
+        let kernel = weight(
+            w,
+            "embeddings.patch_embeddings.projection.weight",
+            &[c, 3, p, p],
+        )?;
         let bias = weight(w, "embeddings.patch_embeddings.projection.bias", &[c])?;
         Ok(Self {
             proj: Linear::new(kernel.reshape((c, 3 * p * p))?, Some(bias)),
@@ -290,7 +306,13 @@ impl SwinBlock {
                 g.window_size,
             )?,
             layernorm_after: layer_norm(w, &format!("{prefix}.layernorm_after"), dim, eps)?,
-            intermediate: linear(w, &format!("{prefix}.intermediate.dense"), hidden, dim, true)?,
+            intermediate: linear(
+                w,
+                &format!("{prefix}.intermediate.dense"),
+                hidden,
+                dim,
+                true,
+            )?,
             output: linear(w, &format!("{prefix}.output.dense"), dim, hidden, true)?,
             window: g.window_size,
             shifted,
@@ -317,7 +339,11 @@ impl SwinBlock {
             .reshape((b, nh, ws, nw, ws, c))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * nh * nw, ws * ws, c))?;
-        let mask = if shift > 0 { layout.mask.as_ref() } else { None };
+        let mask = if shift > 0 {
+            layout.mask.as_ref()
+        } else {
+            None
+        };
         let attended = self.attention.forward(&windows, mask)?;
         let mut map = attended
             .reshape((b, nh, nw, ws, ws, c))?
@@ -353,7 +379,12 @@ pub struct PatchMerging {
 }
 
 impl PatchMerging {
-    fn new(w: &NamedTensors, prefix: &str, dim: usize, eps: f64) -> std::result::Result<Self, ModelError> {
+    fn new(
+        w: &NamedTensors,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> std::result::Result<Self, ModelError> {
         Ok(Self {
             norm: layer_norm(w, &format!("{prefix}.norm"), 4 * dim, eps)?,
             reduction: linear(w, &format!("{prefix}.reduction"), 2 * dim, 4 * dim, false)?,
@@ -396,7 +427,11 @@ pub struct Swin {
 
 impl Swin {
     /// Builds the backbone from canonical (Hugging Face, unprefixed) tensor names.
-    pub fn new(w: &NamedTensors, g: &SwinGeometry, device: &Device) -> std::result::Result<Self, ModelError> {
+    pub fn new(
+        w: &NamedTensors,
+        g: &SwinGeometry,
+        device: &Device,
+    ) -> std::result::Result<Self, ModelError> {
         let dims = g.stage_dims();
         let mut stages = Vec::new();
         for (i, (&depth, &heads)) in g.depths.iter().zip(&g.num_heads).enumerate() {

@@ -111,10 +111,7 @@ pub fn from_raw(
 
 /// A candle tensor as a raw F32 tensor (copied to the host).
 pub fn to_raw(t: &Tensor) -> Result<vmt_registry::bundle::RawTensor> {
-    let values = t
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(vmt_registry::bundle::RawTensor::from_f32(
         t.dims().to_vec(),
         &values,

@@ -31,7 +31,13 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    fn new(t: &NamedTensors, prefix: &str, kind: AdapterKind, dim: usize, r: usize) -> std::result::Result<Self, ModelError> {
+    fn new(
+        t: &NamedTensors,
+        prefix: &str,
+        kind: AdapterKind,
+        dim: usize,
+        r: usize,
+    ) -> std::result::Result<Self, ModelError> {
         let down = Linear::new(
             t.get_f32(&format!("{prefix}.down.weight"), &[r, dim])?,
             Some(t.get_f32(&format!("{prefix}.down.bias"), &[r])?),
@@ -77,7 +83,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn new(t: &NamedTensors, cfg: &BundleConfig, task: &TaskSpec) -> std::result::Result<Self, ModelError> {
+    fn new(
+        t: &NamedTensors,
+        cfg: &BundleConfig,
+        task: &TaskSpec,
+    ) -> std::result::Result<Self, ModelError> {
         let p = format!("tasks.{}.decoder", task.name);
         let eps = cfg.backbone.layer_norm_eps;
         let (d, hidden) = (cfg.decoder.dim, cfg.decoder.hidden);
@@ -89,12 +99,13 @@ impl Decoder {
                 eps,
             ))
         };
-        let lin = |name: String, out: usize, inp: usize| -> std::result::Result<Linear, ModelError> {
-            Ok(Linear::new(
-                t.get_f32(&format!("{name}.weight"), &[out, inp])?,
-                Some(t.get_f32(&format!("{name}.bias"), &[out])?),
-            ))
-        };
+        let lin =
+            |name: String, out: usize, inp: usize| -> std::result::Result<Linear, ModelError> {
+                Ok(Linear::new(
+                    t.get_f32(&format!("{name}.weight"), &[out, inp])?,
+                    Some(t.get_f32(&format!("{name}.bias"), &[out])?),
+                ))
+            };
         Ok(Self {
             norms: (0..dims.len())
                 .map(|i| ln(format!("{p}.norms.{i}"), dims[i]))
@@ -162,7 +173,11 @@ pub struct VmtModel {
 impl VmtModel {
     /// Builds the model from the bundle's tensors (plain tensors for inference, or the
     /// tensors of Vars for training). The bundle and the backbone must share a geometry.
-    pub fn new(config: BundleConfig, backbone: Arc<Swin>, t: &NamedTensors) -> std::result::Result<Self, ModelError> {
+    pub fn new(
+        config: BundleConfig,
+        backbone: Arc<Swin>,
+        t: &NamedTensors,
+    ) -> std::result::Result<Self, ModelError> {
         if !config.backbone.same_shape(&backbone.geometry) {
             return Err(ModelError::BackboneMismatch(format!(
                 "the bundle was trained on a Swin with {}, the backbone given has {}",
@@ -176,7 +191,15 @@ impl VmtModel {
             let r = config.adapter.bottleneck(dims[i]);
             adapters.push(
                 (0..depth)
-                    .map(|j| Adapter::new(t, &format!("adapter.stages.{i}.blocks.{j}"), config.adapter.kind, dims[i], r))
+                    .map(|j| {
+                        Adapter::new(
+                            t,
+                            &format!("adapter.stages.{i}.blocks.{j}"),
+                            config.adapter.kind,
+                            dims[i],
+                            r,
+                        )
+                    })
                     .collect::<std::result::Result<Vec<_>, _>>()?,
             );
         }
@@ -254,7 +277,12 @@ impl VmtModel {
             .heads
             .iter()
             .zip(&task_feats)
-            .map(|(head, feats)| Ok((head.spec.name.clone(), head.decoder.forward(feats, h_in, w_in)?)))
+            .map(|(head, feats)| {
+                Ok((
+                    head.spec.name.clone(),
+                    head.decoder.forward(feats, h_in, w_in)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(VmtOutput { tasks, features })
     }

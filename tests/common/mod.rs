@@ -38,7 +38,10 @@ pub fn assert_grad_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
     let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = g
+        .iter()
+        .zip(&w)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(scale > 0.0, "{what}: the reference gradient is all zero");
     assert!(
         err <= rel * scale,

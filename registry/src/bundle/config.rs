@@ -145,7 +145,9 @@ impl std::str::FromStr for AdapterKind {
         match s {
             "vmt" => Ok(Self::Vmt),
             "vmt-lite" => Ok(Self::VmtLite),
-            _ => Err(format!("unknown adapter kind {s:?} (expected vmt or vmt-lite)")),
+            _ => Err(format!(
+                "unknown adapter kind {s:?} (expected vmt or vmt-lite)"
+            )),
         }
     }
 }
@@ -298,7 +300,10 @@ impl BundleConfig {
         }
         let g = &self.backbone;
         if g.family != "swin" {
-            return Err(format!("backbone.family is {:?}, expected \"swin\"", g.family));
+            return Err(format!(
+                "backbone.family is {:?}, expected \"swin\"",
+                g.family
+            ));
         }
         if g.depths.is_empty() || g.depths.len() != g.num_heads.len() {
             return Err(format!(

@@ -147,10 +147,12 @@ pub fn check_tensors(
     let file = PathBuf::from(origin);
     let specs = bundle_tensors(config);
     for spec in &specs {
-        let t = tensors.get(&spec.name).ok_or_else(|| Error::MissingTensor {
-            file: file.clone(),
-            name: spec.name.clone(),
-        })?;
+        let t = tensors
+            .get(&spec.name)
+            .ok_or_else(|| Error::MissingTensor {
+                file: file.clone(),
+                name: spec.name.clone(),
+            })?;
         if t.dtype != Dtype::F32 {
             return Err(Error::NotF32 {
                 file: file.clone(),

@@ -99,7 +99,11 @@ pub fn task_tensors(cfg: &BundleConfig, task: &str, channels: usize) -> Vec<Tens
         push(format!("{p}lateral.{i}.weight"), vec![d, c], true);
         push(format!("{p}lateral.{i}.bias"), vec![d], false);
     }
-    push(format!("{p}fuse.weight"), vec![hidden, dims.len() * d], true);
+    push(
+        format!("{p}fuse.weight"),
+        vec![hidden, dims.len() * d],
+        true,
+    );
     push(format!("{p}fuse.bias"), vec![hidden], false);
     push(format!("{p}fuse_norm.weight"), vec![hidden], false);
     push(format!("{p}fuse_norm.bias"), vec![hidden], false);

@@ -46,7 +46,8 @@ impl BlobStore {
         if path.is_file() && Digest::of_file(&path).ok() == Some(d) {
             return Ok((d, false));
         }
-        let mut f = tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
+        let mut f =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
         f.write_all(bytes).map_err(|e| Error::io(f.path(), e))?;
         f.as_file().sync_all().map_err(|e| Error::io(f.path(), e))?;
         f.persist(&path).map_err(|e| Error::io(&path, e.error))?;

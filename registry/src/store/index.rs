@@ -120,17 +120,29 @@ impl Index {
     }
 
     pub fn parent(&self, d: &Digest) -> Result<Option<Digest>> {
-        Ok(self.lineage.get(d.to_string())?.and_then(|v| parse_digest(&v)))
+        Ok(self
+            .lineage
+            .get(d.to_string())?
+            .and_then(|v| parse_digest(&v)))
     }
 
     /// How many known manifests reference blob `d`.
     pub fn refcount(&self, d: &Digest) -> Result<u64> {
-        Ok(self.refs.get(d.to_string())?.map(|v| read_u64(&v)).unwrap_or(0))
+        Ok(self
+            .refs
+            .get(d.to_string())?
+            .map(|v| read_u64(&v))
+            .unwrap_or(0))
     }
 
     /// Records a manifest (if new) and points `tag` at it, in one transaction. Returns
     /// the manifest the tag pointed to before, if it was another one.
-    pub fn publish(&self, tag: &str, digest: &Digest, record: &ManifestRecord) -> Result<Option<Digest>> {
+    pub fn publish(
+        &self,
+        tag: &str,
+        digest: &Digest,
+        record: &ManifestRecord,
+    ) -> Result<Option<Digest>> {
         self.record_and_tag(Some(tag), digest, record)
     }
 
@@ -139,7 +151,12 @@ impl Index {
         self.record_and_tag(None, digest, record).map(|_| ())
     }
 
-    fn record_and_tag(&self, tag: Option<&str>, digest: &Digest, record: &ManifestRecord) -> Result<Option<Digest>> {
+    fn record_and_tag(
+        &self,
+        tag: Option<&str>,
+        digest: &Digest,
+        record: &ManifestRecord,
+    ) -> Result<Option<Digest>> {
         let key = digest.to_string();
         let value = serde_json::to_vec(record).expect("record serialises");
         let previous = (&self.tags, &self.manifests, &self.lineage, &self.refs)

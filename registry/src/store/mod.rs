@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::bundle::{bundle_tensors, dir::parse_config, dir::check_tensors, BundleConfig, BundleDir};
+use crate::bundle::{
+    bundle_tensors, dir::check_tensors, dir::parse_config, BundleConfig, BundleDir,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{
@@ -87,7 +89,9 @@ pub fn default_root() -> PathBuf {
     if let Some(h) = std::env::var_os("VMT_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".vmt-hub")
 }
 
@@ -100,7 +104,8 @@ pub struct BundleBlobs {
 
 impl BundleBlobs {
     pub fn of(bundle: &BundleDir) -> Self {
-        let config = canonical_json(&serde_json::to_value(&bundle.config).expect("config serialises"));
+        let config =
+            canonical_json(&serde_json::to_value(&bundle.config).expect("config serialises"));
         let components = bundle
             .components()
             .into_iter()
@@ -286,7 +291,9 @@ impl Registry {
 
     /// Reads and verifies a manifest blob.
     pub fn manifest(&self, d: &Digest) -> Result<Manifest> {
-        let bytes = self.blobs.get(d, &format!("manifest of {}", self.label(d)))?;
+        let bytes = self
+            .blobs
+            .get(d, &format!("manifest of {}", self.label(d)))?;
         Manifest::parse(&bytes).map_err(|reason| Error::Corrupt {
             what: format!("manifest {d}"),
             reason,
@@ -297,7 +304,9 @@ impl Registry {
     pub fn load(&self, d: &Digest) -> Result<BundleDir> {
         let manifest = self.manifest(d)?;
         let label = self.label(d);
-        let config_bytes = self.blobs.get(&manifest.config.digest, &format!("config of {label}"))?;
+        let config_bytes = self
+            .blobs
+            .get(&manifest.config.digest, &format!("config of {label}"))?;
         let origin = PathBuf::from(format!("{label} config {}", manifest.config.digest));
         let config = parse_config(&config_bytes, &origin)?;
         let mut tensors = BTreeMap::new();
@@ -359,18 +368,27 @@ impl Registry {
     fn reachable(&self) -> Result<BTreeMap<Digest, Vec<String>>> {
         let mut keep: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
         for (tag, d) in self.index.tags()? {
-            keep.entry(d).or_default().push(format!("manifest of {tag}"));
+            keep.entry(d)
+                .or_default()
+                .push(format!("manifest of {tag}"));
             let record = match self.index.manifest(&d)? {
                 Some(r) => r,
                 None => {
                     let m = self.manifest(&d)?;
-                    let config = parse_config(&self.blobs.get(&m.config.digest, "config")?, Path::new("config"))?;
+                    let config = parse_config(
+                        &self.blobs.get(&m.config.digest, "config")?,
+                        Path::new("config"),
+                    )?;
                     record_of(&m, 0, &config)
                 }
             };
-            keep.entry(record.config).or_default().push(format!("config of {tag}"));
+            keep.entry(record.config)
+                .or_default()
+                .push(format!("config of {tag}"));
             for (component, digest, _) in &record.layers {
-                keep.entry(*digest).or_default().push(format!("{component} of {tag}"));
+                keep.entry(*digest)
+                    .or_default()
+                    .push(format!("{component} of {tag}"));
             }
         }
         Ok(keep)
@@ -379,7 +397,12 @@ impl Registry {
     /// Deletes every blob that no tagged bundle needs (or only lists them).
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         let keep = self.reachable()?;
-        let known: BTreeSet<Digest> = self.index.manifests()?.into_iter().map(|(d, _)| d).collect();
+        let known: BTreeSet<Digest> = self
+            .index
+            .manifests()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
         let mut report = GcReport::default();
         for d in self.blobs.list()? {
             let size = self.blobs.size(&d).unwrap_or(0);
@@ -397,7 +420,11 @@ impl Registry {
                     } else {
                         "referenced by no manifest".to_string()
                     };
-                    report.removed.push(GcEntry { digest: d, size, reason });
+                    report.removed.push(GcEntry {
+                        digest: d,
+                        size,
+                        reason,
+                    });
                 }
             }
         }
@@ -455,12 +482,20 @@ impl Registry {
             let manifest = match Manifest::parse(&mbytes) {
                 Ok(m) => m,
                 Err(e) => {
-                    report.problems.push(format!("bundle {label}: manifest {d}: {e}"));
+                    report
+                        .problems
+                        .push(format!("bundle {label}: manifest {d}: {e}"));
                     continue;
                 }
             };
             let config = self
-                .check_blob(&mut report, &mut seen, label, "config", &manifest.config.digest)
+                .check_blob(
+                    &mut report,
+                    &mut seen,
+                    label,
+                    "config",
+                    &manifest.config.digest,
+                )
                 .and_then(|b| match parse_config(&b, Path::new("config")) {
                     Ok(c) => Some(c),
                     Err(e) => {
@@ -470,15 +505,24 @@ impl Registry {
                 });
             for layer in &manifest.layers {
                 let component = format!("component {}", layer.title().unwrap_or("?"));
-                if let Some(bytes) = self.check_blob(&mut report, &mut seen, label, &component, &layer.digest) {
+                if let Some(bytes) =
+                    self.check_blob(&mut report, &mut seen, label, &component, &layer.digest)
+                {
                     if let Err(e) = parse(&bytes, Path::new(&component)) {
                         report.problems.push(format!("bundle {label}: {e}"));
                     }
                 }
             }
             if let Some(cfg) = config {
-                let expected: BTreeSet<String> = bundle_tensors(&cfg).into_iter().map(|s| s.component).collect();
-                let found: BTreeSet<String> = manifest.layers.iter().filter_map(|l| l.title().map(String::from)).collect();
+                let expected: BTreeSet<String> = bundle_tensors(&cfg)
+                    .into_iter()
+                    .map(|s| s.component)
+                    .collect();
+                let found: BTreeSet<String> = manifest
+                    .layers
+                    .iter()
+                    .filter_map(|l| l.title().map(String::from))
+                    .collect();
                 if expected != found {
                     report.problems.push(format!(
                         "bundle {label}: components {found:?} do not match the config's {expected:?}"
@@ -505,7 +549,6 @@ impl Registry {
         Ok(report)
     }
 }
-
 
 /// What a rebuild found.
 #[derive(Debug, Clone, Default)]
@@ -540,7 +583,9 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
         if bytes.first() != Some(&b'{') {
             continue;
         }
-        let Ok(manifest) = Manifest::parse(&bytes) else { continue };
+        let Ok(manifest) = Manifest::parse(&bytes) else {
+            continue;
+        };
         let config = match reg
             .blobs
             .get(&manifest.config.digest, "config")

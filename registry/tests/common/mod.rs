@@ -29,10 +29,22 @@ pub fn micro_bundle(tasks: &[&str], shared_seed: u32, task_seed: u32) -> BundleD
     let tensors: BTreeMap<String, RawTensor> = bundle_tensors(&cfg)
         .into_iter()
         .map(|s| {
-            let seed = if s.component == "shared" { shared_seed } else { task_seed };
-            let salt = s.name.bytes().fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-            let values: Vec<f32> = (0..s.numel()).map(|i| ((salt as usize + i * 7) % 13) as f32 / 13.0).collect();
-            (s.name.clone(), RawTensor::from_f32(s.shape.clone(), &values))
+            let seed = if s.component == "shared" {
+                shared_seed
+            } else {
+                task_seed
+            };
+            let salt = s
+                .name
+                .bytes()
+                .fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+            let values: Vec<f32> = (0..s.numel())
+                .map(|i| ((salt as usize + i * 7) % 13) as f32 / 13.0)
+                .collect();
+            (
+                s.name.clone(),
+                RawTensor::from_f32(s.shape.clone(), &values),
+            )
         })
         .collect();
     BundleDir::new(cfg, tensors, Path::new("micro")).unwrap()
@@ -45,5 +57,7 @@ pub fn fixtures() -> PathBuf {
 
 /// Blob files on disk.
 pub fn blob_count(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
