@@ -9,7 +9,10 @@
 
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod device;
+pub mod eval;
+pub mod train;
 pub mod forward;
 pub mod model;
 

@@ -60,6 +60,14 @@ pub fn read_bundle(root: Option<&Path>, bundle: &str) -> anyhow::Result<(BundleD
     Ok((reg.load(&d)?, format!("{bundle} ({d})")))
 }
 
+/// The backbone to use: `--backbone` if given, else the one the bundle records.
+pub fn backbone_spec(config: &BundleConfig, given: Option<&str>, bundle: &str) -> anyhow::Result<String> {
+    match given.map(String::from).or_else(|| recorded_backbone(config)) {
+        Some(s) => Ok(s),
+        None => bail!("{bundle}: the bundle records no usable backbone source; pass --backbone"),
+    }
+}
+
 pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let device = parse_device(&args.device)?;

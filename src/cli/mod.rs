@@ -1,6 +1,8 @@
 //! The `vmt-hub` command line: argument parsing and printing over the library.
 
+pub mod data;
 mod forward;
+pub mod train;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -27,6 +29,14 @@ pub enum Command {
     /// Make an untrained bundle on a built-in random backbone and run it on a generated
     /// input: the whole model end to end, with nothing downloaded.
     Demo(DemoArgs),
+    /// Datasets: `data synth` writes a procedural one.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train a VMT-Adapter for several tasks on a frozen backbone; the bundle goes
+    /// into the registry under --tag.
+    Train(Box<train::TrainArgs>),
+    /// Per-task metrics of a bundle on a dataset split, and Δm against baselines.
+    Eval(train::EvalArgs),
     /// Store an exported bundle directory in the registry under a tag.
     Import(registry::ImportArgs),
     /// Write a stored bundle as a directory (bundle.json + adapter.safetensors).
@@ -86,6 +96,9 @@ pub enum BenchCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.registry.as_deref();
     match cli.command {
+        Command::Data(cmd) => data::run(cmd),
+        Command::Train(args) => train::run_train(root, *args),
+        Command::Eval(args) => train::run_eval(root, args),
         Command::Import(args) => registry::import(root, args),
         Command::Export(args) => registry::export(root, args),
         Command::List => registry::list(root),

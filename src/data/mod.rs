@@ -1,0 +1,247 @@
+//! Multi-task datasets on disk, their augmentation, and a loader that decodes on worker
+//! threads.
+//!
+//! Layout (see docs/dataset.md):
+//! ```text
+//! dataset.json              {"tasks": [{"name", "kind", "channels"}, ...]}
+//! images/<id>.jpg|png       RGB
+//! <task>/<id>.png           segmentation: class ids (255 = ignore); saliency: 0/255;
+//!                           normals: RGB, n = v/255*2-1, (0,0,0) = invalid;
+//!                           depth: 16-bit millimetres, 0 = invalid
+//! splits/train.txt, splits/val.txt   one id per line
+//! ```
+
+pub mod augment;
+pub mod loader;
+pub mod synth;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vmt_registry::bundle::{TaskKind, TaskSpec};
+use vmt_registry::Digest;
+
+/// Errors that name the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: cannot decode image: {reason}")]
+    Decode { path: PathBuf, reason: String },
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> DataError {
+    DataError::Invalid {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// `dataset.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    #[serde(default)]
+    pub name: String,
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// A dataset directory, checked on open.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub info: DatasetInfo,
+}
+
+/// One task's label for one image, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Label {
+    /// Segmentation class ids or saliency 0/1, 255 = ignore; `h*w`.
+    Classes(Vec<u8>),
+    /// Unit normals, channel-major `3*h*w`; invalid pixels are 255 in all channels.
+    Normals(Vec<f32>),
+    /// Depth in metres, `h*w`; 0 = invalid.
+    Depth(Vec<f32>),
+}
+
+/// An image (RGB8, `h*w*3`) and one label per requested task.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub id: String,
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+    pub labels: Vec<Label>,
+}
+
+impl Dataset {
+    pub fn open(root: &Path) -> Result<Self, DataError> {
+        let path = root.join("dataset.json");
+        let bytes = std::fs::read(&path).map_err(|e| DataError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let info: DatasetInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
+        if info.tasks.is_empty() {
+            return Err(invalid(&path, "lists no tasks"));
+        }
+        for t in &info.tasks {
+            vmt_registry::bundle::validate_task_name(&t.name).map_err(|r| invalid(&path, r))?;
+            if let Some(c) = t.kind.fixed_channels() {
+                if t.channels != c {
+                    return Err(invalid(&path, format!("task {:?} ({:?}) must have {c} channel(s)", t.name, t.kind)));
+                }
+            }
+        }
+        Ok(Self {
+            root: root.into(),
+            info,
+        })
+    }
+
+    pub fn task(&self, name: &str) -> Option<&TaskSpec> {
+        self.info.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// The ids of a split (`train`, `val`); an empty or missing split is an error.
+    pub fn split(&self, name: &str) -> Result<Vec<String>, DataError> {
+        let path = self.root.join("splits").join(format!("{name}.txt"));
+        let text = std::fs::read_to_string(&path).map_err(|e| DataError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let ids: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if ids.is_empty() {
+            return Err(invalid(&path, format!("split {name:?} is empty")));
+        }
+        Ok(ids)
+    }
+
+    /// The image file of `id` (`.jpg`, `.jpeg` or `.png`).
+    fn image_path(&self, id: &str) -> Result<PathBuf, DataError> {
+        for ext in ["jpg", "jpeg", "png"] {
+            let p = self.root.join("images").join(format!("{id}.{ext}"));
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        Err(invalid(&self.root.join("images").join(format!("{id}.jpg")), "missing image (tried .jpg, .jpeg, .png)"))
+    }
+
+    /// Decodes the image and the labels of `tasks` for `id`, checking sizes and ranges.
+    pub fn load(&self, id: &str, tasks: &[TaskSpec]) -> Result<Sample, DataError> {
+        let path = self.image_path(id)?;
+        let img = image::open(&path)
+            .map_err(|e| DataError::Decode {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?
+            .to_rgb8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut labels = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let lpath = self.root.join(&t.name).join(format!("{id}.png"));
+            let limg = image::open(&lpath).map_err(|e| DataError::Decode {
+                path: lpath.clone(),
+                reason: e.to_string(),
+            })?;
+            if (limg.width() as usize, limg.height() as usize) != (w, h) {
+                return Err(invalid(
+                    &lpath,
+                    format!("label is {}x{}, its image {} is {w}x{h}", limg.width(), limg.height(), path.display()),
+                ));
+            }
+            labels.push(decode_label(t, &limg, &lpath)?);
+        }
+        Ok(Sample {
+            id: id.into(),
+            width: w,
+            height: h,
+            rgb: img.into_raw(),
+            labels,
+        })
+    }
+
+    /// sha256 over dataset.json, the splits and every file they reference, in a fixed
+    /// order: the training data's identity, recorded in bundles.
+    pub fn digest(&self) -> Result<Digest, DataError> {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        let mut add = |p: &Path| -> Result<(), DataError> {
+            let bytes = std::fs::read(p).map_err(|e| DataError::Io {
+                path: p.into(),
+                source: e,
+            })?;
+            let rel = p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned();
+            h.update((rel.len() as u64).to_le_bytes());
+            h.update(rel.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+            Ok(())
+        };
+        add(&self.root.join("dataset.json"))?;
+        for split in ["train", "val"] {
+            let p = self.root.join("splits").join(format!("{split}.txt"));
+            if !p.is_file() {
+                continue;
+            }
+            add(&p)?;
+            for id in self.split(split)? {
+                add(&self.image_path(&id)?)?;
+                for t in &self.info.tasks {
+                    add(&self.root.join(&t.name).join(format!("{id}.png")))?;
+                }
+            }
+        }
+        let bytes: [u8; 32] = h.finalize().into();
+        Ok(Digest::of(&bytes))
+    }
+}
+
+fn decode_label(task: &TaskSpec, img: &image::DynamicImage, path: &Path) -> Result<Label, DataError> {
+    match task.kind {
+        TaskKind::Segmentation => {
+            let ids = img.to_luma8().into_raw();
+            if let Some(&bad) = ids.iter().find(|&&c| c != 255 && c as usize >= task.channels) {
+                return Err(invalid(
+                    path,
+                    format!("class id {bad} is out of range for task {:?} ({} classes; 255 = ignore)", task.name, task.channels),
+                ));
+            }
+            Ok(Label::Classes(ids))
+        }
+        TaskKind::Saliency => Ok(Label::Classes(
+            img.to_luma8().into_raw().into_iter().map(|v| u8::from(v >= 128)).collect(),
+        )),
+        TaskKind::Normals => {
+            let rgb = img.to_rgb8();
+            let n = rgb.width() as usize * rgb.height() as usize;
+            let mut out = vec![0f32; 3 * n];
+            for (i, p) in rgb.pixels().enumerate() {
+                let invalid = p.0 == [0, 0, 0];
+                for c in 0..3 {
+                    out[c * n + i] = if invalid { 255.0 } else { p.0[c] as f32 / 255.0 * 2.0 - 1.0 };
+                }
+            }
+            Ok(Label::Normals(out))
+        }
+        TaskKind::Depth => {
+            let depth = img.to_luma16();
+            Ok(Label::Depth(depth.into_raw().into_iter().map(|mm| mm as f32 / 1000.0).collect()))
+        }
+    }
+}
+
+/// ImageNet normalisation constants.
+pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const STD: [f32; 3] = [0.229, 0.224, 0.225];

@@ -1,0 +1,194 @@
+//! `vmt-hub eval`: per-task metrics of a bundle on a dataset split, and Δm.
+
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use vmt_registry::bundle::{TaskKind, TaskSpec};
+
+use crate::data::loader::{eval_plans, Loader};
+use crate::data::{Dataset, Label};
+use crate::model::VmtModel;
+use metrics::{delta_m, DepthMetric, NormalsMetric, SalMetric, SegMetric};
+
+/// One task's results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub kind: TaskKind,
+    /// The metric Δm uses.
+    pub primary: String,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// All tasks' results on a split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub split: String,
+    pub images: usize,
+    pub image_size: usize,
+    pub tasks: BTreeMap<String, TaskResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_m: Option<f64>,
+}
+
+/// Accumulates one task's metric.
+enum Acc {
+    Seg(SegMetric),
+    Sal(SalMetric),
+    Normals(NormalsMetric),
+    Depth(DepthMetric),
+}
+
+impl Acc {
+    fn new(t: &TaskSpec) -> Self {
+        match t.kind {
+            TaskKind::Segmentation => Acc::Seg(SegMetric::new(t.channels)),
+            TaskKind::Saliency => Acc::Sal(SalMetric::new()),
+            TaskKind::Normals => Acc::Normals(NormalsMetric::default()),
+            TaskKind::Depth => Acc::Depth(DepthMetric::default()),
+        }
+    }
+
+    fn finish(&self, kind: TaskKind) -> TaskResult {
+        let (primary, metrics) = match self {
+            Acc::Seg(m) => ("mIoU", vec![("mIoU", 100.0 * m.miou())]),
+            Acc::Sal(m) => ("mIoU", vec![("mIoU", 100.0 * m.miou()), ("maxF", 100.0 * m.max_f())]),
+            Acc::Normals(m) => ("mErr", vec![("mErr", m.mean_error())]),
+            Acc::Depth(m) => ("rmse", vec![("rmse", m.rmse())]),
+        };
+        TaskResult {
+            kind,
+            primary: primary.into(),
+            metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+}
+
+/// Host-side per-image predictions of one task, as the metrics take them.
+fn predictions(kind: TaskKind, logits: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+    let b = logits.dim(0)?;
+    let host = match kind {
+        TaskKind::Segmentation => logits.argmax_keepdim(1)?.to_dtype(DType::F32)?,
+        TaskKind::Saliency => candle_nn::ops::sigmoid(logits)?,
+        TaskKind::Normals | TaskKind::Depth => logits.clone(),
+    };
+    let host = host.to_device(&Device::Cpu)?;
+    (0..b).map(|i| host.get(i)?.flatten_all()?.to_vec1::<f32>()).collect()
+}
+
+/// Evaluates `model` on `split`, images resized to `size`.
+pub fn evaluate(
+    model: &VmtModel,
+    dataset: Arc<Dataset>,
+    split: &str,
+    size: usize,
+    batch: usize,
+    workers: usize,
+) -> anyhow::Result<EvalReport> {
+    let tasks: Vec<TaskSpec> = model.config.tasks.clone();
+    for t in &tasks {
+        match dataset.task(&t.name) {
+            None => anyhow::bail!(
+                "{}: the dataset has no task {:?} (it has {})",
+                dataset.root.join("dataset.json").display(),
+                t.name,
+                dataset.info.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            Some(d) if d.kind != t.kind || d.channels != t.channels => anyhow::bail!(
+                "{}: task {:?} is {:?} with {} channels there, {:?} with {} in the bundle",
+                dataset.root.join("dataset.json").display(),
+                t.name,
+                d.kind,
+                d.channels,
+                t.kind,
+                t.channels
+            ),
+            _ => {}
+        }
+    }
+    let ids = dataset.split(split)?;
+    let device = model.backbone.device.clone();
+    let mut accs: Vec<Acc> = tasks.iter().map(Acc::new).collect();
+    let loader = Loader::spawn(dataset, tasks.clone(), size, eval_plans(&ids, batch).into_iter(), workers, 2);
+    for batch in loader {
+        let batch = batch?;
+        let (pixels, _) = batch.tensors(&tasks, &device)?;
+        let out = model.forward(&pixels)?;
+        for (t, (task, acc)) in tasks.iter().zip(&mut accs).enumerate() {
+            let preds = predictions(task.kind, out.task(&task.name).expect("model has every task"))?;
+            for (pred, ex) in preds.iter().zip(&batch.examples) {
+                match (&mut *acc, &ex.labels[t]) {
+                    (Acc::Seg(m), Label::Classes(gt)) => {
+                        let p: Vec<u8> = pred.iter().map(|&c| c as u8).collect();
+                        m.add(&p, gt)
+                    }
+                    (Acc::Sal(m), Label::Classes(gt)) => m.add(pred, gt),
+                    (Acc::Normals(m), Label::Normals(gt)) => m.add(pred, gt),
+                    (Acc::Depth(m), Label::Depth(gt)) => m.add(pred, gt),
+                    _ => unreachable!("labels follow the task kind"),
+                }
+            }
+        }
+    }
+    Ok(EvalReport {
+        split: split.into(),
+        images: ids.len(),
+        image_size: size,
+        tasks: tasks.iter().zip(&accs).map(|(t, a)| (t.name.clone(), a.finish(t.kind))).collect(),
+        delta_m: None,
+    })
+}
+
+/// Reads single-task baselines: either an `eval --json` report or `{"task": value}`.
+pub fn read_baseline(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Ok(report) = serde_json::from_str::<EvalReport>(&text) {
+        return Ok(report
+            .tasks
+            .into_iter()
+            .filter_map(|(t, r)| r.metrics.get(&r.primary).map(|v| (t, *v)))
+            .collect());
+    }
+    serde_json::from_str::<BTreeMap<String, f64>>(&text).map_err(|e| {
+        anyhow::anyhow!("{}: expected an `eval --json` report or {{\"task\": value}}: {e}", path.display())
+    })
+}
+
+impl EvalReport {
+    /// Sets Δm against `baseline`.
+    pub fn with_baseline(mut self, baseline: &BTreeMap<String, f64>) -> Self {
+        let primary: BTreeMap<String, (String, f64)> = self
+            .tasks
+            .iter()
+            .map(|(t, r)| (t.clone(), (r.primary.clone(), r.metrics[&r.primary])))
+            .collect();
+        self.delta_m = delta_m(&primary, baseline);
+        self
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!("{} split, {} images at {}x{}\n", self.split, self.images, self.image_size, self.image_size);
+        s.push_str(&format!("{:<16} {:<13} {}\n", "TASK", "KIND", "METRICS"));
+        for (t, r) in &self.tasks {
+            let m: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|(k, v)| {
+                    let arrow = if metrics::higher_is_better(k) { "↑" } else { "↓" };
+                    format!("{k} {v:.2}{arrow}")
+                })
+                .collect();
+            s.push_str(&format!("{:<16} {:<13} {}\n", t, format!("{:?}", r.kind).to_lowercase(), m.join("  ")));
+        }
+        if let Some(d) = self.delta_m {
+            s.push_str(&format!("Δm {d:+.2}%\n"));
+        }
+        s
+    }
+}
+
