@@ -159,3 +159,97 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
     record("sha256sum on the same files (process included)", sha);
     Ok(rows)
 }
+
+/// One measured training configuration.
+#[derive(Debug, Serialize)]
+pub struct TrainTiming {
+    pub backbone: String,
+    pub tasks: usize,
+    pub batch: usize,
+    pub size: usize,
+    pub steps: usize,
+    pub step_s: f64,
+    pub images_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; None where /proc is absent.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// `n` tasks cycling through the PASCAL-Context kinds: semseg, human_parts, sal,
+/// normals, depth, then more segmentation tasks.
+pub fn bench_tasks(n: usize) -> Vec<vmt_registry::bundle::TaskSpec> {
+    use vmt_registry::bundle::{TaskKind, TaskSpec};
+    let base = [
+        ("semseg", TaskKind::Segmentation, 21),
+        ("human_parts", TaskKind::Segmentation, 7),
+        ("sal", TaskKind::Saliency, 1),
+        ("normals", TaskKind::Normals, 3),
+        ("depth", TaskKind::Depth, 1),
+    ];
+    (0..n)
+        .map(|i| match base.get(i) {
+            Some(&(name, kind, c)) => TaskSpec::new(name, kind, c),
+            None => TaskSpec::new(&format!("seg{i}"), TaskKind::Segmentation, 21),
+        })
+        .collect()
+}
+
+/// Random targets of the right kind for each task.
+fn random_targets(tasks: &[vmt_registry::bundle::TaskSpec], b: usize, s: usize, device: &Device) -> anyhow::Result<Vec<crate::model::Target>> {
+    use crate::model::Target;
+    use vmt_registry::bundle::TaskKind;
+    tasks
+        .iter()
+        .map(|t| {
+            Ok(match t.kind {
+                TaskKind::Segmentation | TaskKind::Saliency => {
+                    let k = if t.kind == TaskKind::Saliency { 2.0 } else { t.channels as f64 };
+                    let v = (Tensor::rand(0f32, 1f32, (b, s, s), device)? * k)?.floor()?.to_dtype(candle_core::DType::U8)?;
+                    Target::Labels(v)
+                }
+                TaskKind::Normals => Target::Dense(Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?),
+                TaskKind::Depth => Target::Dense(Tensor::rand(0.5f32, 10f32, (b, 1, s, s), device)?),
+            })
+        })
+        .collect()
+}
+
+/// Peak resident set size of this process, MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Times training steps (forward for all tasks, backward, AdamW) on in-memory random
+/// batches, after one warm-up step. Data loading is not included.
+pub fn bench_train(backbone: &str, tasks: usize, batch: usize, size: usize, steps: usize, device: &Device) -> anyhow::Result<TrainTiming> {
+    let backbone = Backbone::load(backbone, device)?;
+    let specs = bench_tasks(tasks);
+    let cfg = BundleConfig::new(
+        backbone.geometry_with_provenance(),
+        AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
+        DecoderConfig::new(32, 64),
+        specs.clone(),
+    );
+    let init = crate::model::init::init_bundle(&cfg, 0);
+    let (model, mut opt) = crate::train::trainable(&cfg, &backbone, &init, 1e-4)?;
+    let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
+    let targets = random_targets(&specs, batch, size, device)?;
+    let weights = vec![1.0; specs.len()];
+    crate::train::train_step(&model, &mut opt, &pixels, &targets, &weights, 1e-4, Some(1.0))?;
+    let t = Instant::now();
+    for _ in 0..steps.max(1) {
+        crate::train::train_step(&model, &mut opt, &pixels, &targets, &weights, 1e-4, Some(1.0))?;
+    }
+    let step_s = t.elapsed().as_secs_f64() / steps.max(1) as f64;
+    Ok(TrainTiming {
+        backbone: backbone.source.clone(),
+        tasks,
+        batch,
+        size,
+        steps: steps.max(1),
+        step_s,
+        images_per_s: batch as f64 / step_s,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

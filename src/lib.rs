@@ -15,5 +15,6 @@ pub mod eval;
 pub mod train;
 pub mod forward;
 pub mod model;
+pub mod predict;
 
 pub use vmt_registry as registry;

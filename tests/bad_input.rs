@@ -308,3 +308,30 @@ fn backbone_with_other_weights_than_recorded() {
         &[&recorded, &actual],
     );
 }
+
+#[test]
+fn predict_writes_one_png_per_task_and_a_sheet_at_any_size() {
+    let (tmp, bundle, backbone) = scratch();
+    let img = tmp.path().join("odd.png");
+    image::RgbImage::from_fn(37, 53, |x, y| image::Rgb([(x * 6) as u8, (y * 4) as u8, 90])).save(&img).unwrap();
+    let out = tmp.path().join("pred");
+    let o = vmt_hub()
+        .args(["predict", bundle.to_str().unwrap(), "--backbone", backbone.to_str().unwrap(), "--image", img.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for task in ["semseg", "human_parts", "sal", "normals"] {
+        let p = image::open(out.join(format!("odd.{task}.png"))).unwrap();
+        assert_eq!((p.width(), p.height()), (37, 53), "{task}");
+    }
+    let sheet = image::open(out.join("odd.sheet.png")).unwrap();
+    assert_eq!((sheet.width(), sheet.height()), (37 * 5, 53));
+    // A corrupt image is named.
+    std::fs::write(&img, b"not a png").unwrap();
+    let o = vmt_hub()
+        .args(["predict", bundle.to_str().unwrap(), "--backbone", backbone.to_str().unwrap(), "--image", img.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("odd.png"));
+}

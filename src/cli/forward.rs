@@ -4,16 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::Tensor;
 use clap::Args;
-use vmt_registry::bundle::{
-    trainable_count, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, TaskKind,
-    TaskSpec,
-};
+use vmt_registry::bundle::{trainable_count, BundleConfig, BundleDir, TaskKind, TaskSpec};
 
 use crate::device::parse_device;
 use crate::forward::{load_model, read_pixels, write_outputs};
-use crate::model::init::init_bundle;
 use crate::model::Backbone;
 
 #[derive(Debug, Args)]
@@ -120,23 +115,6 @@ fn print_summary(backbone: &Backbone, config: &BundleConfig) {
     );
 }
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Built-in backbone.
-    #[arg(long, default_value = "random:tiny")]
-    pub backbone: String,
-    /// Tasks: NAME[:KIND[:CHANNELS]], comma-separated.
-    #[arg(long, default_value = "semseg,human_parts,sal,normals")]
-    pub tasks: String,
-    #[arg(long, default_value_t = 64)]
-    pub image_size: usize,
-    /// Where the demo bundle, input and outputs go.
-    #[arg(long, default_value = "vmt-demo")]
-    pub out: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
 /// Parses `semseg,human_parts,sal,normals` or `name:kind[:channels]` entries. The
 /// PASCAL-Context names have defaults: semseg (21), human_parts (7), sal, normals, depth.
 pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
@@ -168,42 +146,3 @@ pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
         .collect()
 }
 
-pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    let backbone = Backbone::load(&args.backbone, &device)?;
-    let config = BundleConfig::new(
-        backbone.geometry_with_provenance(),
-        AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
-        DecoderConfig::new(16, 32),
-        parse_tasks(&args.tasks)?,
-    );
-    config.validate().map_err(anyhow::Error::msg)?;
-    let bundle_dir = args.out.join("bundle");
-    let tensors = init_bundle(&config, 0);
-    let bundle = BundleDir::new(config, tensors, &bundle_dir)?;
-    bundle.write(&bundle_dir)?;
-    let s = args.image_size;
-    let pixels = Tensor::randn(0f32, 1f32, (1, 3, s, s), &device)?;
-    let input = args.out.join("input.safetensors");
-    let raw = std::collections::BTreeMap::from([(
-        "pixel_values".to_string(),
-        crate::model::tensors::to_raw(&pixels)?,
-    )]);
-    std::fs::write(
-        &input,
-        vmt_registry::safetensors_canon::canonical_bytes(&raw),
-    )
-    .with_context(|| input.display().to_string())?;
-    println!("bundle (untrained) -> {}", bundle_dir.display());
-    forward(
-        None,
-        ForwardArgs {
-            bundle: bundle_dir.display().to_string(),
-            backbone: Some(args.backbone.clone()),
-            input,
-            out: args.out.join("output.safetensors"),
-            device: args.device.clone(),
-            verbose: true,
-        },
-    )
-}

@@ -1,6 +1,7 @@
 //! The `vmt-hub` command line: argument parsing and printing over the library.
 
 pub mod data;
+mod demo;
 mod forward;
 pub mod train;
 pub mod registry;
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use forward::{parse_tasks, DemoArgs, ForwardArgs};
+pub use forward::{parse_tasks, ForwardArgs};
 
 /// Train, store and share VMT-Adapters: multi-task adapters for a frozen Swin.
 #[derive(Debug, Parser)]
@@ -26,9 +27,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a bundle on `pixel_values` and write every task's output and the stage features.
     Forward(ForwardArgs),
-    /// Make an untrained bundle on a built-in random backbone and run it on a generated
-    /// input: the whole model end to end, with nothing downloaded.
-    Demo(DemoArgs),
+    /// The whole story with nothing downloaded: synthesise scenes, train four tasks on
+    /// the built-in random:tiny backbone, evaluate, draw predictions.
+    Demo(demo::DemoArgs),
+    /// One PNG per task and image, plus an overlay sheet per image.
+    Predict(demo::PredictArgs),
     /// Datasets: `data synth` writes a procedural one.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -83,6 +86,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training throughput and peak memory (one configuration per process, so that the
+    /// peak is this configuration's).
+    Train {
+        #[arg(long, default_value = "random:swin-t")]
+        backbone: String,
+        /// Number of tasks (semseg, human_parts, sal, normals, depth, then more).
+        #[arg(long, default_value_t = 4)]
+        tasks: usize,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import, export and verify throughput of a Swin-T-sized four-task bundle.
     Registry {
         #[arg(long, default_value_t = 5)]
@@ -108,7 +131,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { dry_run } => registry::gc(root, dry_run),
         Command::Verify(args) => registry::verify(root, args),
         Command::Forward(args) => forward::forward(root, args),
-        Command::Demo(args) => forward::demo(args),
+        Command::Demo(args) => demo::run_demo(root, args),
+        Command::Predict(args) => demo::run_predict(root, args),
         Command::Bench(BenchCommand::Forward {
             backbone,
             tasks,
@@ -130,6 +154,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         r.backbone, r.tasks, r.batch, r.size, r.size, r.median_s * 1e3, r.min_s * 1e3, r.images_per_s, r.iters
                     );
                 }
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Train { backbone, tasks, batch, size, steps, device, json }) => {
+            let device = crate::device::parse_device(&device)?;
+            let r = crate::bench::bench_train(&backbone, tasks, batch, size, steps, &device)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} {} tasks, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {}",
+                    r.backbone, r.tasks, r.batch, r.size, r.size, r.step_s, r.images_per_s,
+                    r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+                );
             }
             Ok(())
         }

@@ -121,7 +121,6 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
 
     // Trainable tensors: fresh, or restored from the last checkpoint.
     std::fs::create_dir_all(&opts.run_dir).with_context(|| opts.run_dir.display().to_string())?;
-    let specs = bundle_tensors(&config);
     let restored = if opts.resume { Checkpoint::latest(&opts.run_dir)? } else { None };
     if opts.resume && restored.is_none() {
         bail!("--resume: {} has no checkpoint", opts.run_dir.join("checkpoints").display());
@@ -133,17 +132,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         }
         None => (0, init_bundle(&config, opts.seed)),
     };
-    let plain = from_raw(&initial, "initial tensors", device)?;
-    let mut vars: HashMap<String, Var> = HashMap::new();
-    for s in &specs {
-        vars.insert(s.name.clone(), Var::from_tensor(&plain.tensors[&s.name])?);
-    }
-    let named = NamedTensors::new("trainable", vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect());
-    let model = VmtModel::new(config.clone(), Arc::clone(&backbone.swin), &named)?;
-    let mut opt = AdamW::new(
-        specs.iter().map(|s| (s.name.clone(), vars[&s.name].clone(), s.decays)).collect(),
-        opts.weight_decay,
-    )?;
+    let (model, mut opt) = trainable(&config, &backbone, &initial, opts.weight_decay)?;
     if let Some(c) = &restored {
         c.restore_optimizer(&mut opt, device)?;
     }
@@ -173,28 +162,14 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         let t0 = Instant::now();
         let b = b?;
         let (pixels, targets) = b.tensors(&tasks, device)?;
-        let out = model.forward(&pixels)?;
-        let mut total = Tensor::zeros((), DType::F32, device)?;
-        let mut losses = serde_json::Map::new();
-        for ((task, target), w) in tasks.iter().zip(&targets).zip(&weights) {
-            let pred = out.task(&task.name).expect("model has every task");
-            let l = task_loss(task.kind, &task.name, pred, target)
-                .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
-            losses.insert(task.name.clone(), json!(l.to_scalar::<f32>()?));
-            total = (total + (l * *w)?)?;
-        }
-        let grads = total.backward()?;
-        let norm = opt.grad_norm(&grads)?;
-        let scale = match opts.clip_grad {
-            Some(c) if norm > c => c / (norm + 1e-6),
-            _ => 1.0,
-        };
         let lr = learning_rate(opts.lr, step, warmup, opts.steps);
-        opt.step(&grads, lr, scale)?;
-        last_loss = total.to_scalar::<f32>()? as f64;
+        let stats = train_step(&model, &mut opt, &pixels, &targets, &weights, lr, opts.clip_grad)
+            .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
+        last_loss = stats.loss;
         if !last_loss.is_finite() {
             bail!("step {step}: the loss is {last_loss} (lower --lr?)");
         }
+        let (losses, norm) = (stats.losses, stats.grad_norm);
         let ips = batch as f64 / t0.elapsed().as_secs_f64();
         let line = json!({"step": step + 1, "lr": lr, "loss": last_loss, "losses": losses, "grad_norm": norm, "images_per_s": ips});
         writeln!(metrics, "{line}").with_context(|| metrics_path.display().to_string())?;
@@ -213,8 +188,8 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
 
     // The finished bundle: trained tensors, provenance and validation metrics.
     let mut tensors = BTreeMap::new();
-    for s in &specs {
-        tensors.insert(s.name.clone(), to_raw(vars[&s.name].as_tensor())?);
+    for p in &opt.params {
+        tensors.insert(p.name.clone(), to_raw(p.var.as_tensor())?);
     }
     config.extra.insert(
         "provenance".into(),
@@ -238,6 +213,68 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     config.extra.insert("metrics".into(), serde_json::Value::Object(metrics_json));
     let bundle = BundleDir::new(config, tensors, &opts.run_dir)?;
     Ok(TrainOutcome::Finished(Box::new(bundle)))
+}
+
+/// The model over Vars made from `initial` (one per bundle tensor), and an AdamW over
+/// them that decays only the matrices.
+pub fn trainable(
+    config: &BundleConfig,
+    backbone: &Backbone,
+    initial: &BTreeMap<String, vmt_registry::bundle::RawTensor>,
+    weight_decay: f64,
+) -> anyhow::Result<(VmtModel, AdamW)> {
+    let plain = from_raw(initial, "initial tensors", &backbone.swin.device)?;
+    let mut params = Vec::new();
+    let mut tensors = HashMap::new();
+    for s in bundle_tensors(config) {
+        let t = plain.tensors.get(&s.name).with_context(|| format!("initial tensors lack {}", s.name))?;
+        let var = Var::from_tensor(t)?;
+        tensors.insert(s.name.clone(), var.as_tensor().clone());
+        params.push((s.name, var, s.decays));
+    }
+    let model = VmtModel::new(config.clone(), Arc::clone(&backbone.swin), &NamedTensors::new("trainable", tensors))?;
+    Ok((model, AdamW::new(params, weight_decay)?))
+}
+
+/// What one optimisation step measured.
+pub struct StepStats {
+    /// The weighted total loss.
+    pub loss: f64,
+    /// Unweighted loss per task.
+    pub losses: serde_json::Map<String, serde_json::Value>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// One step: forward for all tasks, the weighted sum of their losses, backward, global
+/// gradient-norm clipping and an AdamW update at `lr`.
+pub fn train_step(
+    model: &VmtModel,
+    opt: &mut AdamW,
+    pixels: &Tensor,
+    targets: &[crate::model::Target],
+    weights: &[f64],
+    lr: f64,
+    clip_grad: Option<f64>,
+) -> anyhow::Result<StepStats> {
+    let out = model.forward(pixels)?;
+    let mut total = Tensor::zeros((), DType::F32, pixels.device())?;
+    let mut losses = serde_json::Map::new();
+    for ((head, target), w) in model.heads.iter().zip(targets).zip(weights) {
+        let task = &head.spec;
+        let pred = out.task(&task.name).expect("model has every task");
+        let l = task_loss(task.kind, &task.name, pred, target)?;
+        losses.insert(task.name.clone(), json!(l.to_scalar::<f32>()?));
+        total = (total + (l * *w)?)?;
+    }
+    let grads = total.backward()?;
+    let grad_norm = opt.grad_norm(&grads)?;
+    let scale = match clip_grad {
+        Some(c) if grad_norm > c => c / (grad_norm + 1e-6),
+        _ => 1.0,
+    };
+    opt.step(&grads, lr, scale)?;
+    Ok(StepStats { loss: total.to_scalar::<f32>()? as f64, losses, grad_norm })
 }
 
 fn progress_bar(opts: &TrainOptions, start: usize, end: usize) -> indicatif::ProgressBar {

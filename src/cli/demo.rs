@@ -1,0 +1,126 @@
+//! `vmt-hub demo` and `vmt-hub predict`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use vmt_registry::bundle::AdapterKind;
+use vmt_registry::reference::TagName;
+
+use crate::data::Dataset;
+use crate::device::parse_device;
+use crate::eval::evaluate;
+use crate::model::Backbone;
+use crate::predict::predict_image;
+use crate::train::{train, TrainOptions, TrainOutcome};
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A bundle: registry reference or exported directory.
+    pub reference: String,
+    /// Images (PNG or JPEG, any size).
+    #[arg(long, num_args = 1.., required = true)]
+    pub image: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub backbone: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run_predict(root: Option<&Path>, a: PredictArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    let (bundle, origin) = super::forward::read_bundle(root, &a.reference)?;
+    let spec = super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?;
+    let backbone = Backbone::load(&spec, &device)?;
+    let model = crate::forward::load_model(&bundle, &backbone, &origin)?;
+    for img in &a.image {
+        let files = predict_image(&model, img, &a.out)?;
+        println!("{} -> {} file(s) in {}", img.display(), files.len(), a.out.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the dataset, run, registry and pictures go.
+    #[arg(long, default_value = "vmt-demo")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 200)]
+    pub count: usize,
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    #[arg(long, default_value = "random:tiny")]
+    pub backbone: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// The whole story on the embedded default: synthesise scenes, train four tasks on a
+/// random backbone, evaluate, and draw predictions. Nothing is downloaded.
+pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    let data = a.out.join("data");
+    let registry = root.map(PathBuf::from).unwrap_or_else(|| a.out.join("registry"));
+    println!("1/4 synthesising {} scenes of {}x{} -> {}", a.count, a.size, a.size, data.display());
+    crate::data::synth::synthesize(&data, a.count, a.size, 0)?;
+    let tasks: Vec<String> = ["semseg", "human_parts", "sal", "normals"].map(String::from).to_vec();
+    let run_dir = a.out.join("run");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let opts = TrainOptions {
+        data: data.clone(),
+        tasks,
+        backbone: a.backbone.clone(),
+        adapter: AdapterKind::Vmt,
+        reduction: 4,
+        scale: 1.0,
+        decoder_dim: 32,
+        decoder_hidden: 64,
+        steps: a.steps,
+        batch: 8,
+        lr: 2e-3,
+        weight_decay: 1e-4,
+        warmup: None,
+        image_size: a.size,
+        loss_weights: Default::default(),
+        clip_grad: Some(1.0),
+        seed: 0,
+        workers: 2,
+        checkpoint_every: 100,
+        keep_checkpoints: 2,
+        run_dir: run_dir.clone(),
+        resume: false,
+        stop_after: None,
+        quiet: false,
+    };
+    println!("2/4 training semseg, human_parts, sal, normals on {} ({} steps) -> {}", a.backbone, a.steps, run_dir.display());
+    let TrainOutcome::Finished(bundle) = train(&opts, &device)? else {
+        anyhow::bail!("training stopped early");
+    };
+    let reg = vmt_registry::Registry::open(&registry)?;
+    let tag = TagName::parse("demo:v1")?;
+    let digest = reg.publish(&bundle, &tag)?.digest;
+    drop(reg);
+    println!("   stored as {tag} ({digest}) in {}", registry.display());
+    println!("3/4 evaluating on the validation split");
+    let backbone = Backbone::load(&a.backbone, &device)?;
+    let model = crate::forward::load_model(&bundle, &backbone, "demo bundle")?;
+    let dataset = Arc::new(Dataset::open(&data)?);
+    let val = dataset.split("val")?;
+    let report = evaluate(&model, Arc::clone(&dataset), "val", a.size, 8, 2)?;
+    print!("{}", report.table());
+    let pictures = a.out.join("predictions");
+    println!("4/4 drawing predictions -> {}", pictures.display());
+    for id in val.iter().take(4) {
+        predict_image(&model, &data.join("images").join(format!("{id}.jpg")), &pictures)?;
+    }
+    println!(
+        "\nnext: vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",
+        r = registry.display(),
+        p = pictures.display()
+    );
+    Ok(())
+}
