@@ -194,7 +194,12 @@ pub fn bench_tasks(n: usize) -> Vec<vmt_registry::bundle::TaskSpec> {
 }
 
 /// Random targets of the right kind for each task.
-fn random_targets(tasks: &[vmt_registry::bundle::TaskSpec], b: usize, s: usize, device: &Device) -> anyhow::Result<Vec<crate::model::Target>> {
+fn random_targets(
+    tasks: &[vmt_registry::bundle::TaskSpec],
+    b: usize,
+    s: usize,
+    device: &Device,
+) -> anyhow::Result<Vec<crate::model::Target>> {
     use crate::model::Target;
     use vmt_registry::bundle::TaskKind;
     tasks
@@ -202,12 +207,22 @@ fn random_targets(tasks: &[vmt_registry::bundle::TaskSpec], b: usize, s: usize, 
         .map(|t| {
             Ok(match t.kind {
                 TaskKind::Segmentation | TaskKind::Saliency => {
-                    let k = if t.kind == TaskKind::Saliency { 2.0 } else { t.channels as f64 };
-                    let v = (Tensor::rand(0f32, 1f32, (b, s, s), device)? * k)?.floor()?.to_dtype(candle_core::DType::U8)?;
+                    let k = if t.kind == TaskKind::Saliency {
+                        2.0
+                    } else {
+                        t.channels as f64
+                    };
+                    let v = (Tensor::rand(0f32, 1f32, (b, s, s), device)? * k)?
+                        .floor()?
+                        .to_dtype(candle_core::DType::U8)?;
                     Target::Labels(v)
                 }
-                TaskKind::Normals => Target::Dense(Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?),
-                TaskKind::Depth => Target::Dense(Tensor::rand(0.5f32, 10f32, (b, 1, s, s), device)?),
+                TaskKind::Normals => {
+                    Target::Dense(Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?)
+                }
+                TaskKind::Depth => {
+                    Target::Dense(Tensor::rand(0.5f32, 10f32, (b, 1, s, s), device)?)
+                }
             })
         })
         .collect()
@@ -216,13 +231,26 @@ fn random_targets(tasks: &[vmt_registry::bundle::TaskSpec], b: usize, s: usize, 
 /// Peak resident set size of this process, MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
 /// Times training steps (forward for all tasks, backward, AdamW) on in-memory random
 /// batches, after one warm-up step. Data loading is not included.
-pub fn bench_train(backbone: &str, tasks: usize, batch: usize, size: usize, steps: usize, device: &Device) -> anyhow::Result<TrainTiming> {
+pub fn bench_train(
+    backbone: &str,
+    tasks: usize,
+    batch: usize,
+    size: usize,
+    steps: usize,
+    device: &Device,
+) -> anyhow::Result<TrainTiming> {
     let backbone = Backbone::load(backbone, device)?;
     let specs = bench_tasks(tasks);
     let cfg = BundleConfig::new(
@@ -236,10 +264,26 @@ pub fn bench_train(backbone: &str, tasks: usize, batch: usize, size: usize, step
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
     let targets = random_targets(&specs, batch, size, device)?;
     let weights = vec![1.0; specs.len()];
-    crate::train::train_step(&model, &mut opt, &pixels, &targets, &weights, 1e-4, Some(1.0))?;
+    crate::train::train_step(
+        &model,
+        &mut opt,
+        &pixels,
+        &targets,
+        &weights,
+        1e-4,
+        Some(1.0),
+    )?;
     let t = Instant::now();
     for _ in 0..steps.max(1) {
-        crate::train::train_step(&model, &mut opt, &pixels, &targets, &weights, 1e-4, Some(1.0))?;
+        crate::train::train_step(
+            &model,
+            &mut opt,
+            &pixels,
+            &targets,
+            &weights,
+            1e-4,
+            Some(1.0),
+        )?;
     }
     let step_s = t.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok(TrainTiming {

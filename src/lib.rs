@@ -12,9 +12,9 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod eval;
-pub mod train;
 pub mod forward;
 pub mod model;
 pub mod predict;
+pub mod train;
 
 pub use vmt_registry as registry;

@@ -46,11 +46,19 @@ pub fn render_task(kind: TaskKind, out: &Tensor) -> anyhow::Result<RgbImage> {
     let (w32, h32) = (w as u32, h as u32);
     Ok(match kind {
         TaskKind::Segmentation => {
-            let classes = out.argmax(0)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
-            RgbImage::from_fn(w32, h32, |x, y| Rgb(palette(classes[(y * w32 + x) as usize] as usize)))
+            let classes = out
+                .argmax(0)?
+                .to_dtype(DType::U32)?
+                .flatten_all()?
+                .to_vec1::<u32>()?;
+            RgbImage::from_fn(w32, h32, |x, y| {
+                Rgb(palette(classes[(y * w32 + x) as usize] as usize))
+            })
         }
         TaskKind::Saliency => {
-            let p = candle_nn::ops::sigmoid(&out)?.flatten_all()?.to_vec1::<f32>()?;
+            let p = candle_nn::ops::sigmoid(&out)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             RgbImage::from_fn(w32, h32, |x, y| {
                 let v = (p[(y * w32 + x) as usize] * 255.0).round() as u8;
                 Rgb([v, v, v])
@@ -58,10 +66,16 @@ pub fn render_task(kind: TaskKind, out: &Tensor) -> anyhow::Result<RgbImage> {
         }
         TaskKind::Depth => {
             let d = out.flatten_all()?.to_vec1::<f32>()?;
-            let (lo, hi) = d.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let (lo, hi) = d
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             RgbImage::from_fn(w32, h32, |x, y| {
                 let v = d[(y * w32 + x) as usize];
-                let g = if hi > lo { ((hi - v) / (hi - lo) * 255.0).round() as u8 } else { 128 };
+                let g = if hi > lo {
+                    ((hi - v) / (hi - lo) * 255.0).round() as u8
+                } else {
+                    128
+                };
                 Rgb([g, g, g])
             })
         }
@@ -80,20 +94,33 @@ pub fn render_task(kind: TaskKind, out: &Tensor) -> anyhow::Result<RgbImage> {
 
 /// Writes `<stem>.<task>.png` for each task and `<stem>.sheet.png` (the image, then each
 /// task; segmentation blended over the image). Returns the files written.
-pub fn predict_image(model: &VmtModel, image: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let img = image::open(image).with_context(|| format!("{}: cannot decode image", image.display()))?.to_rgb8();
+pub fn predict_image(
+    model: &VmtModel,
+    image: &Path,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let img = image::open(image)
+        .with_context(|| format!("{}: cannot decode image", image.display()))?
+        .to_rgb8();
     let pixels = image_tensor(&img, &model.backbone.device)?;
     let out = model.forward(&pixels)?;
     std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
-    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
     let (w, h) = img.dimensions();
     let mut panels = vec![img.clone()];
     let mut written = Vec::new();
     for head in &model.heads {
-        let t = out.task(&head.spec.name).expect("every task has an output").get(0)?;
+        let t = out
+            .task(&head.spec.name)
+            .expect("every task has an output")
+            .get(0)?;
         let pic = render_task(head.spec.kind, &t)?;
         let path = out_dir.join(format!("{stem}.{}.png", head.spec.name));
-        pic.save(&path).with_context(|| path.display().to_string())?;
+        pic.save(&path)
+            .with_context(|| path.display().to_string())?;
         written.push(path);
         if head.spec.kind == TaskKind::Segmentation {
             panels.push(RgbImage::from_fn(w, h, |x, y| {
@@ -109,7 +136,9 @@ pub fn predict_image(model: &VmtModel, image: &Path, out_dir: &Path) -> anyhow::
         image::imageops::replace(&mut sheet, p, (i as u32 * w) as i64, 0);
     }
     let path = out_dir.join(format!("{stem}.sheet.png"));
-    sheet.save(&path).with_context(|| path.display().to_string())?;
+    sheet
+        .save(&path)
+        .with_context(|| path.display().to_string())?;
     written.push(path);
     Ok(written)
 }

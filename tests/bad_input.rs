@@ -313,10 +313,23 @@ fn backbone_with_other_weights_than_recorded() {
 fn predict_writes_one_png_per_task_and_a_sheet_at_any_size() {
     let (tmp, bundle, backbone) = scratch();
     let img = tmp.path().join("odd.png");
-    image::RgbImage::from_fn(37, 53, |x, y| image::Rgb([(x * 6) as u8, (y * 4) as u8, 90])).save(&img).unwrap();
+    image::RgbImage::from_fn(37, 53, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 4) as u8, 90])
+    })
+    .save(&img)
+    .unwrap();
     let out = tmp.path().join("pred");
     let o = vmt_hub()
-        .args(["predict", bundle.to_str().unwrap(), "--backbone", backbone.to_str().unwrap(), "--image", img.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "predict",
+            bundle.to_str().unwrap(),
+            "--backbone",
+            backbone.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -329,7 +342,16 @@ fn predict_writes_one_png_per_task_and_a_sheet_at_any_size() {
     // A corrupt image is named.
     std::fs::write(&img, b"not a png").unwrap();
     let o = vmt_hub()
-        .args(["predict", bundle.to_str().unwrap(), "--backbone", backbone.to_str().unwrap(), "--image", img.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "predict",
+            bundle.to_str().unwrap(),
+            "--backbone",
+            backbone.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());

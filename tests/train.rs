@@ -16,7 +16,9 @@ use vmt_registry::Registry;
 fn options(data: &Path, run_dir: &Path, steps: usize) -> TrainOptions {
     TrainOptions {
         data: data.into(),
-        tasks: ["semseg", "human_parts", "sal", "normals"].map(String::from).to_vec(),
+        tasks: ["semseg", "human_parts", "sal", "normals"]
+            .map(String::from)
+            .to_vec(),
         backbone: "random:tiny".into(),
         adapter: AdapterKind::Vmt,
         reduction: 4,
@@ -54,18 +56,27 @@ fn finished(o: TrainOutcome) -> vmt_registry::bundle::BundleDir {
 fn trivial_baselines(ds: &Dataset) -> (f64, f64, f64, f64) {
     let tasks = ds.info.tasks.clone();
     let idx = |n: &str| tasks.iter().position(|t| t.name == n).unwrap();
-    let (seg, parts, sal, nrm) = (idx("semseg"), idx("human_parts"), idx("sal"), idx("normals"));
+    let (seg, parts, sal, nrm) = (
+        idx("semseg"),
+        idx("human_parts"),
+        idx("sal"),
+        idx("normals"),
+    );
     let mut counts = [vec![0u64; 5], vec![0u64; 4]];
     let mut mean = [0f64; 3];
     for id in ds.split("train").unwrap() {
         let s = ds.load(&id, &tasks).unwrap();
         for (k, t) in [seg, parts].into_iter().enumerate() {
-            let Label::Classes(c) = &s.labels[t] else { panic!() };
+            let Label::Classes(c) = &s.labels[t] else {
+                panic!()
+            };
             for &v in c {
                 counts[k][v as usize] += 1;
             }
         }
-        let Label::Normals(n) = &s.labels[nrm] else { panic!() };
+        let Label::Normals(n) = &s.labels[nrm] else {
+            panic!()
+        };
         let m = n.len() / 3;
         for c in 0..3 {
             mean[c] += n[c * m..(c + 1) * m].iter().map(|&v| v as f64).sum::<f64>();
@@ -73,23 +84,38 @@ fn trivial_baselines(ds: &Dataset) -> (f64, f64, f64, f64) {
     }
     let majority = |c: &Vec<u64>| c.iter().enumerate().max_by_key(|p| p.1).unwrap().0 as u8;
     let (maj_seg, maj_parts) = (majority(&counts[0]), majority(&counts[1]));
-    let (mut m_seg, mut m_parts, mut m_sal, mut m_nrm) = (SegMetric::new(5), SegMetric::new(4), SalMetric::new(), NormalsMetric::default());
+    let (mut m_seg, mut m_parts, mut m_sal, mut m_nrm) = (
+        SegMetric::new(5),
+        SegMetric::new(4),
+        SalMetric::new(),
+        NormalsMetric::default(),
+    );
     for id in ds.split("val").unwrap() {
         let s = ds.load(&id, &tasks).unwrap();
         let ex = vmt_hub::data::augment::prepare(&s, 64, None);
         let n = 64 * 64;
-        let (Label::Classes(a), Label::Classes(b), Label::Classes(c), Label::Normals(d)) =
-            (&ex.labels[seg], &ex.labels[parts], &ex.labels[sal], &ex.labels[nrm])
-        else {
+        let (Label::Classes(a), Label::Classes(b), Label::Classes(c), Label::Normals(d)) = (
+            &ex.labels[seg],
+            &ex.labels[parts],
+            &ex.labels[sal],
+            &ex.labels[nrm],
+        ) else {
             panic!()
         };
         m_seg.add(&vec![maj_seg; n], a);
         m_parts.add(&vec![maj_parts; n], b);
         m_sal.add(&vec![1.0; n], c);
-        let pred: Vec<f32> = (0..3).flat_map(|c| std::iter::repeat_n(mean[c] as f32, n)).collect();
+        let pred: Vec<f32> = (0..3)
+            .flat_map(|c| std::iter::repeat_n(mean[c] as f32, n))
+            .collect();
         m_nrm.add(&pred, d);
     }
-    (100.0 * m_seg.miou(), 100.0 * m_parts.miou(), 100.0 * m_sal.max_f(), m_nrm.mean_error())
+    (
+        100.0 * m_seg.miou(),
+        100.0 * m_parts.miou(),
+        100.0 * m_sal.max_f(),
+        m_nrm.mean_error(),
+    )
 }
 
 #[test]
@@ -97,19 +123,39 @@ fn training_beats_trivial_baselines_on_synthetic_scenes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     synthesize(&data, 160, 64, 3).unwrap();
-    let bundle = finished(train(&options(&data, &tmp.path().join("run"), 300), &Device::Cpu).unwrap());
+    let bundle =
+        finished(train(&options(&data, &tmp.path().join("run"), 300), &Device::Cpu).unwrap());
     let val = &bundle.config.extra["metrics"]["val"];
     let metric = |t: &str, m: &str| val[t]["metrics"][m].as_f64().unwrap();
     let (seg, parts, sal_f, nrm) = trivial_baselines(&Dataset::open(&data).unwrap());
     eprintln!("trained {val}\nbaselines: semseg {seg:.2} parts {parts:.2} sal F {sal_f:.2} normals {nrm:.2}");
-    assert!(metric("semseg", "mIoU") >= 2.0 * seg, "semseg mIoU {} vs majority {seg}", metric("semseg", "mIoU"));
-    assert!(metric("human_parts", "mIoU") >= 2.0 * parts, "parts mIoU {} vs majority {parts}", metric("human_parts", "mIoU"));
-    assert!(metric("sal", "maxF") > sal_f, "sal maxF {} vs all-foreground {sal_f}", metric("sal", "maxF"));
-    assert!(metric("normals", "mErr") < nrm, "normals {} vs mean normal {nrm}", metric("normals", "mErr"));
+    assert!(
+        metric("semseg", "mIoU") >= 2.0 * seg,
+        "semseg mIoU {} vs majority {seg}",
+        metric("semseg", "mIoU")
+    );
+    assert!(
+        metric("human_parts", "mIoU") >= 2.0 * parts,
+        "parts mIoU {} vs majority {parts}",
+        metric("human_parts", "mIoU")
+    );
+    assert!(
+        metric("sal", "maxF") > sal_f,
+        "sal maxF {} vs all-foreground {sal_f}",
+        metric("sal", "maxF")
+    );
+    assert!(
+        metric("normals", "mErr") < nrm,
+        "normals {} vs mean normal {nrm}",
+        metric("normals", "mErr")
+    );
     // Provenance is recorded.
     let prov = &bundle.config.extra["provenance"];
     assert_eq!(prov["steps"], 300);
-    assert_eq!(prov["data_digest"].as_str().unwrap(), Dataset::open(&data).unwrap().digest().unwrap().to_string());
+    assert_eq!(
+        prov["data_digest"].as_str().unwrap(),
+        Dataset::open(&data).unwrap().digest().unwrap().to_string()
+    );
     assert!(bundle.config.backbone.source.as_deref() == Some("random:tiny"));
 }
 
@@ -126,19 +172,36 @@ fn resumed_run_gives_identical_bytes() {
 
     o.run_dir = tmp.path().join("interrupted");
     o.stop_after = Some(6);
-    assert!(matches!(train(&o, &Device::Cpu).unwrap(), TrainOutcome::Stopped(6)));
+    assert!(matches!(
+        train(&o, &Device::Cpu).unwrap(),
+        TrainOutcome::Stopped(6)
+    ));
     o.stop_after = None;
     o.resume = true;
     let resumed = finished(train(&o, &Device::Cpu).unwrap());
 
     let reg = Registry::open(&tmp.path().join("reg")).unwrap();
-    let a = reg.publish(&straight, &TagName::parse("r:a").unwrap()).unwrap();
-    let b = reg.publish(&resumed, &TagName::parse("r:a").unwrap()).unwrap();
-    assert_eq!(a.digest, b.digest, "same tag, same bytes: same manifest digest");
+    let a = reg
+        .publish(&straight, &TagName::parse("r:a").unwrap())
+        .unwrap();
+    let b = reg
+        .publish(&resumed, &TagName::parse("r:a").unwrap())
+        .unwrap();
+    assert_eq!(
+        a.digest, b.digest,
+        "same tag, same bytes: same manifest digest"
+    );
     assert_eq!(b.new_blobs, 0);
     // The resumed run's metrics file has each step exactly once.
     let lines = std::fs::read_to_string(tmp.path().join("interrupted/metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(steps, (1..=12).collect::<Vec<_>>());
 
     // Resuming with other settings is refused, naming them.
@@ -148,20 +211,46 @@ fn resumed_run_gives_identical_bytes() {
 }
 
 fn vmt_hub(root: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub")).arg("--registry").arg(root).args(args).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
+        .arg("--registry")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
     o
 }
 
 fn train_fails(root: &Path, data: &Path, run: &Path, needles: &[&str]) {
-    let o = vmt_hub(root, &["train", "--data", data.to_str().unwrap(), "--steps", "4", "--batch", "2", "--image-size", "32", "--quiet", "--run-dir", run.to_str().unwrap(), "--tag", "bad:v1"]);
+    let o = vmt_hub(
+        root,
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--tag",
+            "bad:v1",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "should fail");
     for n in needles {
         assert!(stderr.contains(n), "error should mention {n:?}: {stderr}");
     }
     let list = String::from_utf8_lossy(&vmt_hub(root, &["list"]).stdout).to_string();
-    assert!(!list.contains("bad:v1"), "a failed run must not publish: {list}");
+    assert!(
+        !list.contains("bad:v1"),
+        "a failed run must not publish: {list}"
+    );
 }
 
 fn fresh(dir: &Path) -> PathBuf {
@@ -184,12 +273,18 @@ fn bad_data_is_refused_with_the_file_named_and_nothing_published() {
 
     // Class ids out of range.
     let d = fresh(&d);
-    image::GrayImage::from_pixel(32, 32, image::Luma([9])).save(&label).unwrap();
+    image::GrayImage::from_pixel(32, 32, image::Luma([9]))
+        .save(&label)
+        .unwrap();
     train_fails(&root, &d, &run, &["semseg/000001.png", "class id 9"]);
 
     // A corrupt image.
     let d = fresh(&d);
-    std::fs::write(d.join("images/000002.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+    std::fs::write(
+        d.join("images/000002.jpg"),
+        b"\xff\xd8\xff not really a jpeg",
+    )
+    .unwrap();
     train_fails(&root, &d, &run, &["images/000002.jpg"]);
 
     // An empty split.
@@ -200,14 +295,66 @@ fn bad_data_is_refused_with_the_file_named_and_nothing_published() {
     // eval: dataset.json names a task the bundle lacks.
     let d = fresh(&d);
     let bundle_dir = tmp.path().join("b");
-    let o = vmt_hub(&root, &["train", "--data", d.to_str().unwrap(), "--tasks", "semseg", "--steps", "2", "--batch", "2", "--image-size", "32", "--quiet", "--run-dir", run.join("ok").to_str().unwrap(), "--tag", "ok:v1"]);
+    let o = vmt_hub(
+        &root,
+        &[
+            "train",
+            "--data",
+            d.to_str().unwrap(),
+            "--tasks",
+            "semseg",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            run.join("ok").to_str().unwrap(),
+            "--tag",
+            "ok:v1",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(vmt_hub(&root, &["export", "ok:v1", bundle_dir.to_str().unwrap()]).status.success());
-    let o = vmt_hub(&root, &["eval", "ok:v1", "--data", d.to_str().unwrap(), "--image-size", "32"]);
+    assert!(
+        vmt_hub(&root, &["export", "ok:v1", bundle_dir.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let o = vmt_hub(
+        &root,
+        &[
+            "eval",
+            "ok:v1",
+            "--data",
+            d.to_str().unwrap(),
+            "--image-size",
+            "32",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && stderr.contains("dataset.json") && stderr.contains("human_parts"), "{stderr}");
-    let o = vmt_hub(&root, &["eval", "ok:v1", "--data", d.to_str().unwrap(), "--image-size", "32", "--tasks", "semseg", "--json"]);
+    assert!(
+        !o.status.success() && stderr.contains("dataset.json") && stderr.contains("human_parts"),
+        "{stderr}"
+    );
+    let o = vmt_hub(
+        &root,
+        &[
+            "eval",
+            "ok:v1",
+            "--data",
+            d.to_str().unwrap(),
+            "--image-size",
+            "32",
+            "--tasks",
+            "semseg",
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(report["tasks"]["semseg"]["metrics"]["mIoU"].as_f64().is_some());
+    assert!(report["tasks"]["semseg"]["metrics"]["mIoU"]
+        .as_f64()
+        .is_some());
 }

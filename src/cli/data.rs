@@ -26,7 +26,13 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Synth(a) => {
             crate::data::synth::synthesize(&a.out, a.count, a.size, a.seed)?;
-            println!("wrote {} scenes of {}x{} to {}", a.count, a.size, a.size, a.out.display());
+            println!(
+                "wrote {} scenes of {}x{} to {}",
+                a.count,
+                a.size,
+                a.size,
+                a.out.display()
+            );
             Ok(())
         }
     }

@@ -37,7 +37,12 @@ pub fn run_predict(root: Option<&Path>, a: PredictArgs) -> anyhow::Result<()> {
     let model = crate::forward::load_model(&bundle, &backbone, &origin)?;
     for img in &a.image {
         let files = predict_image(&model, img, &a.out)?;
-        println!("{} -> {} file(s) in {}", img.display(), files.len(), a.out.display());
+        println!(
+            "{} -> {} file(s) in {}",
+            img.display(),
+            files.len(),
+            a.out.display()
+        );
     }
     Ok(())
 }
@@ -64,10 +69,20 @@ pub struct DemoArgs {
 pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let data = a.out.join("data");
-    let registry = root.map(PathBuf::from).unwrap_or_else(|| a.out.join("registry"));
-    println!("1/4 synthesising {} scenes of {}x{} -> {}", a.count, a.size, a.size, data.display());
+    let registry = root
+        .map(PathBuf::from)
+        .unwrap_or_else(|| a.out.join("registry"));
+    println!(
+        "1/4 synthesising {} scenes of {}x{} -> {}",
+        a.count,
+        a.size,
+        a.size,
+        data.display()
+    );
     crate::data::synth::synthesize(&data, a.count, a.size, 0)?;
-    let tasks: Vec<String> = ["semseg", "human_parts", "sal", "normals"].map(String::from).to_vec();
+    let tasks: Vec<String> = ["semseg", "human_parts", "sal", "normals"]
+        .map(String::from)
+        .to_vec();
     let run_dir = a.out.join("run");
     let _ = std::fs::remove_dir_all(&run_dir);
     let opts = TrainOptions {
@@ -96,7 +111,12 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         stop_after: None,
         quiet: false,
     };
-    println!("2/4 training semseg, human_parts, sal, normals on {} ({} steps) -> {}", a.backbone, a.steps, run_dir.display());
+    println!(
+        "2/4 training semseg, human_parts, sal, normals on {} ({} steps) -> {}",
+        a.backbone,
+        a.steps,
+        run_dir.display()
+    );
     let TrainOutcome::Finished(bundle) = train(&opts, &device)? else {
         anyhow::bail!("training stopped early");
     };
@@ -115,7 +135,11 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     let pictures = a.out.join("predictions");
     println!("4/4 drawing predictions -> {}", pictures.display());
     for id in val.iter().take(4) {
-        predict_image(&model, &data.join("images").join(format!("{id}.jpg")), &pictures)?;
+        predict_image(
+            &model,
+            &data.join("images").join(format!("{id}.jpg")),
+            &pictures,
+        )?;
     }
     println!(
         "\nnext: vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",

@@ -56,8 +56,15 @@ pub fn read_bundle(root: Option<&Path>, bundle: &str) -> anyhow::Result<(BundleD
 }
 
 /// The backbone to use: `--backbone` if given, else the one the bundle records.
-pub fn backbone_spec(config: &BundleConfig, given: Option<&str>, bundle: &str) -> anyhow::Result<String> {
-    match given.map(String::from).or_else(|| recorded_backbone(config)) {
+pub fn backbone_spec(
+    config: &BundleConfig,
+    given: Option<&str>,
+    bundle: &str,
+) -> anyhow::Result<String> {
+    match given
+        .map(String::from)
+        .or_else(|| recorded_backbone(config))
+    {
         Some(s) => Ok(s),
         None => bail!("{bundle}: the bundle records no usable backbone source; pass --backbone"),
     }
@@ -145,4 +152,3 @@ pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
         })
         .collect()
 }
-

@@ -1,10 +1,11 @@
 //! The `vmt-hub` command line: argument parsing and printing over the library.
 
+pub mod backbone;
 pub mod data;
 mod demo;
 mod forward;
-pub mod train;
 pub mod registry;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// One PNG per task and image, plus an overlay sheet per image.
     Predict(demo::PredictArgs),
+    /// Backbones from the Hugging Face Hub.
+    #[command(subcommand)]
+    Backbone(backbone::BackboneCommand),
     /// Datasets: `data synth` writes a procedural one.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -119,6 +123,7 @@ pub enum BenchCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let root = cli.registry.as_deref();
     match cli.command {
+        Command::Backbone(cmd) => backbone::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Train(args) => train::run_train(root, *args),
         Command::Eval(args) => train::run_eval(root, args),
@@ -157,7 +162,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Train { backbone, tasks, batch, size, steps, device, json }) => {
+        Command::Bench(BenchCommand::Train {
+            backbone,
+            tasks,
+            batch,
+            size,
+            steps,
+            device,
+            json,
+        }) => {
             let device = crate::device::parse_device(&device)?;
             let r = crate::bench::bench_train(&backbone, tasks, batch, size, steps, &device)?;
             if json {
@@ -165,8 +178,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!(
                     "{} {} tasks, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {}",
-                    r.backbone, r.tasks, r.batch, r.size, r.size, r.step_s, r.images_per_s,
-                    r.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0} MiB"))
+                    r.backbone,
+                    r.tasks,
+                    r.batch,
+                    r.size,
+                    r.size,
+                    r.step_s,
+                    r.images_per_s,
+                    r.peak_rss_mib
+                        .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
                 );
             }
             Ok(())

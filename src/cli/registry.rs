@@ -106,6 +106,9 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
         g.source.as_deref().unwrap_or("<unknown source>"),
         g.describe()
     );
+    if let Some(rev) = &g.revision {
+        println!("backbone revision: {rev}");
+    }
     if let Some(digest) = &g.digest {
         println!("backbone weights: {digest}");
     }

@@ -89,8 +89,14 @@ fn parse_weights(items: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
     items
         .iter()
         .map(|kv| {
-            let (k, v) = kv.split_once('=').with_context(|| format!("--loss-weights {kv:?}: expected task=weight"))?;
-            Ok((k.to_string(), v.parse().with_context(|| format!("--loss-weights {kv:?}: not a number"))?))
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--loss-weights {kv:?}: expected task=weight"))?;
+            Ok((
+                k.to_string(),
+                v.parse()
+                    .with_context(|| format!("--loss-weights {kv:?}: not a number"))?,
+            ))
         })
         .collect()
 }
@@ -99,14 +105,18 @@ pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
     let tag = TagName::parse(&a.tag)?;
     let device = parse_device(&a.device)?;
     let tasks = if a.tasks.is_empty() {
-        Dataset::open(&a.data)?.info.tasks.iter().map(|t| t.name.clone()).collect()
+        Dataset::open(&a.data)?
+            .info
+            .tasks
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     } else {
         a.tasks.clone()
     };
-    let run_dir = a
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-{}", tag.name.replace('/', "_"), tag.tag)));
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{}-{}", tag.name.replace('/', "_"), tag.tag))
+    });
     let opts = TrainOptions {
         data: a.data,
         tasks,
@@ -135,15 +145,27 @@ pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
     };
     match train(&opts, &device)? {
         TrainOutcome::Stopped(step) => {
-            println!("stopped at step {step}; continue with --resume (run directory {})", run_dir.display());
+            println!(
+                "stopped at step {step}; continue with --resume (run directory {})",
+                run_dir.display()
+            );
         }
         TrainOutcome::Finished(bundle) => {
             let reg = super::registry::open(root)?;
             let p = reg.publish(&bundle, &tag)?;
-            if let Some(val) = bundle.config.extra.get("metrics").and_then(|m| m.get("val")) {
+            if let Some(val) = bundle
+                .config
+                .extra
+                .get("metrics")
+                .and_then(|m| m.get("val"))
+            {
                 println!("validation: {val}");
             }
-            println!("{tag} -> {} (run directory {})", p.digest, run_dir.display());
+            println!(
+                "{tag} -> {} (run directory {})",
+                p.digest,
+                run_dir.display()
+            );
         }
     }
     Ok(())
@@ -199,8 +221,13 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     // Evaluate only the wanted tasks: drop the others' decoders.
     bundle.config.tasks.retain(|t| wanted.contains(&t.name));
     let keep = vmt_registry::bundle::bundle_tensors(&bundle.config);
-    bundle.tensors.retain(|n, _| keep.iter().any(|s| &s.name == n));
-    let backbone = Backbone::load(&super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?, &device)?;
+    bundle
+        .tensors
+        .retain(|n, _| keep.iter().any(|s| &s.name == n));
+    let backbone = Backbone::load(
+        &super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?,
+        &device,
+    )?;
     let model = crate::forward::load_model(&bundle, &backbone, &origin)?;
     let mut report = evaluate(&model, dataset, &a.split, a.image_size, a.batch, 2)?;
     if let Some(b) = &a.baseline {

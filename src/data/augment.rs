@@ -50,23 +50,33 @@ pub fn prepare(sample: &Sample, size: usize, aug: Option<AugParams>) -> Example 
         None => (size, size, 0isize, 0isize),
         Some(a) => {
             let k = size as f32 * a.scale / h.min(w) as f32;
-            let (sh, sw) = (((h as f32 * k).round() as usize).max(1), ((w as f32 * k).round() as usize).max(1));
+            let (sh, sw) = (
+                ((h as f32 * k).round() as usize).max(1),
+                ((w as f32 * k).round() as usize).max(1),
+            );
             let room = |s: usize, f: f32| ((s.saturating_sub(size)) as f32 * f).floor() as isize;
             (sh, sw, room(sh, a.crop_y), room(sw, a.crop_x))
         }
     };
     let flip = aug.is_some_and(|a| a.flip);
-    let img = image::RgbImage::from_raw(w as u32, h as u32, sample.rgb.clone()).expect("rgb buffer matches size");
+    let img = image::RgbImage::from_raw(w as u32, h as u32, sample.rgb.clone())
+        .expect("rgb buffer matches size");
     let scaled = if (sh, sw) == (h, w) {
         img
     } else {
-        image::imageops::resize(&img, sw as u32, sh as u32, image::imageops::FilterType::Triangle)
+        image::imageops::resize(
+            &img,
+            sw as u32,
+            sh as u32,
+            image::imageops::FilterType::Triangle,
+        )
     };
     // For output pixel (y, x): the scaled-image pixel it shows, if any.
     let source = |y: usize, x: usize| -> Option<(usize, usize)> {
         let x = if flip { size - 1 - x } else { x };
         let (sy, sx) = (y as isize + oy, x as isize + ox);
-        (sy >= 0 && sx >= 0 && (sy as usize) < sh && (sx as usize) < sw).then_some((sy as usize, sx as usize))
+        (sy >= 0 && sx >= 0 && (sy as usize) < sh && (sx as usize) < sw)
+            .then_some((sy as usize, sx as usize))
     };
     let n = size * size;
     let mut pixels = vec![0f32; 3 * n];
@@ -144,32 +154,56 @@ mod tests {
         let rgb = (0..w * h * 3).map(|i| (i * 10) as u8).collect();
         let classes = (0..(w * h) as u8).collect();
         let mut normals = vec![0f32; 3 * w * h];
-        for i in 0..w * h {
-            normals[i] = if i % w < 2 { 1.0 } else { -1.0 };
+        for (i, n) in normals.iter_mut().take(w * h).enumerate() {
+            *n = if i % w < 2 { 1.0 } else { -1.0 };
         }
-        Sample { id: "s".into(), width: w, height: h, rgb, labels: vec![Label::Classes(classes), Label::Normals(normals)] }
+        Sample {
+            id: "s".into(),
+            width: w,
+            height: h,
+            rgb,
+            labels: vec![Label::Classes(classes), Label::Normals(normals)],
+        }
     }
 
     #[test]
     fn flip_mirrors_labels_and_negates_normal_x() {
         let s = sample();
         // Scale so that the shorter side (2) becomes 2: no resize, crop 2x2 at the left.
-        let a = AugParams { flip: true, scale: 1.0, crop_y: 0.0, crop_x: 0.0 };
+        let a = AugParams {
+            flip: true,
+            scale: 1.0,
+            crop_y: 0.0,
+            crop_x: 0.0,
+        };
         let e = prepare(&s, 2, Some(a));
-        let Label::Classes(c) = &e.labels[0] else { panic!() };
+        let Label::Classes(c) = &e.labels[0] else {
+            panic!()
+        };
         assert_eq!(c, &vec![1, 0, 5, 4]);
-        let Label::Normals(n) = &e.labels[1] else { panic!() };
+        let Label::Normals(n) = &e.labels[1] else {
+            panic!()
+        };
         assert_eq!(&n[..4], &[-1.0, -1.0, -1.0, -1.0]);
     }
 
     #[test]
     fn crop_beyond_the_image_pads_with_ignore() {
         let s = sample();
-        let a = AugParams { flip: false, scale: 0.5, crop_y: 0.0, crop_x: 0.0 };
+        let a = AugParams {
+            flip: false,
+            scale: 0.5,
+            crop_y: 0.0,
+            crop_x: 0.0,
+        };
         let e = prepare(&s, 4, Some(a));
-        let Label::Classes(c) = &e.labels[0] else { panic!() };
-        // Scaled to 2x1; the rest of the 4x4 crop is ignore.
-        assert_eq!(c.iter().filter(|&&v| v == 255).count(), 14);
+        let Label::Classes(c) = &e.labels[0] else {
+            panic!()
+        };
+        // The shorter side (2) becomes 4 * 0.5 = 2: the 4x2 image fills half of the 4x4
+        // crop, the rest is ignore.
+        assert_eq!(c.iter().filter(|&&v| v == 255).count(), 8);
+        assert_eq!(&c[..8], &[0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(e.pixels.len(), 3 * 16);
     }
 }

@@ -28,9 +28,17 @@ pub struct Batch {
 
 impl Batch {
     /// Pixels `[B, 3, S, S]` and one target per task.
-    pub fn tensors(&self, tasks: &[TaskSpec], device: &Device) -> candle_core::Result<(Tensor, Vec<Target>)> {
+    pub fn tensors(
+        &self,
+        tasks: &[TaskSpec],
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Vec<Target>)> {
         let (b, s) = (self.examples.len(), self.size);
-        let pixels: Vec<f32> = self.examples.iter().flat_map(|e| e.pixels.iter().copied()).collect();
+        let pixels: Vec<f32> = self
+            .examples
+            .iter()
+            .flat_map(|e| e.pixels.iter().copied())
+            .collect();
         let pixels = Tensor::from_vec(pixels, (b, 3, s, s), device)?;
         let targets = (0..tasks.len())
             .map(|t| match &self.examples[0].labels[t] {
@@ -46,7 +54,11 @@ impl Batch {
                     Ok(Target::Labels(Tensor::from_vec(v, (b, s, s), device)?))
                 }
                 Label::Normals(_) | Label::Depth(_) => {
-                    let c = if matches!(self.examples[0].labels[t], Label::Normals(_)) { 3 } else { 1 };
+                    let c = if matches!(self.examples[0].labels[t], Label::Normals(_)) {
+                        3
+                    } else {
+                        1
+                    };
                     let v: Vec<f32> = self
                         .examples
                         .iter()
@@ -82,7 +94,10 @@ pub fn train_plan(ids: &[String], seed: u64, batch: usize, step: usize) -> Batch
             let epoch = k / n;
             if cached.as_ref().map(|c| c.0) != Some(epoch) {
                 let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(seed, epoch as u64 ^ 0xE90C)));
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+                    seed,
+                    epoch as u64 ^ 0xE90C,
+                )));
                 cached = Some((epoch, order));
             }
             let id = ids[cached.as_ref().expect("set above").1[k % n]].clone();
@@ -155,7 +170,10 @@ pub fn load_batch(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("loader worker")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("loader worker"))
+            .collect()
     });
     let mut examples = Vec::with_capacity(plan.len());
     for r in results {

@@ -86,7 +86,8 @@ impl Dataset {
             path: path.clone(),
             source: e,
         })?;
-        let info: DatasetInfo = serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
+        let info: DatasetInfo =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
         if info.tasks.is_empty() {
             return Err(invalid(&path, "lists no tasks"));
         }
@@ -94,7 +95,10 @@ impl Dataset {
             vmt_registry::bundle::validate_task_name(&t.name).map_err(|r| invalid(&path, r))?;
             if let Some(c) = t.kind.fixed_channels() {
                 if t.channels != c {
-                    return Err(invalid(&path, format!("task {:?} ({:?}) must have {c} channel(s)", t.name, t.kind)));
+                    return Err(invalid(
+                        &path,
+                        format!("task {:?} ({:?}) must have {c} channel(s)", t.name, t.kind),
+                    ));
                 }
             }
         }
@@ -135,7 +139,10 @@ impl Dataset {
                 return Ok(p);
             }
         }
-        Err(invalid(&self.root.join("images").join(format!("{id}.jpg")), "missing image (tried .jpg, .jpeg, .png)"))
+        Err(invalid(
+            &self.root.join("images").join(format!("{id}.jpg")),
+            "missing image (tried .jpg, .jpeg, .png)",
+        ))
     }
 
     /// Decodes the image and the labels of `tasks` for `id`, checking sizes and ranges.
@@ -158,7 +165,12 @@ impl Dataset {
             if (limg.width() as usize, limg.height() as usize) != (w, h) {
                 return Err(invalid(
                     &lpath,
-                    format!("label is {}x{}, its image {} is {w}x{h}", limg.width(), limg.height(), path.display()),
+                    format!(
+                        "label is {}x{}, its image {} is {w}x{h}",
+                        limg.width(),
+                        limg.height(),
+                        path.display()
+                    ),
                 ));
             }
             labels.push(decode_label(t, &limg, &lpath)?);
@@ -182,7 +194,11 @@ impl Dataset {
                 path: p.into(),
                 source: e,
             })?;
-            let rel = p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(&self.root)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned();
             h.update((rel.len() as u64).to_le_bytes());
             h.update(rel.as_bytes());
             h.update((bytes.len() as u64).to_le_bytes());
@@ -208,20 +224,34 @@ impl Dataset {
     }
 }
 
-fn decode_label(task: &TaskSpec, img: &image::DynamicImage, path: &Path) -> Result<Label, DataError> {
+fn decode_label(
+    task: &TaskSpec,
+    img: &image::DynamicImage,
+    path: &Path,
+) -> Result<Label, DataError> {
     match task.kind {
         TaskKind::Segmentation => {
             let ids = img.to_luma8().into_raw();
-            if let Some(&bad) = ids.iter().find(|&&c| c != 255 && c as usize >= task.channels) {
+            if let Some(&bad) = ids
+                .iter()
+                .find(|&&c| c != 255 && c as usize >= task.channels)
+            {
                 return Err(invalid(
                     path,
-                    format!("class id {bad} is out of range for task {:?} ({} classes; 255 = ignore)", task.name, task.channels),
+                    format!(
+                        "class id {bad} is out of range for task {:?} ({} classes; 255 = ignore)",
+                        task.name, task.channels
+                    ),
                 ));
             }
             Ok(Label::Classes(ids))
         }
         TaskKind::Saliency => Ok(Label::Classes(
-            img.to_luma8().into_raw().into_iter().map(|v| u8::from(v >= 128)).collect(),
+            img.to_luma8()
+                .into_raw()
+                .into_iter()
+                .map(|v| u8::from(v >= 128))
+                .collect(),
         )),
         TaskKind::Normals => {
             let rgb = img.to_rgb8();
@@ -230,14 +260,24 @@ fn decode_label(task: &TaskSpec, img: &image::DynamicImage, path: &Path) -> Resu
             for (i, p) in rgb.pixels().enumerate() {
                 let invalid = p.0 == [0, 0, 0];
                 for c in 0..3 {
-                    out[c * n + i] = if invalid { 255.0 } else { p.0[c] as f32 / 255.0 * 2.0 - 1.0 };
+                    out[c * n + i] = if invalid {
+                        255.0
+                    } else {
+                        p.0[c] as f32 / 255.0 * 2.0 - 1.0
+                    };
                 }
             }
             Ok(Label::Normals(out))
         }
         TaskKind::Depth => {
             let depth = img.to_luma16();
-            Ok(Label::Depth(depth.into_raw().into_iter().map(|mm| mm as f32 / 1000.0).collect()))
+            Ok(Label::Depth(
+                depth
+                    .into_raw()
+                    .into_iter()
+                    .map(|mm| mm as f32 / 1000.0)
+                    .collect(),
+            ))
         }
     }
 }

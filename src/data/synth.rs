@@ -49,10 +49,22 @@ pub struct Scene {
 #[derive(Clone, Copy)]
 enum Shape {
     /// Sphere: centre and radius in pixels.
-    Disc { cx: f32, cy: f32, r: f32 },
+    Disc {
+        cx: f32,
+        cy: f32,
+        r: f32,
+    },
     /// Axis-aligned rectangle; `cylinder` bends its normal around the vertical axis.
-    Rect { x0: f32, y0: f32, x1: f32, y1: f32, cylinder: bool },
-    Triangle { p: [(f32, f32); 3] },
+    Rect {
+        x0: f32,
+        y0: f32,
+        x1: f32,
+        y1: f32,
+        cylinder: bool,
+    },
+    Triangle {
+        p: [(f32, f32); 3],
+    },
 }
 
 struct Object {
@@ -86,21 +98,31 @@ impl Object {
                     ([dx, -dy, nz], self.z - 0.4 * nz)
                 })
             }
-            Shape::Rect { x0, y0, x1, y1, cylinder } => {
-                (x >= x0 && x <= x1 && y >= y0 && y <= y1).then(|| {
-                    if cylinder {
-                        let nx = ((x - x0) / (x1 - x0) * 2.0 - 1.0).clamp(-0.999, 0.999);
-                        let nz = (1.0 - nx * nx).sqrt();
-                        ([nx, 0.0, nz], self.z - 0.2 * nz)
-                    } else {
-                        (self.tilt, self.z + 0.01 * (self.tilt[0] * (x - x0) - self.tilt[1] * (y - y0)))
-                    }
-                })
-            }
+            Shape::Rect {
+                x0,
+                y0,
+                x1,
+                y1,
+                cylinder,
+            } => (x >= x0 && x <= x1 && y >= y0 && y <= y1).then(|| {
+                if cylinder {
+                    let nx = ((x - x0) / (x1 - x0) * 2.0 - 1.0).clamp(-0.999, 0.999);
+                    let nz = (1.0 - nx * nx).sqrt();
+                    ([nx, 0.0, nz], self.z - 0.2 * nz)
+                } else {
+                    (
+                        self.tilt,
+                        self.z + 0.01 * (self.tilt[0] * (x - x0) - self.tilt[1] * (y - y0)),
+                    )
+                }
+            }),
             Shape::Triangle { p } => {
-                let s = |a: (f32, f32), b: (f32, f32)| (b.0 - a.0) * (y - a.1) - (b.1 - a.1) * (x - a.0);
+                let s = |a: (f32, f32), b: (f32, f32)| {
+                    (b.0 - a.0) * (y - a.1) - (b.1 - a.1) * (x - a.0)
+                };
                 let (d0, d1, d2) = (s(p[0], p[1]), s(p[1], p[2]), s(p[2], p[0]));
-                let inside = (d0 >= 0.0 && d1 >= 0.0 && d2 >= 0.0) || (d0 <= 0.0 && d1 <= 0.0 && d2 <= 0.0);
+                let inside =
+                    (d0 >= 0.0 && d1 >= 0.0 && d2 >= 0.0) || (d0 <= 0.0 && d1 <= 0.0 && d2 <= 0.0);
                 inside.then_some((self.tilt, self.z))
             }
         }
@@ -131,7 +153,8 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, index));
     let s = size as f32;
     let mut objects = Vec::new();
-    let flat_tilt = |rng: &mut ChaCha8Rng| normalize([rng.gen_range(-0.6..0.6), rng.gen_range(-0.6..0.6), 1.0]);
+    let flat_tilt =
+        |rng: &mut ChaCha8Rng| normalize([rng.gen_range(-0.6..0.6), rng.gen_range(-0.6..0.6), 1.0]);
     for _ in 0..rng.gen_range(1..=3) {
         let kind = rng.gen_range(0..3u8);
         let (cx, cy) = (rng.gen_range(0.1..0.9) * s, rng.gen_range(0.1..0.9) * s);
@@ -139,13 +162,20 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
         let (shape, colour, texture) = match kind {
             0 => (Shape::Disc { cx, cy, r }, [0.85, 0.2, 0.15], 0),
             1 => (
-                Shape::Rect { x0: cx - r, y0: cy - r * 0.7, x1: cx + r, y1: cy + r * 0.7, cylinder: false },
+                Shape::Rect {
+                    x0: cx - r,
+                    y0: cy - r * 0.7,
+                    x1: cx + r,
+                    y1: cy + r * 0.7,
+                    cylinder: false,
+                },
                 [0.2, 0.75, 0.25],
                 1,
             ),
             _ => {
                 let a = rng.gen_range(0.0..std::f32::consts::TAU);
-                let p = [0.0f32, 2.1, 4.2].map(|o| (cx + r * 1.3 * (a + o).cos(), cy + r * 1.3 * (a + o).sin()));
+                let p = [0.0f32, 2.1, 4.2]
+                    .map(|o| (cx + r * 1.3 * (a + o).cos(), cy + r * 1.3 * (a + o).sin()));
                 (Shape::Triangle { p }, [0.2, 0.3, 0.9], 2)
             }
         };
@@ -177,11 +207,45 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
         part,
         salient: true,
     };
-    objects.push(part(Shape::Disc { cx: fx, cy: fy - 2.2 * u, r: u }, skin, 0, 1, 0.0));
-    objects.push(part(Shape::Rect { x0: fx - 1.1 * u, y0: fy - 1.2 * u, x1: fx + 1.1 * u, y1: fy + 1.5 * u, cylinder: true }, shirt, 1, 2, 0.0));
+    objects.push(part(
+        Shape::Disc {
+            cx: fx,
+            cy: fy - 2.2 * u,
+            r: u,
+        },
+        skin,
+        0,
+        1,
+        0.0,
+    ));
+    objects.push(part(
+        Shape::Rect {
+            x0: fx - 1.1 * u,
+            y0: fy - 1.2 * u,
+            x1: fx + 1.1 * u,
+            y1: fy + 1.5 * u,
+            cylinder: true,
+        },
+        shirt,
+        1,
+        2,
+        0.0,
+    ));
     for side in [-1.0f32, 1.0] {
         let x = fx + side * 0.55 * u;
-        objects.push(part(Shape::Rect { x0: x - 0.45 * u, y0: fy + 1.5 * u, x1: x + 0.45 * u, y1: fy + 3.8 * u, cylinder: true }, trousers, 0, 3, 0.05));
+        objects.push(part(
+            Shape::Rect {
+                x0: x - 0.45 * u,
+                y0: fy + 1.5 * u,
+                x1: x + 0.45 * u,
+                y1: fy + 3.8 * u,
+                cylinder: true,
+            },
+            trousers,
+            0,
+            3,
+            0.05,
+        ));
     }
 
     let n = size * size;
@@ -215,10 +279,12 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
                     }
                 }
             }
-            let shade = 0.35 + 0.65 * (normal[0] * light[0] + normal[1] * light[1] + normal[2] * light[2]).max(0.0);
+            let shade = 0.35
+                + 0.65
+                    * (normal[0] * light[0] + normal[1] * light[1] + normal[2] * light[2]).max(0.0);
             let noise: f32 = rng.gen_range(-0.03..0.03);
-            for c in 0..3 {
-                scene.rgb[3 * i + c] = ((albedo[c] * shade + noise).clamp(0.0, 1.0) * 255.0).round() as u8;
+            for (out, a) in scene.rgb[3 * i..3 * i + 3].iter_mut().zip(albedo) {
+                *out = ((a * shade + noise).clamp(0.0, 1.0) * 255.0).round() as u8;
             }
             scene.semseg[i] = class;
             scene.parts[i] = part;
@@ -253,7 +319,10 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<()
         });
     }
     let tasks = synth_tasks();
-    for d in ["images", "splits"].into_iter().chain(tasks.iter().map(|t| t.name.as_str())) {
+    for d in ["images", "splits"]
+        .into_iter()
+        .chain(tasks.iter().map(|t| t.name.as_str()))
+    {
         let p = out.join(d);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
     }
@@ -265,7 +334,10 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<()
     std::fs::write(&p, serde_json::to_string_pretty(&info).expect("serialises")).map_err(io(&p))?;
     let ids: Vec<String> = (0..count).map(|i| format!("{i:06}")).collect();
     let n_val = (count / 5).max(1);
-    for (split, part) in [("train", &ids[..count - n_val]), ("val", &ids[count - n_val..])] {
+    for (split, part) in [
+        ("train", &ids[..count - n_val]),
+        ("val", &ids[count - n_val..]),
+    ] {
         let p = out.join("splits").join(format!("{split}.txt"));
         std::fs::write(&p, part.join("\n") + "\n").map_err(io(&p))?;
     }
@@ -275,12 +347,16 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<()
         let file = |dir: &str, ext: &str| out.join(dir).join(format!("{id}.{ext}"));
         let rgb = image::RgbImage::from_raw(sz, sz, s.rgb.clone()).expect("size");
         let p = file("images", "jpg");
-        save(|p| image::DynamicImage::ImageRgb8(rgb).save_with_format(p, image::ImageFormat::Jpeg), &p)?;
+        save(
+            |p| image::DynamicImage::ImageRgb8(rgb).save_with_format(p, image::ImageFormat::Jpeg),
+            &p,
+        )?;
         for (dir, v) in [("semseg", &s.semseg), ("human_parts", &s.parts)] {
             let img = image::GrayImage::from_raw(sz, sz, v.clone()).expect("size");
             save(|p| img.save(p), &file(dir, "png"))?;
         }
-        let sal = image::GrayImage::from_raw(sz, sz, s.sal.iter().map(|&v| v * 255).collect()).expect("size");
+        let sal = image::GrayImage::from_raw(sz, sz, s.sal.iter().map(|&v| v * 255).collect())
+            .expect("size");
         save(|p| sal.save(p), &file("sal", "png"))?;
         let normals: Vec<u8> = s
             .normals
@@ -289,7 +365,11 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<()
             .collect();
         let img = image::RgbImage::from_raw(sz, sz, normals).expect("size");
         save(|p| img.save(p), &file("normals", "png"))?;
-        let mm: Vec<u16> = s.depth.iter().map(|d| (d * 1000.0).round() as u16).collect();
+        let mm: Vec<u16> = s
+            .depth
+            .iter()
+            .map(|d| (d * 1000.0).round() as u16)
+            .collect();
         let img = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(sz, sz, mm).expect("size");
         save(|p| img.save(p), &file("depth", "png"))?;
     }

@@ -22,7 +22,10 @@ pub struct SegMetric {
 
 impl SegMetric {
     pub fn new(classes: usize) -> Self {
-        Self { classes, confusion: vec![0; classes * classes] }
+        Self {
+            classes,
+            confusion: vec![0; classes * classes],
+        }
     }
 
     /// Adds one image: predicted and true class per pixel (true 255 = ignored).
@@ -77,7 +80,13 @@ impl SalMetric {
     pub fn new() -> Self {
         let thresholds: Vec<f32> = (0..15).map(|i| 0.2 + 0.7 * i as f32 / 14.0).collect();
         let n = thresholds.len();
-        Self { thresholds, precision: vec![0.0; n], recall: vec![0.0; n], jaccard: vec![0.0; n], images: 0 }
+        Self {
+            thresholds,
+            precision: vec![0.0; n],
+            recall: vec![0.0; n],
+            jaccard: vec![0.0; n],
+            images: 0,
+        }
     }
 
     /// Adds one image: foreground probability per pixel and the 0/1 label (255 ignored).
@@ -95,11 +104,33 @@ impl SalMetric {
                     (false, false) => {}
                 }
             }
-            let ratio = |a: u64, b: u64| if b == 0 { if a == 0 { 1.0 } else { 0.0 } } else { a as f64 / b as f64 };
+            let ratio = |a: u64, b: u64| {
+                if b == 0 {
+                    if a == 0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                } else {
+                    a as f64 / b as f64
+                }
+            };
             // An image with no foreground, predicted empty, is perfect (as in the protocol).
             self.jaccard[j] += ratio(tp, tp + fp + fn_);
-            self.precision[j] += if tp + fp == 0 { if fn_ == 0 { 1.0 } else { 0.0 } } else { tp as f64 / (tp + fp) as f64 };
-            self.recall[j] += if tp + fn_ == 0 { 1.0 } else { tp as f64 / (tp + fn_) as f64 };
+            self.precision[j] += if tp + fp == 0 {
+                if fn_ == 0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                tp as f64 / (tp + fp) as f64
+            };
+            self.recall[j] += if tp + fn_ == 0 {
+                1.0
+            } else {
+                tp as f64 / (tp + fn_) as f64
+            };
         }
         self.images += 1;
     }
@@ -139,7 +170,8 @@ impl NormalsMetric {
                 continue;
             }
             let p = [pred[i], pred[n + i], pred[2 * n + i]];
-            let norm = |v: [f32; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-12) as f64;
+            let norm =
+                |v: [f32; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-12) as f64;
             let dot = (p[0] * g[0] + p[1] * g[1] + p[2] * g[2]) as f64 / (norm(p) * norm(g));
             self.sum_deg += dot.clamp(-1.0, 1.0).acos().to_degrees();
             self.pixels += 1;
@@ -180,7 +212,10 @@ pub fn higher_is_better(metric: &str) -> bool {
 
 /// Δm in percent: `(1/T) Σ_t (-1)^{l_t} (M_t - B_t) / B_t * 100`, over the tasks present in
 /// both, using each task's primary metric.
-pub fn delta_m(model: &BTreeMap<String, (String, f64)>, baseline: &BTreeMap<String, f64>) -> Option<f64> {
+pub fn delta_m(
+    model: &BTreeMap<String, (String, f64)>,
+    baseline: &BTreeMap<String, f64>,
+) -> Option<f64> {
     let terms: Vec<f64> = model
         .iter()
         .filter_map(|(task, (metric, m))| {

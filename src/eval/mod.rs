@@ -56,14 +56,20 @@ impl Acc {
     fn finish(&self, kind: TaskKind) -> TaskResult {
         let (primary, metrics) = match self {
             Acc::Seg(m) => ("mIoU", vec![("mIoU", 100.0 * m.miou())]),
-            Acc::Sal(m) => ("mIoU", vec![("mIoU", 100.0 * m.miou()), ("maxF", 100.0 * m.max_f())]),
+            Acc::Sal(m) => (
+                "mIoU",
+                vec![("mIoU", 100.0 * m.miou()), ("maxF", 100.0 * m.max_f())],
+            ),
             Acc::Normals(m) => ("mErr", vec![("mErr", m.mean_error())]),
             Acc::Depth(m) => ("rmse", vec![("rmse", m.rmse())]),
         };
         TaskResult {
             kind,
             primary: primary.into(),
-            metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            metrics: metrics
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         }
     }
 }
@@ -77,7 +83,9 @@ fn predictions(kind: TaskKind, logits: &Tensor) -> candle_core::Result<Vec<Vec<f
         TaskKind::Normals | TaskKind::Depth => logits.clone(),
     };
     let host = host.to_device(&Device::Cpu)?;
-    (0..b).map(|i| host.get(i)?.flatten_all()?.to_vec1::<f32>()).collect()
+    (0..b)
+        .map(|i| host.get(i)?.flatten_all()?.to_vec1::<f32>())
+        .collect()
 }
 
 /// Evaluates `model` on `split`, images resized to `size`.
@@ -96,7 +104,13 @@ pub fn evaluate(
                 "{}: the dataset has no task {:?} (it has {})",
                 dataset.root.join("dataset.json").display(),
                 t.name,
-                dataset.info.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                dataset
+                    .info
+                    .tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Some(d) if d.kind != t.kind || d.channels != t.channels => anyhow::bail!(
                 "{}: task {:?} is {:?} with {} channels there, {:?} with {} in the bundle",
@@ -113,13 +127,23 @@ pub fn evaluate(
     let ids = dataset.split(split)?;
     let device = model.backbone.device.clone();
     let mut accs: Vec<Acc> = tasks.iter().map(Acc::new).collect();
-    let loader = Loader::spawn(dataset, tasks.clone(), size, eval_plans(&ids, batch).into_iter(), workers, 2);
+    let loader = Loader::spawn(
+        dataset,
+        tasks.clone(),
+        size,
+        eval_plans(&ids, batch).into_iter(),
+        workers,
+        2,
+    );
     for batch in loader {
         let batch = batch?;
         let (pixels, _) = batch.tensors(&tasks, &device)?;
         let out = model.forward(&pixels)?;
         for (t, (task, acc)) in tasks.iter().zip(&mut accs).enumerate() {
-            let preds = predictions(task.kind, out.task(&task.name).expect("model has every task"))?;
+            let preds = predictions(
+                task.kind,
+                out.task(&task.name).expect("model has every task"),
+            )?;
             for (pred, ex) in preds.iter().zip(&batch.examples) {
                 match (&mut *acc, &ex.labels[t]) {
                     (Acc::Seg(m), Label::Classes(gt)) => {
@@ -138,14 +162,19 @@ pub fn evaluate(
         split: split.into(),
         images: ids.len(),
         image_size: size,
-        tasks: tasks.iter().zip(&accs).map(|(t, a)| (t.name.clone(), a.finish(t.kind))).collect(),
+        tasks: tasks
+            .iter()
+            .zip(&accs)
+            .map(|(t, a)| (t.name.clone(), a.finish(t.kind)))
+            .collect(),
         delta_m: None,
     })
 }
 
 /// Reads single-task baselines: either an `eval --json` report or `{"task": value}`.
 pub fn read_baseline(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if let Ok(report) = serde_json::from_str::<EvalReport>(&text) {
         return Ok(report
             .tasks
@@ -154,7 +183,10 @@ pub fn read_baseline(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
             .collect());
     }
     serde_json::from_str::<BTreeMap<String, f64>>(&text).map_err(|e| {
-        anyhow::anyhow!("{}: expected an `eval --json` report or {{\"task\": value}}: {e}", path.display())
+        anyhow::anyhow!(
+            "{}: expected an `eval --json` report or {{\"task\": value}}: {e}",
+            path.display()
+        )
     })
 }
 
@@ -172,18 +204,30 @@ impl EvalReport {
 
     /// A plain-text table.
     pub fn table(&self) -> String {
-        let mut s = format!("{} split, {} images at {}x{}\n", self.split, self.images, self.image_size, self.image_size);
+        let mut s = format!(
+            "{} split, {} images at {}x{}\n",
+            self.split, self.images, self.image_size, self.image_size
+        );
         s.push_str(&format!("{:<16} {:<13} {}\n", "TASK", "KIND", "METRICS"));
         for (t, r) in &self.tasks {
             let m: Vec<String> = r
                 .metrics
                 .iter()
                 .map(|(k, v)| {
-                    let arrow = if metrics::higher_is_better(k) { "↑" } else { "↓" };
+                    let arrow = if metrics::higher_is_better(k) {
+                        "↑"
+                    } else {
+                        "↓"
+                    };
                     format!("{k} {v:.2}{arrow}")
                 })
                 .collect();
-            s.push_str(&format!("{:<16} {:<13} {}\n", t, format!("{:?}", r.kind).to_lowercase(), m.join("  ")));
+            s.push_str(&format!(
+                "{:<16} {:<13} {}\n",
+                t,
+                format!("{:?}", r.kind).to_lowercase(),
+                m.join("  ")
+            ));
         }
         if let Some(d) = self.delta_m {
             s.push_str(&format!("Δm {d:+.2}%\n"));
@@ -191,4 +235,3 @@ impl EvalReport {
         s
     }
 }
-

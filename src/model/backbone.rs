@@ -13,6 +13,7 @@ use vmt_registry::bundle::{RawTensor, SwinGeometry};
 use vmt_registry::Digest;
 
 use super::error::{ModelError, Result};
+use super::hub::{fetch, HubEnv, HubRef};
 use super::swin::{self, Swin};
 use super::tensors::{to_raw, NamedTensors};
 
@@ -40,10 +41,13 @@ impl Backbone {
         if dir.is_dir() {
             return load_dir(dir, device);
         }
+        if let Some(r) = HubRef::parse(spec) {
+            return load_hub(&HubEnv::from_env(), &r, device);
+        }
         Err(ModelError::bad_input(
             format!("backbone {spec:?}"),
             format!(
-                "not a directory with config.json and model.safetensors, nor one of {}",
+                "not a directory with config.json and model.safetensors, a Hugging Face repo id (owner/name[@revision]), nor one of {}",
                 RANDOM_BACKBONES.join(", ")
             ),
         ))
@@ -83,28 +87,64 @@ impl Backbone {
     }
 }
 
-/// Reads a local directory with `config.json` and `model.safetensors`.
+/// Reads a local directory with `config.json` and `model.safetensors` (or
+/// `pytorch_model.bin`).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Backbone> {
-    let geometry = read_config(&dir.join("config.json"))?;
-    let weights_path = dir.join("model.safetensors");
-    if !weights_path.is_file() {
-        return Err(ModelError::bad_input(
-            weights_path.display().to_string(),
-            "missing: a backbone directory needs model.safetensors",
-        ));
-    }
-    let raw = NamedTensors::load(&weights_path, device)?;
-    let weights = canonical_names(raw)?;
-    let swin = Swin::new(&weights, &geometry, device)?;
+    let weights_path = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ModelError::bad_input(
+                dir.join("model.safetensors").display().to_string(),
+                "missing: a backbone directory needs model.safetensors (or pytorch_model.bin)",
+            )
+        })?;
     let digest = Digest::of_file(&weights_path)
         .map_err(|e| ModelError::bad_input(weights_path.display().to_string(), e.to_string()))?;
     let source = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let swin = load_swin(&dir.join("config.json"), &weights_path, device)?;
     Ok(Backbone {
         swin: Arc::new(swin),
         source: format!("dir:{}", source.display()),
         revision: None,
         digest: digest.to_string(),
     })
+}
+
+/// Fetches (or finds in the cache) a Hub backbone and loads it.
+pub fn load_hub(env: &HubEnv, r: &HubRef, device: &Device) -> Result<Backbone> {
+    let hub = fetch(env, r)?;
+    let swin = load_swin(&hub.snapshot.join("config.json"), &hub.weights, device)?;
+    Ok(Backbone {
+        swin: Arc::new(swin),
+        source: format!("hf:{}", hub.repo),
+        revision: Some(hub.commit),
+        digest: hub.digest,
+    })
+}
+
+/// A Swin from a config file and a weights file (safetensors, or a PyTorch pickle).
+fn load_swin(config: &Path, weights_path: &Path, device: &Device) -> Result<Swin> {
+    let geometry = read_config(config)?;
+    let raw = if weights_path.extension().is_some_and(|e| e == "bin") {
+        let tensors = candle_core::pickle::read_all(weights_path).map_err(|e| {
+            ModelError::NotSafetensors {
+                path: weights_path.into(),
+                reason: format!("not a readable PyTorch checkpoint either: {e}"),
+            }
+        })?;
+        NamedTensors::new(
+            weights_path.display().to_string(),
+            tensors
+                .into_iter()
+                .map(|(n, t)| (n, t.to_device(device).unwrap_or(t)))
+                .collect(),
+        )
+    } else {
+        NamedTensors::load(weights_path, device)?
+    };
+    Swin::new(&canonical_names(raw)?, &geometry, device)
 }
 
 /// Parses a Hugging Face `SwinConfig` (or a timm config naming a Swin architecture).

@@ -32,19 +32,28 @@ impl HubEnv {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let h = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let h = var("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             h.join(".cache").join("huggingface")
         });
-        let cache = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| home.join("hub"));
+        let cache = var("HF_HUB_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("hub"));
         let token = var("HF_TOKEN").or_else(|| {
             std::fs::read_to_string(home.join("token"))
                 .ok()
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
         });
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+        });
         Self {
-            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string(),
+            endpoint: var("HF_ENDPOINT")
+                .unwrap_or_else(|| "https://huggingface.co".into())
+                .trim_end_matches('/')
+                .to_string(),
             cache,
             token,
             offline,
@@ -73,9 +82,15 @@ impl HubRef {
         let parts: Vec<&str> = repo.split('/').collect();
         let ok = parts.len() == 2
             && parts.iter().all(|p| {
-                !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !p.starts_with('.')
+                !p.is_empty()
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && !p.starts_with('.')
             });
-        ok.then(|| Self { repo: repo.into(), revision: revision.into() })
+        ok.then(|| Self {
+            repo: repo.into(),
+            revision: revision.into(),
+        })
     }
 
     fn is_commit(&self) -> bool {
@@ -100,7 +115,8 @@ pub struct HubBackbone {
 const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
 fn repo_dir(env: &HubEnv, repo: &str) -> PathBuf {
-    env.cache.join(format!("models--{}", repo.replace('/', "--")))
+    env.cache
+        .join(format!("models--{}", repo.replace('/', "--")))
 }
 
 /// The commit a revision points to in the cache, if known.
@@ -120,19 +136,34 @@ pub fn cached(env: &HubEnv, r: &HubRef) -> Option<HubBackbone> {
     if !snapshot.join("config.json").is_file() {
         return None;
     }
-    let weights = WEIGHT_FILES.iter().map(|f| snapshot.join(f)).find(|p| p.is_file())?;
+    let weights = WEIGHT_FILES
+        .iter()
+        .map(|f| snapshot.join(f))
+        .find(|p| p.is_file())?;
     let digest = digest_of_cached(&weights).ok()?;
-    Some(HubBackbone { repo: r.repo.clone(), commit, snapshot, weights, digest })
+    Some(HubBackbone {
+        repo: r.repo.clone(),
+        commit,
+        snapshot,
+        weights,
+        digest,
+    })
 }
 
 /// The sha256 of a cached file: its blob's name when that is a sha256 (LFS files, checked
 /// when downloaded), else computed.
 fn digest_of_cached(path: &Path) -> std::io::Result<String> {
     let blob = std::fs::canonicalize(path)?;
-    if let Some(d) = blob.file_name().and_then(|n| n.to_str()).and_then(Digest::from_hex) {
+    if let Some(d) = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(Digest::from_hex)
+    {
         return Ok(d.to_string());
     }
-    Digest::of_file(path).map(|d| d.to_string()).map_err(|e| std::io::Error::other(e.to_string()))
+    Digest::of_file(path)
+        .map(|d| d.to_string())
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 fn hub_error(r: &HubRef, file: &str, e: ApiError) -> ModelError {
@@ -163,7 +194,10 @@ pub fn fetch(env: &HubEnv, r: &HubRef) -> Result<HubBackbone> {
     if env.offline {
         return Err(ModelError::bad_input(
             format!("{}@{}", r.repo, r.revision),
-            format!("HF_HUB_OFFLINE is set and it is not in the cache at {}", env.cache.display()),
+            format!(
+                "HF_HUB_OFFLINE is set and it is not in the cache at {}",
+                env.cache.display()
+            ),
         ));
     }
     let api = ApiBuilder::new()
@@ -174,8 +208,13 @@ pub fn fetch(env: &HubEnv, r: &HubRef) -> Result<HubBackbone> {
         .with_retries(2)
         .build()
         .map_err(|e| ModelError::bad_input("Hugging Face client", e.to_string()))?;
-    let repo = api.repo(Repo::with_revision(r.repo.clone(), RepoType::Model, r.revision.clone()));
-    repo.get("config.json").map_err(|e| hub_error(r, "config.json", e))?;
+    let repo = api.repo(Repo::with_revision(
+        r.repo.clone(),
+        RepoType::Model,
+        r.revision.clone(),
+    ));
+    repo.get("config.json")
+        .map_err(|e| hub_error(r, "config.json", e))?;
     let mut last = None;
     for file in WEIGHT_FILES {
         match repo.download(file) {
@@ -192,17 +231,25 @@ pub fn fetch(env: &HubEnv, r: &HubRef) -> Result<HubBackbone> {
         return Err(e);
     }
     cached(env, r).ok_or_else(|| {
-        ModelError::bad_input(format!("{}@{}", r.repo, r.revision), "downloaded, but the cache has no complete snapshot")
+        ModelError::bad_input(
+            format!("{}@{}", r.repo, r.revision),
+            "downloaded, but the cache has no complete snapshot",
+        )
     })
 }
 
 /// A downloaded LFS file must hash to its ETag; a mismatch removes it and fails.
 fn verify_download(path: &Path, r: &HubRef, file: &str) -> Result<()> {
     let blob = std::fs::canonicalize(path).map_err(|e| ModelError::io(path, e))?;
-    let Some(expected) = blob.file_name().and_then(|n| n.to_str()).and_then(Digest::from_hex) else {
+    let Some(expected) = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(Digest::from_hex)
+    else {
         return Ok(()); // not an LFS file: the ETag is no content hash
     };
-    let actual = Digest::of_file(&blob).map_err(|e| ModelError::bad_input(blob.display().to_string(), e.to_string()))?;
+    let actual = Digest::of_file(&blob)
+        .map_err(|e| ModelError::bad_input(blob.display().to_string(), e.to_string()))?;
     if actual != expected {
         let _ = std::fs::remove_file(&blob);
         let _ = std::fs::remove_file(path);
@@ -217,12 +264,18 @@ fn verify_download(path: &Path, r: &HubRef, file: &str) -> Result<()> {
 /// Every cached Swin backbone: `(repo, commit, snapshot dir)`.
 pub fn list_cached(env: &HubEnv) -> Vec<(String, String, PathBuf)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&env.cache) else { return out };
+    let Ok(entries) = std::fs::read_dir(&env.cache) else {
+        return out;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(repo) = name.strip_prefix("models--") else { continue };
+        let Some(repo) = name.strip_prefix("models--") else {
+            continue;
+        };
         let repo = repo.replacen("--", "/", 1);
-        let Ok(snaps) = std::fs::read_dir(e.path().join("snapshots")) else { continue };
+        let Ok(snaps) = std::fs::read_dir(e.path().join("snapshots")) else {
+            continue;
+        };
         for s in snaps.flatten() {
             let config = s.path().join("config.json");
             let is_swin = std::fs::read_to_string(&config)
@@ -230,7 +283,11 @@ pub fn list_cached(env: &HubEnv) -> Vec<(String, String, PathBuf)> {
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
                 .is_some_and(|v| v.get("model_type").and_then(|m| m.as_str()) == Some("swin"));
             if is_swin {
-                out.push((repo.clone(), s.file_name().to_string_lossy().into_owned(), s.path()));
+                out.push((
+                    repo.clone(),
+                    s.file_name().to_string_lossy().into_owned(),
+                    s.path(),
+                ));
             }
         }
     }
@@ -246,7 +303,10 @@ mod tests {
     fn parses_repo_ids() {
         assert_eq!(
             HubRef::parse("microsoft/swin-tiny-patch4-window7-224"),
-            Some(HubRef { repo: "microsoft/swin-tiny-patch4-window7-224".into(), revision: "main".into() })
+            Some(HubRef {
+                repo: "microsoft/swin-tiny-patch4-window7-224".into(),
+                revision: "main".into()
+            })
         );
         assert_eq!(HubRef::parse("hf:a/b@v1.0").unwrap().revision, "v1.0");
         for bad in ["random:tiny", "./dir", "a/b/c", "a/", "a/b@", "/abs/path"] {

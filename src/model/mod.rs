@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod error;
+pub mod hub;
 pub mod init;
 pub mod loss;
 pub mod ops;

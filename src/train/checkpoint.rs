@@ -87,7 +87,10 @@ fn list(run_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            if let Some(step) = name
+                .strip_prefix("step-")
+                .and_then(|s| s.parse::<usize>().ok())
+            {
                 out.push((step, e.path()));
             }
         }
@@ -98,7 +101,13 @@ fn list(run_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
 
 impl Checkpoint {
     /// Writes the checkpoint of `step` and keeps only the newest `keep`.
-    pub fn save(run_dir: &Path, step: usize, fingerprint: &Fingerprint, opt: &AdamW, keep: usize) -> anyhow::Result<()> {
+    pub fn save(
+        run_dir: &Path,
+        step: usize,
+        fingerprint: &Fingerprint,
+        opt: &AdamW,
+        keep: usize,
+    ) -> anyhow::Result<()> {
         let dir = checkpoints_dir(run_dir);
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let mut tensors = BTreeMap::new();
@@ -107,10 +116,22 @@ impl Checkpoint {
             tensors.insert(format!("adam_m.{}", p.name), to_raw(&p.m)?);
             tensors.insert(format!("adam_v.{}", p.name), to_raw(&p.v)?);
         }
-        let state = TrainerState { step, adam_t: opt.t, fingerprint: fingerprint.clone() };
-        let tmp = tempfile::Builder::new().prefix(".tmp-step-").tempdir_in(&dir)?;
-        std::fs::write(tmp.path().join("state.safetensors"), canonical_bytes(&tensors))?;
-        std::fs::write(tmp.path().join("trainer.json"), serde_json::to_vec_pretty(&state)?)?;
+        let state = TrainerState {
+            step,
+            adam_t: opt.t,
+            fingerprint: fingerprint.clone(),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-step-")
+            .tempdir_in(&dir)?;
+        std::fs::write(
+            tmp.path().join("state.safetensors"),
+            canonical_bytes(&tensors),
+        )?;
+        std::fs::write(
+            tmp.path().join("trainer.json"),
+            serde_json::to_vec_pretty(&state)?,
+        )?;
         let final_dir = dir.join(format!("step-{step:08}"));
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -125,12 +146,19 @@ impl Checkpoint {
 
     /// The newest checkpoint of a run, if any.
     pub fn latest(run_dir: &Path) -> anyhow::Result<Option<Self>> {
-        let Some((_, dir)) = list(run_dir)?.pop() else { return Ok(None) };
+        let Some((_, dir)) = list(run_dir)?.pop() else {
+            return Ok(None);
+        };
         let state_path = dir.join("trainer.json");
-        let state: TrainerState = serde_json::from_slice(&std::fs::read(&state_path).with_context(|| state_path.display().to_string())?)
-            .with_context(|| state_path.display().to_string())?;
+        let state: TrainerState = serde_json::from_slice(
+            &std::fs::read(&state_path).with_context(|| state_path.display().to_string())?,
+        )
+        .with_context(|| state_path.display().to_string())?;
         let tpath = dir.join("state.safetensors");
-        let all = parse(&std::fs::read(&tpath).with_context(|| tpath.display().to_string())?, &tpath)?;
+        let all = parse(
+            &std::fs::read(&tpath).with_context(|| tpath.display().to_string())?,
+            &tpath,
+        )?;
         let mut params = BTreeMap::new();
         let mut moments = BTreeMap::new();
         for (name, t) in all {
@@ -140,7 +168,14 @@ impl Checkpoint {
                 moments.insert(name, t);
             }
         }
-        Ok(Some(Self { dir, step: state.step, adam_t: state.adam_t, fingerprint: state.fingerprint, params, moments }))
+        Ok(Some(Self {
+            dir,
+            step: state.step,
+            adam_t: state.adam_t,
+            fingerprint: state.fingerprint,
+            params,
+            moments,
+        }))
     }
 
     /// Refuses to resume with other settings, naming what differs.
@@ -148,15 +183,27 @@ impl Checkpoint {
         if &self.fingerprint == now {
             return Ok(());
         }
-        let (a, b) = (serde_json::to_value(&self.fingerprint)?, serde_json::to_value(now)?);
+        let (a, b) = (
+            serde_json::to_value(&self.fingerprint)?,
+            serde_json::to_value(now)?,
+        );
         let differing: Vec<String> = a
             .as_object()
             .into_iter()
             .flatten()
             .filter(|(k, v)| b.get(k.as_str()) != Some(v))
-            .map(|(k, v)| format!("{k} (checkpoint {v}, now {})", b.get(k.as_str()).cloned().unwrap_or_default()))
+            .map(|(k, v)| {
+                format!(
+                    "{k} (checkpoint {v}, now {})",
+                    b.get(k.as_str()).cloned().unwrap_or_default()
+                )
+            })
             .collect();
-        bail!("--resume: {} was made with other settings: {}", self.dir.display(), differing.join("; "))
+        bail!(
+            "--resume: {} was made with other settings: {}",
+            self.dir.display(),
+            differing.join("; ")
+        )
     }
 
     /// Puts the AdamW moments and update count back.
@@ -185,7 +232,9 @@ pub fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
         .filter(|l| {

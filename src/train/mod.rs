@@ -97,7 +97,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
                 format!(
                     "{}: no task {name:?} (it has {})",
                     dataset.root.join("dataset.json").display(),
-                    dataset.info.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                    dataset
+                        .info
+                        .tasks
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         })
@@ -115,15 +121,27 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     config.validate().map_err(anyhow::Error::msg)?;
     let weights: Vec<f64> = tasks
         .iter()
-        .map(|t| opts.loss_weights.get(&t.name).copied().unwrap_or_else(|| default_loss_weight(&t.name)))
+        .map(|t| {
+            opts.loss_weights
+                .get(&t.name)
+                .copied()
+                .unwrap_or_else(|| default_loss_weight(&t.name))
+        })
         .collect();
     let fingerprint = Fingerprint::new(opts, &backbone.digest, &data_digest.to_string());
 
     // Trainable tensors: fresh, or restored from the last checkpoint.
     std::fs::create_dir_all(&opts.run_dir).with_context(|| opts.run_dir.display().to_string())?;
-    let restored = if opts.resume { Checkpoint::latest(&opts.run_dir)? } else { None };
+    let restored = if opts.resume {
+        Checkpoint::latest(&opts.run_dir)?
+    } else {
+        None
+    };
     if opts.resume && restored.is_none() {
-        bail!("--resume: {} has no checkpoint", opts.run_dir.join("checkpoints").display());
+        bail!(
+            "--resume: {} has no checkpoint",
+            opts.run_dir.join("checkpoints").display()
+        );
     }
     let (start, initial) = match &restored {
         Some(c) => {
@@ -163,8 +181,16 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         let b = b?;
         let (pixels, targets) = b.tensors(&tasks, device)?;
         let lr = learning_rate(opts.lr, step, warmup, opts.steps);
-        let stats = train_step(&model, &mut opt, &pixels, &targets, &weights, lr, opts.clip_grad)
-            .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
+        let stats = train_step(
+            &model,
+            &mut opt,
+            &pixels,
+            &targets,
+            &weights,
+            lr,
+            opts.clip_grad,
+        )
+        .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
         last_loss = stats.loss;
         if !last_loss.is_finite() {
             bail!("step {step}: the loss is {last_loss} (lower --lr?)");
@@ -178,7 +204,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         let done = step + 1;
         if done % opts.checkpoint_every.max(1) == 0 || done == end {
             metrics.flush()?;
-            Checkpoint::save(&opts.run_dir, done, &fingerprint, &opt, opts.keep_checkpoints)?;
+            Checkpoint::save(
+                &opts.run_dir,
+                done,
+                &fingerprint,
+                &opt,
+                opts.keep_checkpoints,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -207,10 +239,19 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     let mut metrics_json = serde_json::Map::new();
     metrics_json.insert("train_loss".into(), json!(last_loss));
     if has_val {
-        let report = evaluate(&model, Arc::clone(&dataset), "val", opts.image_size, opts.batch, opts.workers)?;
+        let report = evaluate(
+            &model,
+            Arc::clone(&dataset),
+            "val",
+            opts.image_size,
+            opts.batch,
+            opts.workers,
+        )?;
         metrics_json.insert("val".into(), serde_json::to_value(&report.tasks)?);
     }
-    config.extra.insert("metrics".into(), serde_json::Value::Object(metrics_json));
+    config
+        .extra
+        .insert("metrics".into(), serde_json::Value::Object(metrics_json));
     let bundle = BundleDir::new(config, tensors, &opts.run_dir)?;
     Ok(TrainOutcome::Finished(Box::new(bundle)))
 }
@@ -227,12 +268,19 @@ pub fn trainable(
     let mut params = Vec::new();
     let mut tensors = HashMap::new();
     for s in bundle_tensors(config) {
-        let t = plain.tensors.get(&s.name).with_context(|| format!("initial tensors lack {}", s.name))?;
+        let t = plain
+            .tensors
+            .get(&s.name)
+            .with_context(|| format!("initial tensors lack {}", s.name))?;
         let var = Var::from_tensor(t)?;
         tensors.insert(s.name.clone(), var.as_tensor().clone());
         params.push((s.name, var, s.decays));
     }
-    let model = VmtModel::new(config.clone(), Arc::clone(&backbone.swin), &NamedTensors::new("trainable", tensors))?;
+    let model = VmtModel::new(
+        config.clone(),
+        Arc::clone(&backbone.swin),
+        &NamedTensors::new("trainable", tensors),
+    )?;
     Ok((model, AdamW::new(params, weight_decay)?))
 }
 
@@ -274,7 +322,11 @@ pub fn train_step(
         _ => 1.0,
     };
     opt.step(&grads, lr, scale)?;
-    Ok(StepStats { loss: total.to_scalar::<f32>()? as f64, losses, grad_norm })
+    Ok(StepStats {
+        loss: total.to_scalar::<f32>()? as f64,
+        losses,
+        grad_norm,
+    })
 }
 
 fn progress_bar(opts: &TrainOptions, start: usize, end: usize) -> indicatif::ProgressBar {
@@ -283,9 +335,11 @@ fn progress_bar(opts: &TrainOptions, start: usize, end: usize) -> indicatif::Pro
     }
     let bar = indicatif::ProgressBar::new((end - start) as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar
 }

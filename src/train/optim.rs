@@ -30,10 +30,23 @@ impl AdamW {
             .into_iter()
             .map(|(name, var, decays)| {
                 let z = var.as_tensor().zeros_like()?;
-                Ok(Param { name, m: z.clone(), v: z, var, decays })
+                Ok(Param {
+                    name,
+                    m: z.clone(),
+                    v: z,
+                    var,
+                    decays,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { params, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, t: 0 })
+        Ok(Self {
+            params,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            t: 0,
+        })
     }
 
     /// Global L2 norm of the gradients (missing gradients count as zero).
@@ -55,7 +68,9 @@ impl AdamW {
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
             let g = (g * grad_scale)?;
             p.m = ((&p.m * b1)? + (&g * (1.0 - b1))?)?;
             p.v = ((&p.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
@@ -100,14 +115,30 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let w = Var::new(&[[1.0f32, -1.0]], &dev).unwrap();
         let b = Var::new(&[1.0f32], &dev).unwrap();
-        let loss = (w.as_tensor().sum_all().unwrap() * 3.0).unwrap().add(&b.as_tensor().sum_all().unwrap()).unwrap();
+        let loss = (w.as_tensor().sum_all().unwrap() * 3.0)
+            .unwrap()
+            .add(&b.as_tensor().sum_all().unwrap())
+            .unwrap();
         let grads = loss.backward().unwrap();
-        let mut opt = AdamW::new(vec![("w".into(), w.clone(), true), ("b".into(), b.clone(), false)], 0.1).unwrap();
+        let mut opt = AdamW::new(
+            vec![
+                ("w".into(), w.clone(), true),
+                ("b".into(), b.clone(), false),
+            ],
+            0.1,
+        )
+        .unwrap();
         opt.step(&grads, 0.01, 1.0).unwrap();
         // First Adam step moves each element by lr * sign(g); decay shrinks w first.
         let w_now = w.as_tensor().to_vec2::<f32>().unwrap();
-        assert!((w_now[0][0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w_now:?}");
-        assert!((w_now[0][1] - (-1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6, "{w_now:?}");
+        assert!(
+            (w_now[0][0] - (1.0 * (1.0 - 0.001) - 0.01)).abs() < 1e-6,
+            "{w_now:?}"
+        );
+        assert!(
+            (w_now[0][1] - (-(1.0 - 0.001) - 0.01)).abs() < 1e-6,
+            "{w_now:?}"
+        );
         let b_now = b.as_tensor().to_vec1::<f32>().unwrap();
         assert!((b_now[0] - 0.99).abs() < 1e-6, "{b_now:?}");
     }
