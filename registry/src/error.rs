@@ -64,6 +64,10 @@ pub enum Error {
     Corrupt { what: String, reason: String },
     #[error("another vmt-hub process holds the registry at {path} (its index is locked); try again when it finishes")]
     Locked { path: PathBuf },
+    #[error("{remote}: {reason}")]
+    Remote { remote: String, reason: String },
+    #[error("{remote}: authentication failed: {reason}")]
+    Auth { remote: String, reason: String },
     #[error("registry index: {0}")]
     Index(#[from] sled::Error),
 }

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod error;
 pub mod oci;
 pub mod reference;
+pub mod remote;
 pub mod safetensors_canon;
 pub mod store;
 

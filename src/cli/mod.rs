@@ -5,6 +5,7 @@ pub mod data;
 mod demo;
 mod forward;
 pub mod registry;
+pub mod remote;
 pub mod train;
 
 use std::path::PathBuf;
@@ -64,6 +65,12 @@ pub enum Command {
     },
     /// Re-hash blobs and check bundles; `--rebuild-index` recovers a lost index.
     Verify(registry::VerifyArgs),
+    /// Send a bundle to an OCI registry (or `vmt-hub serve`): only missing blobs travel.
+    Push(remote::PushArgs),
+    /// Fetch a bundle from an OCI registry; every blob is verified before it is stored.
+    Pull(remote::PullArgs),
+    /// Answer the OCI Distribution API from this registry.
+    Serve(remote::ServeArgs),
     /// Benchmarks (results belong in docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -127,6 +134,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Train(args) => train::run_train(root, *args),
         Command::Eval(args) => train::run_eval(root, args),
+        Command::Push(args) => remote::run_push(root, args),
+        Command::Pull(args) => remote::run_pull(root, args),
+        Command::Serve(args) => remote::run_serve(root, args),
         Command::Import(args) => registry::import(root, args),
         Command::Export(args) => registry::export(root, args),
         Command::List => registry::list(root),

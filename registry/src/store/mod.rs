@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod index;
 
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -223,6 +224,41 @@ impl Registry {
             }
         }
         Ok(published)
+    }
+
+    /// Stores a manifest received as bytes (keeping its digest) with its blobs, all
+    /// already verified by the caller, and tags it. Blobs first, index last.
+    pub fn store_manifest(
+        &self,
+        manifest_bytes: &[u8],
+        blobs: &[(Digest, Vec<u8>)],
+        tag: &TagName,
+        config: &BundleConfig,
+    ) -> Result<Digest> {
+        let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt {
+            what: "manifest".into(),
+            reason,
+        })?;
+        for (_, bytes) in blobs {
+            self.blobs.put(bytes)?;
+        }
+        let (digest, _) = self.blobs.put(manifest_bytes)?;
+        let record = record_of(&manifest, manifest_bytes.len() as u64, config);
+        let tag_key = tag.to_string();
+        if self.index.tag(&tag_key)? != Some(digest) {
+            self.blobs.touch(&digest);
+            if let Some(old) = self.index.publish(&tag_key, &digest, &record)? {
+                self.drop_manifest_if_untagged(&old)?;
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Stores a manifest pushed by digest (no tag): its blob and its index record.
+    pub fn store_untagged_manifest(&self, manifest_bytes: &[u8], config: &BundleConfig) -> Result<()> {
+        let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt { what: "manifest".into(), reason })?;
+        let (digest, _) = self.blobs.put(manifest_bytes)?;
+        self.index.record(&digest, &record_of(&manifest, manifest_bytes.len() as u64, config))
     }
 
     /// A manifest no tag points to any more is forgotten and its blob deleted, so that

@@ -1,0 +1,280 @@
+//! An OCI Distribution HTTP client: authentication (basic, static bearer token, and the
+//! token flow a registry announces in `WWW-Authenticate`), retries with backoff on 5xx
+//! and connection errors, and OCI error bodies turned into messages.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::error::{Error, Result};
+
+/// Credentials for a remote. Never printed: `Debug` redacts them.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// A bearer token used as is (`VMT_REGISTRY_TOKEN`).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A response: status, headers we need, and the body reader.
+pub struct Reply {
+    pub status: u16,
+    pub response: ureq::Response,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.response.header(name).map(String::from)
+    }
+
+    /// The body, refusing more than `limit` bytes.
+    pub fn body(self, limit: u64, what: &str, remote: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.response
+            .into_reader()
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Remote { remote: remote.into(), reason: format!("reading {what}: {e}") })?;
+        if out.len() as u64 > limit {
+            return Err(Error::Remote { remote: remote.into(), reason: format!("{what} is larger than the {limit} bytes expected") });
+        }
+        Ok(out)
+    }
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    /// `http(s)://host:port`.
+    pub base: String,
+    creds: Credentials,
+    /// A token obtained from the registry's token endpoint.
+    bearer: Mutex<Option<String>>,
+    pub retries: u32,
+}
+
+/// `Bearer realm="...",service="...",scope="..."` -> (scheme, params).
+fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((k, v)) = rest.split_once('=') else { break };
+        let k = k.trim().trim_start_matches(',').trim().to_string();
+        let v = v.trim_start();
+        let (value, remaining) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(end) => (v[..end].to_string(), &v[end..]),
+                None => (v.to_string(), ""),
+            }
+        };
+        params.push((k, value));
+        rest = remaining.trim_start_matches(',').trim();
+    }
+    (scheme.to_ascii_lowercase(), params)
+}
+
+/// The message of an OCI error body (`{"errors": [{"code", "message"}]}`), if any.
+fn oci_error(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let errs = v.get("errors")?.as_array()?;
+    Some(
+        errs.iter()
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.get("code").and_then(|c| c.as_str()).unwrap_or("?"),
+                    e.get("message").and_then(|c| c.as_str()).unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+impl Client {
+    pub fn new(base: &str, creds: Credentials) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        Self { agent, base: base.into(), creds, bearer: Mutex::new(None), retries: 3 }
+    }
+
+    /// Absolute URL for a path or a (possibly relative) Location header.
+    pub fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.into()
+        } else {
+            format!("{}{}", self.base, path_or_url)
+        }
+    }
+
+    fn auth_header(&self) -> Option<String> {
+        if let Some(t) = self.bearer.lock().expect("lock").clone() {
+            return Some(format!("Bearer {t}"));
+        }
+        if let Some(t) = &self.creds.token {
+            return Some(format!("Bearer {t}"));
+        }
+        self.basic()
+    }
+
+    fn basic(&self) -> Option<String> {
+        let user = self.creds.user.as_ref()?;
+        let pass = self.creds.password.clone().unwrap_or_default();
+        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))
+    }
+
+    /// Answers a `Bearer` challenge by asking the realm for a token.
+    fn fetch_token(&self, params: &[(String, String)]) -> Result<String> {
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let realm = get("realm").ok_or_else(|| Error::Auth { remote: self.base.clone(), reason: "the Bearer challenge has no realm".into() })?;
+        if !realm.starts_with("http://") && !realm.starts_with("https://") {
+            return Err(Error::Auth {
+                remote: self.base.clone(),
+                reason: "the registry wants a bearer token and offers no token service: set VMT_REGISTRY_TOKEN".into(),
+            });
+        }
+        let mut req = self.agent.get(&realm);
+        for k in ["service", "scope"] {
+            if let Some(v) = get(k) {
+                req = req.query(k, &v);
+            }
+        }
+        if let Some(b) = self.basic() {
+            req = req.set("Authorization", &b);
+        }
+        let resp = req.call().map_err(|e| Error::Auth {
+            remote: self.base.clone(),
+            reason: match e {
+                ureq::Error::Status(code, _) => format!("the token service {realm} answered HTTP {code} (wrong user or password?)"),
+                ureq::Error::Transport(t) => format!("cannot reach the token service {realm}: {t}"),
+            },
+        })?;
+        let text = resp.into_string().map_err(|e| Error::Auth { remote: self.base.clone(), reason: format!("token reply: {e}") })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Auth { remote: self.base.clone(), reason: format!("token reply: {e}") })?;
+        v.get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(String::from)
+            .ok_or_else(|| Error::Auth { remote: self.base.clone(), reason: "the token reply has no token".into() })
+    }
+
+    /// Sends a request (with a body if given), authenticating and retrying as needed.
+    /// 2xx and 3xx come back as replies; other statuses are errors naming `what`.
+    pub fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>, what: &str) -> Result<Reply> {
+        let mut authed_after_challenge = false;
+        let mut attempt = 0;
+        loop {
+            let mut req = self.agent.request(method, &self.url(url));
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if let Some(a) = self.auth_header() {
+                req = req.set("Authorization", &a);
+            }
+            let result = match body {
+                Some(b) => req.send_bytes(b),
+                None => req.call(),
+            };
+            match result {
+                Ok(response) => return Ok(Reply { status: response.status(), response }),
+                Err(ureq::Error::Status(401, resp)) if !authed_after_challenge => {
+                    authed_after_challenge = true;
+                    let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
+                    let (scheme, params) = parse_challenge(&challenge);
+                    let has_bearer = self.bearer.lock().expect("lock").is_some();
+                    if scheme == "bearer" && self.creds.token.is_none() && !has_bearer {
+                        let token = self.fetch_token(&params)?;
+                        *self.bearer.lock().expect("lock") = Some(token);
+                        continue;
+                    }
+                    let given = self.creds.token.is_some() || self.creds.user.is_some() || has_bearer;
+                    return Err(Error::Auth {
+                        remote: self.base.clone(),
+                        reason: if given {
+                            format!("{what}: HTTP 401, the credentials were rejected")
+                        } else {
+                            format!("{what}: HTTP 401, credentials needed (--user with VMT_REGISTRY_PASSWORD, or VMT_REGISTRY_TOKEN)")
+                        },
+                    });
+                }
+                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
+                    let detail = resp.into_string().ok().and_then(|b| oci_error(&b)).unwrap_or_default();
+                    return Err(Error::Auth { remote: self.base.clone(), reason: format!("{what}: HTTP {code} {detail}").trim().to_string() });
+                }
+                Err(ureq::Error::Status(code, resp)) if code >= 500 && attempt < self.retries => {
+                    drop(resp);
+                    attempt += 1;
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let body = resp.into_string().unwrap_or_default();
+                    let detail = oci_error(&body).unwrap_or_else(|| body.chars().take(200).collect());
+                    return Err(Error::Remote { remote: self.base.clone(), reason: format!("{what}: HTTP {code} {detail}").trim().to_string() });
+                }
+                Err(ureq::Error::Transport(t)) if attempt < self.retries => {
+                    tracing::debug!("{what}: {t}; retrying");
+                    attempt += 1;
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(Error::Remote { remote: self.base.clone(), reason: format!("{what}: {t}") });
+                }
+            }
+        }
+    }
+
+    /// HEAD that reports existence (200) or absence (404) instead of an error.
+    pub fn exists(&self, path: &str, what: &str) -> Result<bool> {
+        match self.send("HEAD", path, &[], None, what) {
+            Ok(_) => Ok(true),
+            Err(Error::Remote { reason, .. }) if reason.contains("HTTP 404") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * 2u64.pow(attempt.min(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#);
+        assert_eq!(s, "bearer");
+        assert_eq!(p[0], ("realm".into(), "https://auth.io/token".into()));
+        assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
+        assert_eq!(parse_challenge(r#"Basic realm="x""#).0, "basic");
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let c = Credentials { user: Some("me".into()), password: Some("hunter2".into()), token: Some("tok".into()) };
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2") && !s.contains("tok\"") && s.contains("me"));
+    }
+}

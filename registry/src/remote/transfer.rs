@@ -1,0 +1,247 @@
+//! push and pull of bundles over the OCI Distribution API.
+//!
+//! Push: HEAD each blob and skip what the remote has, upload the rest (one PUT for
+//! small blobs, PATCH chunks that resume after a broken connection for large ones),
+//! then PUT the manifest by tag. Pull: the manifest (with the OCI `Accept` header), then
+//! every blob, each checked against its digest and size; the bundle is checked whole
+//! and only then published locally, so a failed pull changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::client::Client;
+use super::{RemoteRef, RemoteTarget};
+use crate::bundle::dir::{check_tensors, parse_config};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
+use crate::reference::TagName;
+use crate::safetensors_canon::parse;
+use crate::store::Registry;
+
+/// Blobs larger than this go up in PATCH chunks of this size.
+pub fn chunk_size() -> usize {
+    std::env::var("VMT_PUSH_CHUNK_BYTES").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(8 << 20)
+}
+
+/// Largest manifest accepted from a remote.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
+/// Progress callbacks: `start(what, total bytes)`, `advance(bytes)`, `finish()`.
+pub trait Progress {
+    fn start(&mut self, _what: &str, _total: u64) {}
+    fn advance(&mut self, _bytes: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+#[derive(Debug, Clone, Default)]
+pub struct TransferReport {
+    pub manifest: Option<Digest>,
+    pub blobs_sent: usize,
+    pub bytes_sent: u64,
+    pub blobs_skipped: usize,
+    pub blobs_received: usize,
+    pub bytes_received: u64,
+}
+
+/// Appends `digest=` to an upload location (which may already carry a query).
+fn with_digest(location: &str, d: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={d}")
+}
+
+fn location(reply: &super::client::Reply, remote: &str) -> Result<String> {
+    reply.header("Location").ok_or_else(|| Error::Remote { remote: remote.into(), reason: "upload answer has no Location header".into() })
+}
+
+/// Uploads one blob.
+fn upload(client: &Client, repo: &str, d: &Digest, bytes: &[u8], progress: &mut dyn Progress) -> Result<()> {
+    let what = format!("upload of {d}");
+    let start = client.send("POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Content-Length", "0")], Some(&[]), &what)?;
+    let mut loc = location(&start, &client.base)?;
+    let chunk = chunk_size();
+    if bytes.len() <= chunk {
+        client.send("PUT", &with_digest(&loc, d), &[("Content-Type", "application/octet-stream")], Some(bytes), &what)?;
+        progress.advance(bytes.len() as u64);
+        return Ok(());
+    }
+    let mut offset = 0usize;
+    let mut failures = 0;
+    while offset < bytes.len() {
+        let end = (offset + chunk).min(bytes.len());
+        let range = format!("{offset}-{}", end - 1);
+        match client.send(
+            "PATCH",
+            &loc,
+            &[("Content-Type", "application/octet-stream"), ("Content-Range", &range)],
+            Some(&bytes[offset..end]),
+            &what,
+        ) {
+            Ok(reply) => {
+                loc = location(&reply, &client.base)?;
+                progress.advance((end - offset) as u64);
+                offset = end;
+            }
+            Err(e) if failures < 3 => {
+                // Ask the registry how much it has and continue from there; a registry
+                // that cannot say (distribution's upload state has moved on) gets a
+                // fresh upload of this blob.
+                failures += 1;
+                tracing::debug!("{what}: {e}; resuming");
+                match client.send("GET", &loc, &[], None, &what) {
+                    Ok(status) => {
+                        offset = status
+                            .header("Range")
+                            .and_then(|r| r.split_once('-').and_then(|(_, e)| e.parse::<usize>().ok()))
+                            .map_or(0, |last| last + 1);
+                        if let Some(l) = status.header("Location") {
+                            loc = l;
+                        }
+                    }
+                    Err(_) => {
+                        let restart = client.send("POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Content-Length", "0")], Some(&[]), &what)?;
+                        loc = location(&restart, &client.base)?;
+                        offset = 0;
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    client.send("PUT", &with_digest(&loc, d), &[("Content-Length", "0")], Some(&[]), &what)?;
+    Ok(())
+}
+
+/// Pushes the bundle `local` to `remote` (which must name a tag).
+pub fn push(reg: &Registry, local: &str, remote: &RemoteRef, client: &Client, progress: &mut dyn Progress) -> Result<TransferReport> {
+    let RemoteTarget::Tag(tag) = &remote.reference else {
+        return Err(Error::InvalidReference { reference: remote.to_string(), reason: "push needs a tag, not a digest".into() });
+    };
+    let d = reg.resolve(local)?;
+    let manifest_bytes = reg.blobs.get(&d, &format!("manifest of {local}"))?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Corrupt { what: format!("manifest {d}"), reason })?;
+    let mut report = TransferReport { manifest: Some(d), ..Default::default() };
+    let repo = &remote.repo;
+    let total: u64 = manifest.blobs().map(|b| b.size).sum();
+    progress.start(&format!("push {remote}"), total);
+    for desc in manifest.blobs() {
+        if client.exists(&format!("/v2/{repo}/blobs/{}", desc.digest), &format!("check of {}", desc.digest))? {
+            report.blobs_skipped += 1;
+            progress.advance(desc.size);
+            continue;
+        }
+        let bytes = reg.blobs.get(&desc.digest, desc.title().unwrap_or("config"))?;
+        upload(client, repo, &desc.digest, &bytes, progress)?;
+        report.blobs_sent += 1;
+        report.bytes_sent += bytes.len() as u64;
+    }
+    let reply = client.send(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", MANIFEST_MEDIA_TYPE)],
+        Some(&manifest_bytes),
+        "manifest upload",
+    )?;
+    if let Some(echo) = reply.header("Docker-Content-Digest") {
+        if echo != d.to_string() {
+            return Err(Error::Remote { remote: remote.to_string(), reason: format!("stored the manifest as {echo}, expected {d}") });
+        }
+    }
+    progress.finish();
+    Ok(report)
+}
+
+/// GETs a blob, retrying when the connection breaks mid-body.
+fn fetch_blob(client: &Client, repo: &str, desc: &crate::oci::Descriptor, what: &str, name: &str) -> Result<Vec<u8>> {
+    let mut attempt = 0;
+    loop {
+        let reply = client.send("GET", &format!("/v2/{repo}/blobs/{}", desc.digest), &[], None, what)?;
+        match reply.body(desc.size, what, name) {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if attempt < client.retries => {
+                attempt += 1;
+                tracing::debug!("{e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Pulls `remote` into `reg` under `tag` (default: the remote's repo and tag).
+pub fn pull(reg: &Registry, remote: &RemoteRef, client: &Client, tag: Option<&TagName>, progress: &mut dyn Progress) -> Result<TransferReport> {
+    let repo = &remote.repo;
+    let name = remote.to_string();
+    let reply = client.send(
+        "GET",
+        &format!("/v2/{repo}/manifests/{}", remote.reference),
+        &[("Accept", MANIFEST_MEDIA_TYPE)],
+        None,
+        "manifest",
+    )?;
+    let echoed = reply.header("Docker-Content-Digest");
+    let manifest_bytes = reply.body(MAX_MANIFEST_BYTES, "manifest", &name)?;
+    let d = Digest::of(&manifest_bytes);
+    let claimed = match &remote.reference {
+        RemoteTarget::Digest(want) => Some(want.to_string()),
+        RemoteTarget::Tag(_) => echoed,
+    };
+    if let Some(c) = claimed {
+        if c != d.to_string() {
+            return Err(Error::DigestMismatch { what: format!("manifest of {name}"), expected: c, actual: d.to_string() });
+        }
+    }
+    let manifest = Manifest::parse(&manifest_bytes)
+        .map_err(|reason| Error::Remote { remote: name.clone(), reason: format!("malformed manifest refused: {reason}") })?;
+    let tag = match tag {
+        Some(t) => t.clone(),
+        None => match &remote.reference {
+            RemoteTarget::Tag(t) => TagName::parse(&format!("{repo}:{t}"))?,
+            RemoteTarget::Digest(_) => manifest
+                .ref_name()
+                .and_then(|r| TagName::parse(r).ok())
+                .ok_or_else(|| Error::InvalidReference { reference: name.clone(), reason: "pulling by digest needs --tag".into() })?,
+        },
+    };
+    let total: u64 = manifest.blobs().map(|b| b.size).sum();
+    progress.start(&format!("pull {name}"), total);
+    let mut report = TransferReport { manifest: Some(d), ..Default::default() };
+    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
+    for desc in manifest.blobs() {
+        if let Ok(local) = reg.blobs.get(&desc.digest, "local copy") {
+            progress.advance(desc.size);
+            blobs.push((desc.digest, local));
+            continue;
+        }
+        let what = format!("blob {}", desc.digest);
+        let bytes = fetch_blob(client, repo, desc, &what, &name)?;
+        let actual = Digest::of(&bytes);
+        if actual != desc.digest || bytes.len() as u64 != desc.size {
+            return Err(Error::DigestMismatch {
+                what: format!("{what} ({}) from {name}", desc.title().unwrap_or("config")),
+                expected: format!("{} ({} bytes)", desc.digest, desc.size),
+                actual: format!("{actual} ({} bytes)", bytes.len()),
+            });
+        }
+        progress.advance(desc.size);
+        report.blobs_received += 1;
+        report.bytes_received += bytes.len() as u64;
+        blobs.push((desc.digest, bytes));
+    }
+    // The whole bundle must be valid before anything is written.
+    let by_digest: BTreeMap<Digest, &Vec<u8>> = blobs.iter().map(|(d, b)| (*d, b)).collect();
+    let origin = Path::new(&name);
+    let config = parse_config(by_digest[&manifest.config.digest], origin)?;
+    let mut tensors = BTreeMap::new();
+    for layer in &manifest.layers {
+        tensors.extend(parse(by_digest[&layer.digest], Path::new(layer.title().unwrap_or("?")))?);
+    }
+    check_tensors(&config, &tensors, origin)?;
+    reg.store_manifest(&manifest_bytes, &blobs, &tag, &config)?;
+    progress.finish();
+    Ok(report)
+}

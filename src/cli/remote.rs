@@ -1,0 +1,144 @@
+//! `vmt-hub push`, `vmt-hub pull` and `vmt-hub serve`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use clap::Args;
+use vmt_registry::reference::TagName;
+use vmt_registry::remote::client::{Client, Credentials};
+use vmt_registry::remote::server::{serve_blocking, ServeOptions};
+use vmt_registry::remote::transfer::{pull, push, Progress};
+use vmt_registry::remote::RemoteRef;
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// User name for basic auth; the password comes from VMT_REGISTRY_PASSWORD or a prompt.
+    /// A bearer token can be given with VMT_REGISTRY_TOKEN instead.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Use http even for a host that is not loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Local bundle: NAME:TAG, digest or prefix.
+    pub reference: String,
+    /// oci://HOST[:PORT]/REPO:TAG
+    pub remote: String,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// oci://HOST[:PORT]/REPO[:TAG|@sha256:...]
+    pub remote: String,
+    /// Local tag (default: REPO:TAG of the remote).
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub addr: SocketAddr,
+    /// Require `Authorization: Bearer <TOKEN>` on every request.
+    #[arg(long, env = "VMT_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Largest request body in bytes (larger uploads use several PATCH requests).
+    #[arg(long, default_value_t = vmt_registry::remote::server::MAX_BODY)]
+    pub max_body: usize,
+}
+
+fn credentials(a: &AuthArgs) -> anyhow::Result<Credentials> {
+    let token = std::env::var("VMT_REGISTRY_TOKEN").ok().filter(|t| !t.is_empty());
+    let password = match &a.user {
+        Some(user) => match std::env::var("VMT_REGISTRY_PASSWORD") {
+            Ok(p) => Some(p),
+            Err(_) => Some(rpassword::prompt_password(format!("password for {user}: "))?),
+        },
+        None => None,
+    };
+    Ok(Credentials { user: a.user.clone(), password, token })
+}
+
+/// An indicatif bar, hidden with --quiet or when stdout is not a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        if quiet || !std::io::stdout().is_terminal() {
+            return Self(indicatif::ProgressBar::hidden());
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        Self(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, what: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_message(what.to_string());
+    }
+    fn advance(&mut self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
+    let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
+    let client = Client::new(&remote.base, credentials(&a.auth)?);
+    let reg = super::registry::open(root)?;
+    let r = push(&reg, &a.reference, &remote, &client, &mut Bar::new(a.auth.quiet))?;
+    println!(
+        "pushed {} -> {remote} ({}): {} blob(s) sent ({}), {} already there",
+        a.reference,
+        r.manifest.map(|d| d.to_string()).unwrap_or_default(),
+        r.blobs_sent,
+        super::registry::human_bytes(r.bytes_sent),
+        r.blobs_skipped
+    );
+    Ok(())
+}
+
+pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
+    let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
+    let tag = a.tag.as_deref().map(TagName::parse).transpose()?;
+    let client = Client::new(&remote.base, credentials(&a.auth)?);
+    let reg = super::registry::open(root)?;
+    let r = pull(&reg, &remote, &client, tag.as_ref(), &mut Bar::new(a.auth.quiet))?;
+    println!(
+        "pulled {remote} ({}): {} blob(s) received ({})",
+        r.manifest.map(|d| d.to_string()).unwrap_or_default(),
+        r.blobs_received,
+        super::registry::human_bytes(r.bytes_received)
+    );
+    Ok(())
+}
+
+pub fn run_serve(root: Option<&Path>, a: ServeArgs) -> anyhow::Result<()> {
+    let reg = super::registry::open(root)?;
+    let dir = reg.root().display().to_string();
+    let auth = if a.token.is_some() { " (bearer token required)" } else { "" };
+    let opts = ServeOptions { addr: a.addr, token: a.token, max_body: a.max_body };
+    serve_blocking(reg, opts, |addr| {
+        println!("serving {dir} on http://{addr}{auth}");
+    })?;
+    Ok(())
+}
