@@ -297,3 +297,64 @@ pub fn bench_train(
         peak_rss_mib: peak_rss_mib(),
     })
 }
+
+/// Push and pull throughput of Swin-T-sized four-task bundles against `remote`
+/// (`oci://HOST:PORT/REPO`); each round pushes a bundle with new tensors (so every blob
+/// travels) and pulls it into an empty registry.
+pub fn bench_transfer(
+    remote: &str,
+    rounds: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<RegistryTiming>> {
+    use vmt_registry::bundle::{BundleDir, SwinGeometry};
+    use vmt_registry::reference::TagName;
+    use vmt_registry::remote::client::{Client, Credentials};
+    use vmt_registry::remote::transfer::{pull, push, Quiet};
+    use vmt_registry::remote::RemoteRef;
+    use vmt_registry::Registry;
+
+    let cfg = BundleConfig::new(
+        SwinGeometry::swin_t(),
+        AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
+        DecoderConfig::new(32, 64),
+        crate::cli::parse_tasks("semseg,human_parts,sal,normals")?,
+    );
+    let src = Registry::open(&dir.join("src"))?;
+    let (mut push_t, mut pull_t, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+    let base = remote.trim_end_matches('/');
+    for i in 0..rounds.max(1) {
+        let bundle = BundleDir::new(cfg.clone(), randomized_bundle(&cfg, 1000 + i as u64), dir)?;
+        let tag = TagName::parse(&format!("bench:r{i}"))?;
+        let d = src.publish(&bundle, &tag)?.digest;
+        let r = RemoteRef::parse(&format!("{base}:r{i}"), false)?;
+        let client = Client::new(
+            &r.base,
+            Credentials {
+                token: std::env::var("VMT_REGISTRY_TOKEN").ok(),
+                ..Default::default()
+            },
+        );
+        let t = Instant::now();
+        let report = push(&src, &tag.to_string(), &r, &client, &mut Quiet)?;
+        push_t.push(t.elapsed().as_secs_f64());
+        bytes = report.bytes_sent;
+        let dst = Registry::open(&dir.join(format!("dst{i}")))?;
+        let t = Instant::now();
+        let got = pull(&dst, &r, &client, None, &mut Quiet)?;
+        pull_t.push(t.elapsed().as_secs_f64());
+        anyhow::ensure!(got.manifest == Some(d), "pulled another manifest");
+    }
+    let row = |op: &str, times: Vec<f64>| {
+        let m = median_of(times);
+        RegistryTiming {
+            operation: op.into(),
+            bytes,
+            median_s: m,
+            mb_per_s: bytes as f64 / 1e6 / m,
+        }
+    };
+    Ok(vec![
+        row("push (every blob new)", push_t),
+        row("pull (into an empty registry, verified)", pull_t),
+    ])
+}

@@ -44,7 +44,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_ready(port: u16) {
@@ -55,7 +59,9 @@ fn wait_ready(port: u16) {
                 return;
             }
         }
-        if let Err(ureq::Error::Status(401, _)) = ureq::get(&format!("http://127.0.0.1:{port}/v2/")).call() {
+        if let Err(ureq::Error::Status(401, _)) =
+            ureq::get(&format!("http://127.0.0.1:{port}/v2/")).call()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -68,7 +74,9 @@ fn distribution(dir: &Path, htpasswd: Option<(&str, &str)>) -> Server {
     let bin = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
         .into_iter()
         .find(|p| Path::new(p).exists())
-        .expect("docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)");
+        .expect(
+            "docker-registry is not installed: apt-get install -y docker-registry (.ci/run does)",
+        );
     let port = free_port();
     let root = dir.join("distribution");
     std::fs::create_dir_all(&root).unwrap();
@@ -76,7 +84,10 @@ fn distribution(dir: &Path, htpasswd: Option<(&str, &str)>) -> Server {
         Some((user, pass)) => {
             let hash = bcrypt::hash(pass, 5).unwrap();
             std::fs::write(root.join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
-            format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", root.join("htpasswd").display())
+            format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                root.join("htpasswd").display()
+            )
         }
         None => String::new(),
     };
@@ -85,8 +96,19 @@ fn distribution(dir: &Path, htpasswd: Option<(&str, &str)>) -> Server {
         root.join("data").display()
     );
     std::fs::write(root.join("config.yml"), config).unwrap();
-    let child = Command::new(bin).arg("serve").arg(root.join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let s = Server { child, port, root, kind: Kind::Distribution };
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(root.join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server {
+        child,
+        port,
+        root,
+        kind: Kind::Distribution,
+    };
     wait_ready(port);
     s
 }
@@ -104,15 +126,34 @@ fn vmt_serve(dir: &Path, extra: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
-    let s = Server { child, port, root, kind: Kind::VmtServe };
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{line}"));
+    let s = Server {
+        child,
+        port,
+        root,
+        kind: Kind::VmtServe,
+    };
     wait_ready(port);
     s
 }
 
 fn servers(dir: &Path) -> Vec<Server> {
-    vec![distribution(&dir.join("d"), None), vmt_serve(&dir.join("v"), &[])]
+    vec![
+        distribution(&dir.join("d"), None),
+        vmt_serve(&dir.join("v"), &[]),
+    ]
 }
 
 fn client(port: u16) -> Client {
@@ -128,21 +169,33 @@ fn tag(s: &str) -> TagName {
 }
 
 fn blob_files(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The fixture bundle with only `tasks` (same shared adapter, same task components).
 fn fixture_subset(tasks: &[&str]) -> BundleDir {
     let mut b = BundleDir::read(&fixtures().join("tiny/bundle")).unwrap();
     b.config.tasks.retain(|t| tasks.contains(&t.name.as_str()));
-    let keep: Vec<String> = bundle_tensors(&b.config).into_iter().map(|s| s.name).collect();
+    let keep: Vec<String> = bundle_tensors(&b.config)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     b.tensors.retain(|n, _| keep.contains(n));
     b
 }
 
 fn vmt_hub(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub")).args(args).output().unwrap();
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -154,23 +207,68 @@ fn push_pull_round_trip_gives_identical_outputs() {
         let dir = tmp.path().join(format!("{:?}", server.kind));
         let (a, b) = (dir.join("a"), dir.join("b"));
         let ra = a.to_str().unwrap();
-        assert!(vmt_hub(&["--registry", ra, "import", case.join("bundle").to_str().unwrap(), "--tag", "pascal/vmt:v1"]).status.success());
+        assert!(vmt_hub(&[
+            "--registry",
+            ra,
+            "import",
+            case.join("bundle").to_str().unwrap(),
+            "--tag",
+            "pascal/vmt:v1"
+        ])
+        .status
+        .success());
         let url = format!("oci://127.0.0.1:{}/team/vmt:v1", server.port);
         let o = vmt_hub(&["--registry", ra, "push", "pascal/vmt:v1", &url, "--quiet"]);
-        assert!(o.status.success(), "{:?} push: {}", server.kind, String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{:?} push: {}",
+            server.kind,
+            String::from_utf8_lossy(&o.stderr)
+        );
         let rb = b.to_str().unwrap();
         let o = vmt_hub(&["--registry", rb, "pull", &url, "--quiet"]);
-        assert!(o.status.success(), "{:?} pull: {}", server.kind, String::from_utf8_lossy(&o.stderr));
-        let (da, db) = (Registry::open(&a).unwrap().resolve("pascal/vmt:v1").unwrap(), Registry::open(&b).unwrap().resolve("team/vmt:v1").unwrap());
-        assert_eq!(da, db, "{:?}: the pulled manifest digest equals the pushed one", server.kind);
+        assert!(
+            o.status.success(),
+            "{:?} pull: {}",
+            server.kind,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (da, db) = (
+            Registry::open(&a)
+                .unwrap()
+                .resolve("pascal/vmt:v1")
+                .unwrap(),
+            Registry::open(&b).unwrap().resolve("team/vmt:v1").unwrap(),
+        );
+        assert_eq!(
+            da, db,
+            "{:?}: the pulled manifest digest equals the pushed one",
+            server.kind
+        );
         let mut outs = Vec::new();
         for (reg, r) in [(ra, "pascal/vmt:v1"), (rb, "team/vmt:v1")] {
             let out = dir.join(format!("{}.safetensors", r.replace([':', '/'], "_")));
-            let o = vmt_hub(&["--registry", reg, "forward", "--bundle", r, "--backbone", case.join("backbone").to_str().unwrap(), "--input", case.join("input.safetensors").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+            let o = vmt_hub(&[
+                "--registry",
+                reg,
+                "forward",
+                "--bundle",
+                r,
+                "--backbone",
+                case.join("backbone").to_str().unwrap(),
+                "--input",
+                case.join("input.safetensors").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ]);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             outs.push(std::fs::read(out).unwrap());
         }
-        assert_eq!(outs[0], outs[1], "{:?}: forward outputs are bit-identical", server.kind);
+        assert_eq!(
+            outs[0], outs[1],
+            "{:?}: forward outputs are bit-identical",
+            server.kind
+        );
     }
 }
 
@@ -188,7 +286,11 @@ fn proxy(upstream: u16, cut: Option<(usize, u64)>) -> Proxy {
 
 /// Like [`proxy`], and `cut_on`: drop the connection right after forwarding a request
 /// that contains this pattern, the first `n` times.
-fn proxy_with(upstream: u16, cut: Option<(usize, u64)>, cut_on: Option<(&'static [u8], usize)>) -> Proxy {
+fn proxy_with(
+    upstream: u16,
+    cut: Option<(usize, u64)>,
+    cut_on: Option<(&'static [u8], usize)>,
+) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let up_bytes = Arc::new(AtomicU64::new(0));
@@ -198,10 +300,13 @@ fn proxy_with(upstream: u16, cut: Option<(usize, u64)>, cut_on: Option<(&'static
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { break };
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
             let n = connections.fetch_add(1, Ordering::SeqCst);
             let limit = cut.filter(|(count, _)| n < *count).map(|(_, after)| after);
-            let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
             let counter = Arc::clone(&counter);
             let pattern_cuts = Arc::clone(&pattern_cuts);
             std::thread::spawn(move || {
@@ -261,23 +366,60 @@ fn a_second_bundle_sharing_the_adapter_sends_no_byte_of_it() {
         let two = fixture_subset(&["semseg", "sal"]);
         local.publish(&full, &tag("m:full")).unwrap();
         local.publish(&two, &tag("m:two")).unwrap();
-        let shared_size = local.index.manifest(&local.resolve("m:full").unwrap()).unwrap().unwrap().layers[0].2;
+        let shared_size = local
+            .index
+            .manifest(&local.resolve("m:full").unwrap())
+            .unwrap()
+            .unwrap()
+            .layers[0]
+            .2;
         let p = proxy(server.port, None);
-        let first = push(&local, "m:full", &remote(p.port, "dedup/vmt:full"), &client(p.port), &mut Quiet).unwrap();
+        let first = push(
+            &local,
+            "m:full",
+            &remote(p.port, "dedup/vmt:full"),
+            &client(p.port),
+            &mut Quiet,
+        )
+        .unwrap();
         assert_eq!(first.blobs_sent, 6, "{:?}", server.kind);
         let before = p.up_bytes.load(Ordering::SeqCst);
-        assert!(before > shared_size, "the first push carries the shared adapter");
-        let second = push(&local, "m:two", &remote(p.port, "dedup/vmt:two"), &client(p.port), &mut Quiet).unwrap();
+        assert!(
+            before > shared_size,
+            "the first push carries the shared adapter"
+        );
+        let second = push(
+            &local,
+            "m:two",
+            &remote(p.port, "dedup/vmt:two"),
+            &client(p.port),
+            &mut Quiet,
+        )
+        .unwrap();
         let sent = p.up_bytes.load(Ordering::SeqCst) - before;
-        assert_eq!((second.blobs_sent, second.blobs_skipped), (1, 3), "{:?}: only the new config travels", server.kind);
-        assert!(sent < shared_size / 10, "{:?}: {sent} bytes went up; the shared blob alone is {shared_size}", server.kind);
+        assert_eq!(
+            (second.blobs_sent, second.blobs_skipped),
+            (1, 3),
+            "{:?}: only the new config travels",
+            server.kind
+        );
+        assert!(
+            sent < shared_size / 10,
+            "{:?}: {sent} bytes went up; the shared blob alone is {shared_size}",
+            server.kind
+        );
     }
 }
 
 /// Flips a byte of a blob in the server's own storage.
 fn tamper(server: &Server, d: &vmt_registry::Digest) {
     let path = match server.kind {
-        Kind::Distribution => server.root.join("data/docker/registry/v2/blobs/sha256").join(&d.hex()[..2]).join(d.hex()).join("data"),
+        Kind::Distribution => server
+            .root
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&d.hex()[..2])
+            .join(d.hex())
+            .join("data"),
         Kind::VmtServe => server.root.join("blobs/sha256").join(d.hex()),
     };
     let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -288,7 +430,12 @@ fn tamper(server: &Server, d: &vmt_registry::Digest) {
 
 fn snapshot(reg_root: &Path) -> (usize, Vec<String>) {
     let reg = Registry::open(reg_root).unwrap();
-    let tags = reg.list().unwrap().into_iter().map(|e| format!("{} {}", e.tag, e.digest)).collect();
+    let tags = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{} {}", e.tag, e.digest))
+        .collect();
     (blob_files(reg_root), tags)
 }
 
@@ -298,8 +445,16 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
     for server in servers(tmp.path()) {
         let local_root = tmp.path().join(format!("local-{:?}", server.kind));
         let src = Registry::open(&tmp.path().join(format!("src-{:?}", server.kind))).unwrap();
-        src.publish(&fixture_subset(&["semseg", "sal"]), &tag("m:v1")).unwrap();
-        push(&src, "m:v1", &remote(server.port, "fault/vmt:v1"), &client(server.port), &mut Quiet).unwrap();
+        src.publish(&fixture_subset(&["semseg", "sal"]), &tag("m:v1"))
+            .unwrap();
+        push(
+            &src,
+            "m:v1",
+            &remote(server.port, "fault/vmt:v1"),
+            &client(server.port),
+            &mut Quiet,
+        )
+        .unwrap();
         let d = src.resolve("m:v1").unwrap();
         let record = src.index.manifest(&d).unwrap().unwrap();
 
@@ -307,10 +462,24 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
         // registry says it is, and the bundle arrives intact.
         std::env::set_var("VMT_PUSH_CHUNK_BYTES", "65536");
         let p = proxy_with(server.port, None, Some((b"PATCH /", 2)));
-        push(&src, "m:v1", &remote(p.port, "chunked/vmt:v1"), &client(p.port), &mut Quiet).unwrap();
+        push(
+            &src,
+            "m:v1",
+            &remote(p.port, "chunked/vmt:v1"),
+            &client(p.port),
+            &mut Quiet,
+        )
+        .unwrap();
         std::env::remove_var("VMT_PUSH_CHUNK_BYTES");
         let check = Registry::open(&tmp.path().join(format!("chunked-{:?}", server.kind))).unwrap();
-        pull(&check, &remote(server.port, "chunked/vmt:v1"), &client(server.port), None, &mut Quiet).unwrap();
+        pull(
+            &check,
+            &remote(server.port, "chunked/vmt:v1"),
+            &client(server.port),
+            None,
+            &mut Quiet,
+        )
+        .unwrap();
         assert_eq!(check.resolve("chunked/vmt:v1").unwrap(), d);
         assert!(check.verify(None).unwrap().ok());
 
@@ -318,7 +487,14 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
         {
             let local = Registry::open(&local_root).unwrap();
             let p = proxy(server.port, Some((1, 20_000)));
-            let r = pull(&local, &remote(p.port, "fault/vmt:v1"), &client(p.port), Some(&tag("cut:once")), &mut Quiet).unwrap();
+            let r = pull(
+                &local,
+                &remote(p.port, "fault/vmt:v1"),
+                &client(p.port),
+                Some(&tag("cut:once")),
+                &mut Quiet,
+            )
+            .unwrap();
             assert_eq!(r.manifest, Some(d));
             assert!(local.verify(None).unwrap().ok());
         }
@@ -328,10 +504,22 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
             let local = Registry::open(&cut_root).unwrap();
             let p = proxy(server.port, Some((usize::MAX, 20_000)));
             let c = client(p.port);
-            let err = pull(&local, &remote(p.port, "fault/vmt:v1"), &c, Some(&tag("cut:always")), &mut Quiet).unwrap_err();
+            let err = pull(
+                &local,
+                &remote(p.port, "fault/vmt:v1"),
+                &c,
+                Some(&tag("cut:always")),
+                &mut Quiet,
+            )
+            .unwrap_err();
             assert!(err.to_string().contains("blob"), "{err}");
         }
-        assert_eq!(snapshot(&cut_root), before, "{:?}: a failed pull leaves the registry as it was", server.kind);
+        assert_eq!(
+            snapshot(&cut_root),
+            before,
+            "{:?}: a failed pull leaves the registry as it was",
+            server.kind
+        );
 
         // A blob altered in the remote's storage is refused, naming its digest.
         let shared = record.layers[0].1;
@@ -339,20 +527,45 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
         let fresh_root = tmp.path().join(format!("fresh-{:?}", server.kind));
         let before = snapshot(&fresh_root);
         let fresh = Registry::open(&fresh_root).unwrap();
-        let err = pull(&fresh, &remote(server.port, "fault/vmt:v1"), &client(server.port), None, &mut Quiet).unwrap_err().to_string();
-        assert!(err.contains(&shared.to_string()), "{:?}: {err}", server.kind);
+        let err = pull(
+            &fresh,
+            &remote(server.port, "fault/vmt:v1"),
+            &client(server.port),
+            None,
+            &mut Quiet,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&shared.to_string()),
+            "{:?}: {err}",
+            server.kind
+        );
         drop(fresh);
-        assert_eq!(snapshot(&fresh_root), before, "{:?}: a tampered pull leaves the registry as it was", server.kind);
+        assert_eq!(
+            snapshot(&fresh_root),
+            before,
+            "{:?}: a tampered pull leaves the registry as it was",
+            server.kind
+        );
     }
 }
 
 /// POST then PUT: the upload every registry supports.
 fn upload_blob(base: &str, repo: &str, d: &vmt_registry::Digest, bytes: &[u8]) {
-    let r = ureq::post(&format!("{base}/v2/{repo}/blobs/uploads/")).send_bytes(&[]).unwrap();
+    let r = ureq::post(&format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send_bytes(&[])
+        .unwrap();
     let loc = r.header("Location").unwrap().to_string();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
     let sep = if loc.contains('?') { '&' } else { '?' };
-    ureq::put(&format!("{loc}{sep}digest={d}")).send_bytes(bytes).unwrap();
+    ureq::put(&format!("{loc}{sep}digest={d}"))
+        .send_bytes(bytes)
+        .unwrap();
 }
 
 #[test]
@@ -361,7 +574,10 @@ fn malformed_manifests_are_refused() {
     let dist = distribution(&tmp.path().join("d"), None);
     // A valid OCI image manifest that is not a vmt bundle, uploaded straight to the registry.
     let (config, layer) = (&b"{}"[..], &b"some layer bytes"[..]);
-    let (cd, ld) = (vmt_registry::Digest::of(config), vmt_registry::Digest::of(layer));
+    let (cd, ld) = (
+        vmt_registry::Digest::of(config),
+        vmt_registry::Digest::of(layer),
+    );
     let base = format!("http://127.0.0.1:{}", dist.port);
     for (d, b) in [(cd, config), (ld, layer)] {
         upload_blob(&base, "other/thing", &d, b);
@@ -375,8 +591,19 @@ fn malformed_manifests_are_refused() {
         .send_string(&manifest)
         .unwrap();
     let local = Registry::open(&tmp.path().join("local")).unwrap();
-    let err = pull(&local, &remote(dist.port, "other/thing:v1"), &client(dist.port), None, &mut Quiet).unwrap_err().to_string();
-    assert!(err.contains("malformed manifest refused") && err.contains("not a vmt bundle"), "{err}");
+    let err = pull(
+        &local,
+        &remote(dist.port, "other/thing:v1"),
+        &client(dist.port),
+        None,
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("malformed manifest refused") && err.contains("not a vmt bundle"),
+        "{err}"
+    );
     assert_eq!(blob_files(&tmp.path().join("local")), 0);
 
     // vmt-hub serve refuses to store one at all.
@@ -386,8 +613,13 @@ fn malformed_manifests_are_refused() {
         upload_blob(&base, "other/thing", &d, b);
     }
     for body in [manifest.as_str(), "{not json", r#"{"schemaVersion":2}"#] {
-        match ureq::put(&format!("{base}/v2/other/thing/manifests/v1")).set("Content-Type", "application/vnd.oci.image.manifest.v1+json").send_string(body) {
-            Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap().contains("MANIFEST_INVALID")),
+        match ureq::put(&format!("{base}/v2/other/thing/manifests/v1"))
+            .set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            .send_string(body)
+        {
+            Err(ureq::Error::Status(400, r)) => {
+                assert!(r.into_string().unwrap().contains("MANIFEST_INVALID"))
+            }
             other => panic!("expected 400 MANIFEST_INVALID, got {other:?}"),
         }
     }
@@ -398,10 +630,28 @@ fn wrong_credentials_get_an_auth_error_not_a_hang() {
     let tmp = tempfile::tempdir().unwrap();
     let local_root = tmp.path().join("local");
     let case = fixtures().join("tiny/bundle");
-    assert!(vmt_hub(&["--registry", local_root.to_str().unwrap(), "import", case.to_str().unwrap(), "--tag", "m:v1"]).status.success());
+    assert!(vmt_hub(&[
+        "--registry",
+        local_root.to_str().unwrap(),
+        "import",
+        case.to_str().unwrap(),
+        "--tag",
+        "m:v1"
+    ])
+    .status
+    .success());
     let run = |url: &str, env: &[(&str, &str)], user: Option<&str>| -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
-        c.args(["--registry", local_root.to_str().unwrap(), "push", "m:v1", url, "--quiet"]).env_remove("VMT_REGISTRY_TOKEN").env_remove("VMT_REGISTRY_PASSWORD");
+        c.args([
+            "--registry",
+            local_root.to_str().unwrap(),
+            "push",
+            "m:v1",
+            url,
+            "--quiet",
+        ])
+        .env_remove("VMT_REGISTRY_TOKEN")
+        .env_remove("VMT_REGISTRY_PASSWORD");
         if let Some(u) = user {
             c.args(["--user", u]);
         }
@@ -417,21 +667,43 @@ fn wrong_credentials_get_an_auth_error_not_a_hang() {
     let url = format!("oci://127.0.0.1:{}/auth/vmt:v1", serve.port);
     let o = run(&url, &[("VMT_REGISTRY_TOKEN", "wrong")], None);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success() && err.contains("authentication failed"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("authentication failed"),
+        "{err}"
+    );
     assert!(!err.contains("wrong"), "the token is never printed: {err}");
     let o = run(&url, &[], None);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success() && err.contains("authentication failed") && err.contains("VMT_REGISTRY_TOKEN"), "{err}");
+    assert!(
+        !o.status.success()
+            && err.contains("authentication failed")
+            && err.contains("VMT_REGISTRY_TOKEN"),
+        "{err}"
+    );
     let o = run(&url, &[("VMT_REGISTRY_TOKEN", "s3cret")], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let dist = distribution(&tmp.path().join("d"), Some(("alice", "correct horse")));
     let url = format!("oci://127.0.0.1:{}/auth/vmt:v1", dist.port);
-    let o = run(&url, &[("VMT_REGISTRY_PASSWORD", "battery staple")], Some("alice"));
+    let o = run(
+        &url,
+        &[("VMT_REGISTRY_PASSWORD", "battery staple")],
+        Some("alice"),
+    );
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success() && err.contains("authentication failed"), "{err}");
-    assert!(!err.contains("battery"), "the password is never printed: {err}");
-    let o = run(&url, &[("VMT_REGISTRY_PASSWORD", "correct horse")], Some("alice"));
+    assert!(
+        !o.status.success() && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("battery"),
+        "the password is never printed: {err}"
+    );
+    let o = run(
+        &url,
+        &[("VMT_REGISTRY_PASSWORD", "correct horse")],
+        Some("alice"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
@@ -460,14 +732,34 @@ fn serve_under_load_and_bad_requests() {
                 while rounds == 0 || Instant::now() < deadline {
                     let mut bundle = fixture_subset(&["semseg", "sal"]);
                     // Make each client's (and round's) bundle different.
-                    let t = bundle.tensors.get_mut("tasks.sal.decoder.head.bias").unwrap();
-                    *t = vmt_registry::bundle::RawTensor::from_f32(vec![1], &[(i * 1000 + rounds) as f32]);
+                    let t = bundle
+                        .tensors
+                        .get_mut("tasks.sal.decoder.head.bias")
+                        .unwrap();
+                    *t = vmt_registry::bundle::RawTensor::from_f32(
+                        vec![1],
+                        &[(i * 1000 + rounds) as f32],
+                    );
                     let src = Registry::open(&dir.join(format!("src{rounds}"))).unwrap();
                     src.publish(&bundle, &tag("m:v1")).unwrap();
                     let repo = format!("load/c{i}:r{rounds}");
-                    push(&src, "m:v1", &remote(port, &repo), &client(port), &mut Quiet).unwrap();
+                    push(
+                        &src,
+                        "m:v1",
+                        &remote(port, &repo),
+                        &client(port),
+                        &mut Quiet,
+                    )
+                    .unwrap();
                     let dst = Registry::open(&dir.join(format!("dst{rounds}"))).unwrap();
-                    pull(&dst, &remote(port, &repo), &client(port), Some(&tag("m:v1")), &mut Quiet).unwrap();
+                    pull(
+                        &dst,
+                        &remote(port, &repo),
+                        &client(port),
+                        Some(&tag("m:v1")),
+                        &mut Quiet,
+                    )
+                    .unwrap();
                     let d = dst.resolve("m:v1").unwrap();
                     assert_eq!(dst.load(&d).unwrap(), bundle);
                     assert!(dst.verify(None).unwrap().ok());
@@ -477,13 +769,24 @@ fn serve_under_load_and_bad_requests() {
             })
         })
         .collect();
-    let rounds: usize = handles.into_iter().map(|h| h.join().expect("a client failed")).sum();
+    let rounds: usize = handles
+        .into_iter()
+        .map(|h| h.join().expect("a client failed"))
+        .sum();
     assert!(rounds >= 8);
 
     // Bad requests get 4xx, never a crash.
     let d = vmt_registry::Digest::of(b"x");
-    for path in ["/v2/../../etc/passwd/blobs/", "/v2/a/../b/manifests/v1", "/v2/UPPER/tags/list", "/v2/a//b/blobs/"] {
-        let status = raw_request(port, format!("GET {path}{d} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+    for path in [
+        "/v2/../../etc/passwd/blobs/",
+        "/v2/a/../b/manifests/v1",
+        "/v2/UPPER/tags/list",
+        "/v2/a//b/blobs/",
+    ] {
+        let status = raw_request(
+            port,
+            format!("GET {path}{d} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
         assert!((400..500).contains(&status), "{path}: {status}");
     }
     let wrong = format!("POST /v2/a/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
@@ -492,7 +795,19 @@ fn serve_under_load_and_bad_requests() {
     let mut req = format!("POST /v2/a/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", big.len()).into_bytes();
     req.extend_from_slice(&big);
     assert_eq!(raw_request(port, &req), 413);
-    assert_eq!(raw_request(port, b"GET /v2/a/manifests/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404);
+    assert_eq!(
+        raw_request(
+            port,
+            b"GET /v2/a/manifests/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+        404
+    );
     // Still serving.
-    assert_eq!(ureq::get(&format!("http://127.0.0.1:{port}/v2/")).call().unwrap().status(), 200);
+    assert_eq!(
+        ureq::get(&format!("http://127.0.0.1:{port}/v2/"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
 }

@@ -117,6 +117,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Push and pull throughput against a remote (e.g. a local docker-registry or
+    /// `vmt-hub serve` on loopback).
+    Transfer {
+        /// oci://HOST:PORT/REPO (each round uses tag r<i>).
+        #[arg(long)]
+        remote: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import, export and verify throughput of a Swin-T-sized four-task bundle.
     Registry {
         #[arg(long, default_value_t = 5)]
@@ -198,6 +209,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     r.peak_rss_mib
                         .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
                 );
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Transfer {
+            remote,
+            rounds,
+            json,
+        }) => {
+            let tmp = tempfile::tempdir()?;
+            for r in crate::bench::bench_transfer(&remote, rounds, tmp.path())? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{:<44} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
+                        r.operation,
+                        r.mb_per_s,
+                        r.median_s * 1e3,
+                        r.bytes as f64 / 1e6
+                    );
+                }
             }
             Ok(())
         }

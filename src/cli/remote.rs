@@ -59,15 +59,23 @@ pub struct ServeArgs {
 }
 
 fn credentials(a: &AuthArgs) -> anyhow::Result<Credentials> {
-    let token = std::env::var("VMT_REGISTRY_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = std::env::var("VMT_REGISTRY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let password = match &a.user {
         Some(user) => match std::env::var("VMT_REGISTRY_PASSWORD") {
             Ok(p) => Some(p),
-            Err(_) => Some(rpassword::prompt_password(format!("password for {user}: "))?),
+            Err(_) => Some(rpassword::prompt_password(format!(
+                "password for {user}: "
+            ))?),
         },
         None => None,
     };
-    Ok(Credentials { user: a.user.clone(), password, token })
+    Ok(Credentials {
+        user: a.user.clone(),
+        password,
+        token,
+    })
 }
 
 /// An indicatif bar, hidden with --quiet or when stdout is not a terminal.
@@ -80,9 +88,11 @@ impl Bar {
         }
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         Self(bar)
     }
@@ -105,7 +115,13 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
     let client = Client::new(&remote.base, credentials(&a.auth)?);
     let reg = super::registry::open(root)?;
-    let r = push(&reg, &a.reference, &remote, &client, &mut Bar::new(a.auth.quiet))?;
+    let r = push(
+        &reg,
+        &a.reference,
+        &remote,
+        &client,
+        &mut Bar::new(a.auth.quiet),
+    )?;
     println!(
         "pushed {} -> {remote} ({}): {} blob(s) sent ({}), {} already there",
         a.reference,
@@ -122,7 +138,13 @@ pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
     let tag = a.tag.as_deref().map(TagName::parse).transpose()?;
     let client = Client::new(&remote.base, credentials(&a.auth)?);
     let reg = super::registry::open(root)?;
-    let r = pull(&reg, &remote, &client, tag.as_ref(), &mut Bar::new(a.auth.quiet))?;
+    let r = pull(
+        &reg,
+        &remote,
+        &client,
+        tag.as_ref(),
+        &mut Bar::new(a.auth.quiet),
+    )?;
     println!(
         "pulled {remote} ({}): {} blob(s) received ({})",
         r.manifest.map(|d| d.to_string()).unwrap_or_default(),
@@ -135,8 +157,16 @@ pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
 pub fn run_serve(root: Option<&Path>, a: ServeArgs) -> anyhow::Result<()> {
     let reg = super::registry::open(root)?;
     let dir = reg.root().display().to_string();
-    let auth = if a.token.is_some() { " (bearer token required)" } else { "" };
-    let opts = ServeOptions { addr: a.addr, token: a.token, max_body: a.max_body };
+    let auth = if a.token.is_some() {
+        " (bearer token required)"
+    } else {
+        ""
+    };
+    let opts = ServeOptions {
+        addr: a.addr,
+        token: a.token,
+        max_body: a.max_body,
+    };
     serve_blocking(reg, opts, |addr| {
         println!("serving {dir} on http://{addr}{auth}");
     })?;

@@ -47,9 +47,15 @@ impl Reply {
             .into_reader()
             .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Error::Remote { remote: remote.into(), reason: format!("reading {what}: {e}") })?;
+            .map_err(|e| Error::Remote {
+                remote: remote.into(),
+                reason: format!("reading {what}: {e}"),
+            })?;
         if out.len() as u64 > limit {
-            return Err(Error::Remote { remote: remote.into(), reason: format!("{what} is larger than the {limit} bytes expected") });
+            return Err(Error::Remote {
+                remote: remote.into(),
+                reason: format!("{what} is larger than the {limit} bytes expected"),
+            });
         }
         Ok(out)
     }
@@ -71,7 +77,9 @@ fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
     let mut params = Vec::new();
     let mut rest = rest.trim();
     while !rest.is_empty() {
-        let Some((k, v)) = rest.split_once('=') else { break };
+        let Some((k, v)) = rest.split_once('=') else {
+            break;
+        };
         let k = k.trim().trim_start_matches(',').trim().to_string();
         let v = v.trim_start();
         let (value, remaining) = if let Some(q) = v.strip_prefix('"') {
@@ -115,7 +123,13 @@ impl Client {
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60))
             .build();
-        Self { agent, base: base.into(), creds, bearer: Mutex::new(None), retries: 3 }
+        Self {
+            agent,
+            base: base.into(),
+            creds,
+            bearer: Mutex::new(None),
+            retries: 3,
+        }
     }
 
     /// Absolute URL for a path or a (possibly relative) Location header.
@@ -140,13 +154,19 @@ impl Client {
     fn basic(&self) -> Option<String> {
         let user = self.creds.user.as_ref()?;
         let pass = self.creds.password.clone().unwrap_or_default();
-        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        ))
     }
 
     /// Answers a `Bearer` challenge by asking the realm for a token.
     fn fetch_token(&self, params: &[(String, String)]) -> Result<String> {
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let realm = get("realm").ok_or_else(|| Error::Auth { remote: self.base.clone(), reason: "the Bearer challenge has no realm".into() })?;
+        let realm = get("realm").ok_or_else(|| Error::Auth {
+            remote: self.base.clone(),
+            reason: "the Bearer challenge has no realm".into(),
+        })?;
         if !realm.starts_with("http://") && !realm.starts_with("https://") {
             return Err(Error::Auth {
                 remote: self.base.clone(),
@@ -165,23 +185,40 @@ impl Client {
         let resp = req.call().map_err(|e| Error::Auth {
             remote: self.base.clone(),
             reason: match e {
-                ureq::Error::Status(code, _) => format!("the token service {realm} answered HTTP {code} (wrong user or password?)"),
+                ureq::Error::Status(code, _) => format!(
+                    "the token service {realm} answered HTTP {code} (wrong user or password?)"
+                ),
                 ureq::Error::Transport(t) => format!("cannot reach the token service {realm}: {t}"),
             },
         })?;
-        let text = resp.into_string().map_err(|e| Error::Auth { remote: self.base.clone(), reason: format!("token reply: {e}") })?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Auth { remote: self.base.clone(), reason: format!("token reply: {e}") })?;
+        let text = resp.into_string().map_err(|e| Error::Auth {
+            remote: self.base.clone(),
+            reason: format!("token reply: {e}"),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Auth {
+            remote: self.base.clone(),
+            reason: format!("token reply: {e}"),
+        })?;
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
             .map(String::from)
-            .ok_or_else(|| Error::Auth { remote: self.base.clone(), reason: "the token reply has no token".into() })
+            .ok_or_else(|| Error::Auth {
+                remote: self.base.clone(),
+                reason: "the token reply has no token".into(),
+            })
     }
 
     /// Sends a request (with a body if given), authenticating and retrying as needed.
     /// 2xx and 3xx come back as replies; other statuses are errors naming `what`.
-    pub fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>, what: &str) -> Result<Reply> {
+    pub fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        what: &str,
+    ) -> Result<Reply> {
         let mut authed_after_challenge = false;
         let mut attempt = 0;
         loop {
@@ -197,7 +234,12 @@ impl Client {
                 None => req.call(),
             };
             match result {
-                Ok(response) => return Ok(Reply { status: response.status(), response }),
+                Ok(response) => {
+                    return Ok(Reply {
+                        status: response.status(),
+                        response,
+                    })
+                }
                 Err(ureq::Error::Status(401, resp)) if !authed_after_challenge => {
                     authed_after_challenge = true;
                     let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
@@ -208,7 +250,8 @@ impl Client {
                         *self.bearer.lock().expect("lock") = Some(token);
                         continue;
                     }
-                    let given = self.creds.token.is_some() || self.creds.user.is_some() || has_bearer;
+                    let given =
+                        self.creds.token.is_some() || self.creds.user.is_some() || has_bearer;
                     return Err(Error::Auth {
                         remote: self.base.clone(),
                         reason: if given {
@@ -219,8 +262,15 @@ impl Client {
                     });
                 }
                 Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    let detail = resp.into_string().ok().and_then(|b| oci_error(&b)).unwrap_or_default();
-                    return Err(Error::Auth { remote: self.base.clone(), reason: format!("{what}: HTTP {code} {detail}").trim().to_string() });
+                    let detail = resp
+                        .into_string()
+                        .ok()
+                        .and_then(|b| oci_error(&b))
+                        .unwrap_or_default();
+                    return Err(Error::Auth {
+                        remote: self.base.clone(),
+                        reason: format!("{what}: HTTP {code} {detail}").trim().to_string(),
+                    });
                 }
                 Err(ureq::Error::Status(code, resp)) if code >= 500 && attempt < self.retries => {
                     drop(resp);
@@ -229,8 +279,12 @@ impl Client {
                 }
                 Err(ureq::Error::Status(code, resp)) => {
                     let body = resp.into_string().unwrap_or_default();
-                    let detail = oci_error(&body).unwrap_or_else(|| body.chars().take(200).collect());
-                    return Err(Error::Remote { remote: self.base.clone(), reason: format!("{what}: HTTP {code} {detail}").trim().to_string() });
+                    let detail =
+                        oci_error(&body).unwrap_or_else(|| body.chars().take(200).collect());
+                    return Err(Error::Remote {
+                        remote: self.base.clone(),
+                        reason: format!("{what}: HTTP {code} {detail}").trim().to_string(),
+                    });
                 }
                 Err(ureq::Error::Transport(t)) if attempt < self.retries => {
                     tracing::debug!("{what}: {t}; retrying");
@@ -238,7 +292,10 @@ impl Client {
                     std::thread::sleep(backoff(attempt));
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    return Err(Error::Remote { remote: self.base.clone(), reason: format!("{what}: {t}") });
+                    return Err(Error::Remote {
+                        remote: self.base.clone(),
+                        reason: format!("{what}: {t}"),
+                    });
                 }
             }
         }
@@ -264,7 +321,9 @@ mod tests {
 
     #[test]
     fn parses_challenges() {
-        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#);
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.io/token",service="reg.io",scope="repository:a/b:pull,push""#,
+        );
         assert_eq!(s, "bearer");
         assert_eq!(p[0], ("realm".into(), "https://auth.io/token".into()));
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull,push".into()));
@@ -273,7 +332,11 @@ mod tests {
 
     #[test]
     fn credentials_are_redacted() {
-        let c = Credentials { user: Some("me".into()), password: Some("hunter2".into()), token: Some("tok".into()) };
+        let c = Credentials {
+            user: Some("me".into()),
+            password: Some("hunter2".into()),
+            token: Some("tok".into()),
+        };
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && !s.contains("tok\"") && s.contains("me"));
     }

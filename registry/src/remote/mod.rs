@@ -44,7 +44,9 @@ pub fn valid_repo_name(name: &str) -> bool {
             !part.is_empty()
                 && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
                 && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+                && part.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
                 && !part.contains("..")
         })
 }
@@ -54,16 +56,23 @@ pub fn valid_tag(tag: &str) -> bool {
     !tag.is_empty()
         && tag.len() <= 128
         && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 impl RemoteRef {
     pub fn parse(s: &str, insecure: bool) -> Result<Self> {
-        let invalid = |reason: &str| Error::InvalidReference { reference: s.into(), reason: reason.into() };
+        let invalid = |reason: &str| Error::InvalidReference {
+            reference: s.into(),
+            reason: reason.into(),
+        };
         let rest = s
             .strip_prefix("oci://")
             .ok_or_else(|| invalid("a remote starts with oci:// (oci://HOST[:PORT]/REPO[:TAG])"))?;
-        let (host, path) = rest.split_once('/').ok_or_else(|| invalid("no repository after the host"))?;
+        let (host, path) = rest
+            .split_once('/')
+            .ok_or_else(|| invalid("no repository after the host"))?;
         if host.is_empty() {
             return Err(invalid("no host"));
         }
@@ -76,16 +85,29 @@ impl RemoteRef {
             }
         };
         if !valid_repo_name(repo) {
-            return Err(invalid("the repository name must be lowercase letters, digits and . _ - separated by /"));
+            return Err(invalid(
+                "the repository name must be lowercase letters, digits and . _ - separated by /",
+            ));
         }
         if let RemoteTarget::Tag(t) = &reference {
             if !valid_tag(t) {
-                return Err(invalid("a tag is letters, digits, '.', '_' and '-' (at most 128)"));
+                return Err(invalid(
+                    "a tag is letters, digits, '.', '_' and '-' (at most 128)",
+                ));
             }
         }
-        let hostname = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        let loopback = matches!(hostname, "localhost" | "127.0.0.1" | "::1") || hostname.starts_with("127.");
-        let scheme = if loopback || insecure { "http" } else { "https" };
+        let hostname = host
+            .rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback =
+            matches!(hostname, "localhost" | "127.0.0.1" | "::1") || hostname.starts_with("127.");
+        let scheme = if loopback || insecure {
+            "http"
+        } else {
+            "https"
+        };
         Ok(Self {
             base: format!("{scheme}://{host}"),
             host: host.into(),
@@ -111,13 +133,37 @@ mod tests {
     #[test]
     fn parses_remotes() {
         let r = RemoteRef::parse("oci://127.0.0.1:5000/team/vmt:v1", false).unwrap();
-        assert_eq!((r.base.as_str(), r.repo.as_str()), ("http://127.0.0.1:5000", "team/vmt"));
+        assert_eq!(
+            (r.base.as_str(), r.repo.as_str()),
+            ("http://127.0.0.1:5000", "team/vmt")
+        );
         assert_eq!(r.reference, RemoteTarget::Tag("v1".into()));
-        assert_eq!(RemoteRef::parse("oci://ghcr.io/acme/vmt", false).unwrap().base, "https://ghcr.io");
-        assert_eq!(RemoteRef::parse("oci://reg.lan:5000/a:b", true).unwrap().base, "http://reg.lan:5000");
+        assert_eq!(
+            RemoteRef::parse("oci://ghcr.io/acme/vmt", false)
+                .unwrap()
+                .base,
+            "https://ghcr.io"
+        );
+        assert_eq!(
+            RemoteRef::parse("oci://reg.lan:5000/a:b", true)
+                .unwrap()
+                .base,
+            "http://reg.lan:5000"
+        );
         let d = Digest::of(b"m");
-        assert_eq!(RemoteRef::parse(&format!("oci://h/a@{d}"), false).unwrap().reference, RemoteTarget::Digest(d));
-        for bad in ["http://h/a", "oci://h", "oci://h/../etc:x", "oci://h/A:b", "oci://h/a:b c"] {
+        assert_eq!(
+            RemoteRef::parse(&format!("oci://h/a@{d}"), false)
+                .unwrap()
+                .reference,
+            RemoteTarget::Digest(d)
+        );
+        for bad in [
+            "http://h/a",
+            "oci://h",
+            "oci://h/../etc:x",
+            "oci://h/A:b",
+            "oci://h/a:b c",
+        ] {
             assert!(RemoteRef::parse(bad, false).is_err(), "{bad}");
         }
     }

@@ -21,7 +21,11 @@ use crate::store::Registry;
 
 /// Blobs larger than this go up in PATCH chunks of this size.
 pub fn chunk_size() -> usize {
-    std::env::var("VMT_PUSH_CHUNK_BYTES").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(8 << 20)
+    std::env::var("VMT_PUSH_CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(8 << 20)
 }
 
 /// Largest manifest accepted from a remote.
@@ -55,17 +59,38 @@ fn with_digest(location: &str, d: &Digest) -> String {
 }
 
 fn location(reply: &super::client::Reply, remote: &str) -> Result<String> {
-    reply.header("Location").ok_or_else(|| Error::Remote { remote: remote.into(), reason: "upload answer has no Location header".into() })
+    reply.header("Location").ok_or_else(|| Error::Remote {
+        remote: remote.into(),
+        reason: "upload answer has no Location header".into(),
+    })
 }
 
 /// Uploads one blob.
-fn upload(client: &Client, repo: &str, d: &Digest, bytes: &[u8], progress: &mut dyn Progress) -> Result<()> {
+fn upload(
+    client: &Client,
+    repo: &str,
+    d: &Digest,
+    bytes: &[u8],
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let what = format!("upload of {d}");
-    let start = client.send("POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Content-Length", "0")], Some(&[]), &what)?;
+    let start = client.send(
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[("Content-Length", "0")],
+        Some(&[]),
+        &what,
+    )?;
     let mut loc = location(&start, &client.base)?;
     let chunk = chunk_size();
     if bytes.len() <= chunk {
-        client.send("PUT", &with_digest(&loc, d), &[("Content-Type", "application/octet-stream")], Some(bytes), &what)?;
+        client.send(
+            "PUT",
+            &with_digest(&loc, d),
+            &[("Content-Type", "application/octet-stream")],
+            Some(bytes),
+            &what,
+        )?;
         progress.advance(bytes.len() as u64);
         return Ok(());
     }
@@ -77,7 +102,10 @@ fn upload(client: &Client, repo: &str, d: &Digest, bytes: &[u8], progress: &mut 
         match client.send(
             "PATCH",
             &loc,
-            &[("Content-Type", "application/octet-stream"), ("Content-Range", &range)],
+            &[
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Range", &range),
+            ],
             Some(&bytes[offset..end]),
             &what,
         ) {
@@ -96,14 +124,22 @@ fn upload(client: &Client, repo: &str, d: &Digest, bytes: &[u8], progress: &mut 
                     Ok(status) => {
                         offset = status
                             .header("Range")
-                            .and_then(|r| r.split_once('-').and_then(|(_, e)| e.parse::<usize>().ok()))
+                            .and_then(|r| {
+                                r.split_once('-').and_then(|(_, e)| e.parse::<usize>().ok())
+                            })
                             .map_or(0, |last| last + 1);
                         if let Some(l) = status.header("Location") {
                             loc = l;
                         }
                     }
                     Err(_) => {
-                        let restart = client.send("POST", &format!("/v2/{repo}/blobs/uploads/"), &[("Content-Length", "0")], Some(&[]), &what)?;
+                        let restart = client.send(
+                            "POST",
+                            &format!("/v2/{repo}/blobs/uploads/"),
+                            &[("Content-Length", "0")],
+                            Some(&[]),
+                            &what,
+                        )?;
                         loc = location(&restart, &client.base)?;
                         offset = 0;
                     }
@@ -112,29 +148,55 @@ fn upload(client: &Client, repo: &str, d: &Digest, bytes: &[u8], progress: &mut 
             Err(e) => return Err(e),
         }
     }
-    client.send("PUT", &with_digest(&loc, d), &[("Content-Length", "0")], Some(&[]), &what)?;
+    client.send(
+        "PUT",
+        &with_digest(&loc, d),
+        &[("Content-Length", "0")],
+        Some(&[]),
+        &what,
+    )?;
     Ok(())
 }
 
 /// Pushes the bundle `local` to `remote` (which must name a tag).
-pub fn push(reg: &Registry, local: &str, remote: &RemoteRef, client: &Client, progress: &mut dyn Progress) -> Result<TransferReport> {
+pub fn push(
+    reg: &Registry,
+    local: &str,
+    remote: &RemoteRef,
+    client: &Client,
+    progress: &mut dyn Progress,
+) -> Result<TransferReport> {
     let RemoteTarget::Tag(tag) = &remote.reference else {
-        return Err(Error::InvalidReference { reference: remote.to_string(), reason: "push needs a tag, not a digest".into() });
+        return Err(Error::InvalidReference {
+            reference: remote.to_string(),
+            reason: "push needs a tag, not a digest".into(),
+        });
     };
     let d = reg.resolve(local)?;
     let manifest_bytes = reg.blobs.get(&d, &format!("manifest of {local}"))?;
-    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Corrupt { what: format!("manifest {d}"), reason })?;
-    let mut report = TransferReport { manifest: Some(d), ..Default::default() };
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Corrupt {
+        what: format!("manifest {d}"),
+        reason,
+    })?;
+    let mut report = TransferReport {
+        manifest: Some(d),
+        ..Default::default()
+    };
     let repo = &remote.repo;
     let total: u64 = manifest.blobs().map(|b| b.size).sum();
     progress.start(&format!("push {remote}"), total);
     for desc in manifest.blobs() {
-        if client.exists(&format!("/v2/{repo}/blobs/{}", desc.digest), &format!("check of {}", desc.digest))? {
+        if client.exists(
+            &format!("/v2/{repo}/blobs/{}", desc.digest),
+            &format!("check of {}", desc.digest),
+        )? {
             report.blobs_skipped += 1;
             progress.advance(desc.size);
             continue;
         }
-        let bytes = reg.blobs.get(&desc.digest, desc.title().unwrap_or("config"))?;
+        let bytes = reg
+            .blobs
+            .get(&desc.digest, desc.title().unwrap_or("config"))?;
         upload(client, repo, &desc.digest, &bytes, progress)?;
         report.blobs_sent += 1;
         report.bytes_sent += bytes.len() as u64;
@@ -148,7 +210,10 @@ pub fn push(reg: &Registry, local: &str, remote: &RemoteRef, client: &Client, pr
     )?;
     if let Some(echo) = reply.header("Docker-Content-Digest") {
         if echo != d.to_string() {
-            return Err(Error::Remote { remote: remote.to_string(), reason: format!("stored the manifest as {echo}, expected {d}") });
+            return Err(Error::Remote {
+                remote: remote.to_string(),
+                reason: format!("stored the manifest as {echo}, expected {d}"),
+            });
         }
     }
     progress.finish();
@@ -156,10 +221,22 @@ pub fn push(reg: &Registry, local: &str, remote: &RemoteRef, client: &Client, pr
 }
 
 /// GETs a blob, retrying when the connection breaks mid-body.
-fn fetch_blob(client: &Client, repo: &str, desc: &crate::oci::Descriptor, what: &str, name: &str) -> Result<Vec<u8>> {
+fn fetch_blob(
+    client: &Client,
+    repo: &str,
+    desc: &crate::oci::Descriptor,
+    what: &str,
+    name: &str,
+) -> Result<Vec<u8>> {
     let mut attempt = 0;
     loop {
-        let reply = client.send("GET", &format!("/v2/{repo}/blobs/{}", desc.digest), &[], None, what)?;
+        let reply = client.send(
+            "GET",
+            &format!("/v2/{repo}/blobs/{}", desc.digest),
+            &[],
+            None,
+            what,
+        )?;
         match reply.body(desc.size, what, name) {
             Ok(bytes) => return Ok(bytes),
             Err(e) if attempt < client.retries => {
@@ -173,7 +250,13 @@ fn fetch_blob(client: &Client, repo: &str, desc: &crate::oci::Descriptor, what: 
 }
 
 /// Pulls `remote` into `reg` under `tag` (default: the remote's repo and tag).
-pub fn pull(reg: &Registry, remote: &RemoteRef, client: &Client, tag: Option<&TagName>, progress: &mut dyn Progress) -> Result<TransferReport> {
+pub fn pull(
+    reg: &Registry,
+    remote: &RemoteRef,
+    client: &Client,
+    tag: Option<&TagName>,
+    progress: &mut dyn Progress,
+) -> Result<TransferReport> {
     let repo = &remote.repo;
     let name = remote.to_string();
     let reply = client.send(
@@ -192,11 +275,17 @@ pub fn pull(reg: &Registry, remote: &RemoteRef, client: &Client, tag: Option<&Ta
     };
     if let Some(c) = claimed {
         if c != d.to_string() {
-            return Err(Error::DigestMismatch { what: format!("manifest of {name}"), expected: c, actual: d.to_string() });
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {name}"),
+                expected: c,
+                actual: d.to_string(),
+            });
         }
     }
-    let manifest = Manifest::parse(&manifest_bytes)
-        .map_err(|reason| Error::Remote { remote: name.clone(), reason: format!("malformed manifest refused: {reason}") })?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Remote {
+        remote: name.clone(),
+        reason: format!("malformed manifest refused: {reason}"),
+    })?;
     let tag = match tag {
         Some(t) => t.clone(),
         None => match &remote.reference {
@@ -204,12 +293,18 @@ pub fn pull(reg: &Registry, remote: &RemoteRef, client: &Client, tag: Option<&Ta
             RemoteTarget::Digest(_) => manifest
                 .ref_name()
                 .and_then(|r| TagName::parse(r).ok())
-                .ok_or_else(|| Error::InvalidReference { reference: name.clone(), reason: "pulling by digest needs --tag".into() })?,
+                .ok_or_else(|| Error::InvalidReference {
+                    reference: name.clone(),
+                    reason: "pulling by digest needs --tag".into(),
+                })?,
         },
     };
     let total: u64 = manifest.blobs().map(|b| b.size).sum();
     progress.start(&format!("pull {name}"), total);
-    let mut report = TransferReport { manifest: Some(d), ..Default::default() };
+    let mut report = TransferReport {
+        manifest: Some(d),
+        ..Default::default()
+    };
     let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
     for desc in manifest.blobs() {
         if let Ok(local) = reg.blobs.get(&desc.digest, "local copy") {
@@ -238,7 +333,10 @@ pub fn pull(reg: &Registry, remote: &RemoteRef, client: &Client, tag: Option<&Ta
     let config = parse_config(by_digest[&manifest.config.digest], origin)?;
     let mut tensors = BTreeMap::new();
     for layer in &manifest.layers {
-        tensors.extend(parse(by_digest[&layer.digest], Path::new(layer.title().unwrap_or("?")))?);
+        tensors.extend(parse(
+            by_digest[&layer.digest],
+            Path::new(layer.title().unwrap_or("?")),
+        )?);
     }
     check_tensors(&config, &tensors, origin)?;
     reg.store_manifest(&manifest_bytes, &blobs, &tag, &config)?;

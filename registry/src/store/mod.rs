@@ -6,7 +6,6 @@
 pub mod blobs;
 pub mod index;
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -255,10 +254,20 @@ impl Registry {
     }
 
     /// Stores a manifest pushed by digest (no tag): its blob and its index record.
-    pub fn store_untagged_manifest(&self, manifest_bytes: &[u8], config: &BundleConfig) -> Result<()> {
-        let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt { what: "manifest".into(), reason })?;
+    pub fn store_untagged_manifest(
+        &self,
+        manifest_bytes: &[u8],
+        config: &BundleConfig,
+    ) -> Result<()> {
+        let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt {
+            what: "manifest".into(),
+            reason,
+        })?;
         let (digest, _) = self.blobs.put(manifest_bytes)?;
-        self.index.record(&digest, &record_of(&manifest, manifest_bytes.len() as u64, config))
+        self.index.record(
+            &digest,
+            &record_of(&manifest, manifest_bytes.len() as u64, config),
+        )
     }
 
     /// A manifest no tag points to any more is forgotten and its blob deleted, so that
