@@ -33,11 +33,18 @@ pub struct ForwardArgs {
     pub verbose: bool,
 }
 
-/// The backbone a bundle records (`random:*` or `dir:<path>`), if usable as is.
+/// The backbone a bundle records (`random:*`, `dir:<path>`, or `hf:<repo>` pinned to
+/// the recorded commit), if usable as is.
 fn recorded_backbone(config: &BundleConfig) -> Option<String> {
     let source = config.backbone.source.as_deref()?;
     if source.starts_with("random:") {
         return Some(source.into());
+    }
+    if let Some(repo) = source.strip_prefix("hf:") {
+        return Some(match &config.backbone.revision {
+            Some(commit) => format!("{repo}@{commit}"),
+            None => repo.into(),
+        });
     }
     source.strip_prefix("dir:").map(str::to_string)
 }

@@ -123,12 +123,13 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
         &mut Bar::new(a.auth.quiet),
     )?;
     println!(
-        "pushed {} -> {remote} ({}): {} blob(s) sent ({}), {} already there",
+        "pushed {} -> {remote} ({}): {} blob(s) sent ({}), {} already there, {} mounted from another repository",
         a.reference,
         r.manifest.map(|d| d.to_string()).unwrap_or_default(),
         r.blobs_sent,
         super::registry::human_bytes(r.bytes_sent),
-        r.blobs_skipped
+        r.blobs_skipped,
+        r.blobs_mounted
     );
     Ok(())
 }

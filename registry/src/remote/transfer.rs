@@ -48,6 +48,8 @@ pub struct TransferReport {
     pub blobs_sent: usize,
     pub bytes_sent: u64,
     pub blobs_skipped: usize,
+    /// Blobs the registry copied from another of its repositories (cross-repo mount).
+    pub blobs_mounted: usize,
     pub blobs_received: usize,
     pub bytes_received: u64,
 }

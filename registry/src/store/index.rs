@@ -35,6 +35,9 @@ pub struct Index {
     manifests: sled::Tree,
     lineage: sled::Tree,
     refs: sled::Tree,
+    /// `"<host> <digest>"` -> a repository on that host known to hold the blob (for
+    /// cross-repository mounts on push).
+    remote_blobs: sled::Tree,
     path: PathBuf,
 }
 
@@ -76,6 +79,7 @@ impl Index {
             manifests: db.open_tree("manifests")?,
             lineage: db.open_tree("lineage")?,
             refs: db.open_tree("refs")?,
+            remote_blobs: db.open_tree("remote_blobs")?,
             db,
             path: path.into(),
         })
@@ -181,6 +185,17 @@ impl Index {
             .map_err(tx_error)?;
         self.db.flush()?;
         Ok(previous.filter(|p| p != digest))
+    }
+
+    /// Remembers that `repo` on `host` holds blob `d`.
+    pub fn note_remote_blob(&self, host: &str, d: &Digest, repo: &str) -> Result<()> {
+        self.remote_blobs.insert(format!("{host} {d}"), repo.as_bytes())?;
+        Ok(())
+    }
+
+    /// A repository on `host` known to hold blob `d`.
+    pub fn remote_blob(&self, host: &str, d: &Digest) -> Result<Option<String>> {
+        Ok(self.remote_blobs.get(format!("{host} {d}"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Removes a tag; returns the manifest it pointed to.
