@@ -264,17 +264,7 @@ pub fn bench_train(
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
     let targets = random_targets(&specs, batch, size, device)?;
     let weights = vec![1.0; specs.len()];
-    crate::train::train_step(
-        &model,
-        &mut opt,
-        &pixels,
-        &targets,
-        &weights,
-        1e-4,
-        Some(1.0),
-    )?;
-    let t = Instant::now();
-    for _ in 0..steps.max(1) {
+    let mut step = || {
         crate::train::train_step(
             &model,
             &mut opt,
@@ -283,7 +273,12 @@ pub fn bench_train(
             &weights,
             1e-4,
             Some(1.0),
-        )?;
+        )
+    };
+    step()?; // warm-up
+    let t = Instant::now();
+    for _ in 0..steps.max(1) {
+        step()?;
     }
     let step_s = t.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok(TrainTiming {

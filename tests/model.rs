@@ -15,6 +15,7 @@ use vmt_hub::model::init::{init_bundle, randomized_bundle};
 use vmt_hub::model::swin::{parameter_count, Swin};
 use vmt_hub::model::tensors::from_raw;
 use vmt_hub::model::{task_loss, Backbone, NamedTensors, Target, VmtModel};
+use vmt_hub::train::trainable;
 use vmt_registry::bundle::{
     trainable_count, AdapterConfig, AdapterKind, BundleConfig, DecoderConfig, SwinGeometry,
     TaskKind,
@@ -83,20 +84,12 @@ fn every_tensor_gets_a_gradient(kind: AdapterKind) {
         8,
         16,
     );
-    let raw = randomized_bundle(&cfg, 3);
-    let plain = from_raw(&raw, "randomized", &dev).unwrap();
-    let vars: HashMap<String, Var> = plain
-        .tensors
+    let (model, opt) = trainable(&cfg, &backbone, &randomized_bundle(&cfg, 3), 0.0).unwrap();
+    let vars: HashMap<String, Var> = opt
+        .params
         .iter()
-        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .map(|p| (p.name.clone(), p.var.clone()))
         .collect();
-    let named = NamedTensors::new(
-        "vars",
-        vars.iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect(),
-    );
-    let model = VmtModel::new(cfg.clone(), Arc::clone(&backbone.swin), &named).unwrap();
     // 40x40 is not a multiple of the window at stage 1: padding and shifting both run.
     let pixels = Tensor::randn(0f32, 1f32, (2, 3, 40, 40), &dev).unwrap();
     let out = model.forward(&pixels).unwrap();

@@ -4,13 +4,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 use common::{assert_close, assert_grad_close, fixtures};
 use vmt_hub::model::loss::target_from_tensor;
-use vmt_hub::model::tensors::from_raw;
-use vmt_hub::model::{task_loss, Backbone, NamedTensors, VmtModel};
+use vmt_hub::model::{task_loss, Backbone, NamedTensors};
+use vmt_hub::train::trainable;
 use vmt_registry::bundle::BundleDir;
 
 fn check_case(case: &str) {
@@ -18,20 +17,13 @@ fn check_case(case: &str) {
     let dev = Device::Cpu;
     let backbone = Backbone::load(dir.join("backbone").to_str().unwrap(), &dev).unwrap();
     let bundle = BundleDir::read(&dir.join("bundle")).unwrap();
-    let plain = from_raw(&bundle.tensors, "adapter.safetensors", &dev).unwrap();
-    // Every bundle tensor becomes a Var so that gradients can be read back.
-    let vars: HashMap<String, Var> = plain
-        .tensors
+    // Every bundle tensor becomes a Var (as in training) so gradients can be read back.
+    let (model, opt) = trainable(&bundle.config, &backbone, &bundle.tensors, 0.0).unwrap();
+    let vars: HashMap<String, Var> = opt
+        .params
         .iter()
-        .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
+        .map(|p| (p.name.clone(), p.var.clone()))
         .collect();
-    let named = NamedTensors::new(
-        "vars",
-        vars.iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect(),
-    );
-    let model = VmtModel::new(bundle.config.clone(), Arc::clone(&backbone.swin), &named).unwrap();
 
     let input = NamedTensors::load(&dir.join("input.safetensors"), &dev).unwrap();
     let expected = NamedTensors::load(&dir.join("expected.safetensors"), &dev).unwrap();

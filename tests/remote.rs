@@ -811,3 +811,73 @@ fn serve_under_load_and_bad_requests() {
         200
     );
 }
+
+/// The token flow a registry announces in `WWW-Authenticate` (as GHCR and Harbor do):
+/// a mock registry that wants a bearer token from its realm, which wants basic auth.
+#[test]
+fn bearer_token_flow_from_the_challenge() {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let (srv, seen) = (Arc::clone(&server), Arc::new(AtomicUsize::new(0)));
+    let token_requests = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for req in srv.incoming_requests() {
+            let auth = req
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Authorization"))
+                .map(|h| h.value.as_str().to_string())
+                .unwrap_or_default();
+            let h = |k: &str, v: &str| {
+                tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap()
+            };
+            let resp = if req.url().starts_with("/token") {
+                token_requests.fetch_add(1, Ordering::SeqCst);
+                let scoped = req.url().contains("scope=repository%3Ateam%2Fvmt%3Apull")
+                    || req.url().contains("scope=repository:team/vmt:pull");
+                // base64("alice:pw") = YWxpY2U6cHc=
+                if auth == "Basic YWxpY2U6cHc=" && scoped {
+                    tiny_http::Response::from_string(r#"{"token":"tok-123"}"#).with_status_code(200)
+                } else {
+                    tiny_http::Response::from_string("denied").with_status_code(401)
+                }
+            } else if auth == "Bearer tok-123" {
+                tiny_http::Response::from_string("{}").with_status_code(200)
+            } else {
+                let challenge = format!(
+                    r#"Bearer realm="http://127.0.0.1:{port}/token",service="mock",scope="repository:team/vmt:pull""#
+                );
+                tiny_http::Response::from_string("")
+                    .with_status_code(401)
+                    .with_header(h("WWW-Authenticate", &challenge))
+            };
+            let _ = req.respond(resp);
+        }
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    let creds = |pw: &str| Credentials {
+        user: Some("alice".into()),
+        password: Some(pw.into()),
+        token: None,
+    };
+    let good = Client::new(&base, creds("pw"));
+    assert_eq!(
+        good.send("GET", "/v2/team/vmt/tags/list", &[], None, "tags")
+            .unwrap()
+            .status,
+        200
+    );
+    // The token is kept: a second request needs no new one.
+    good.send("GET", "/v2/team/vmt/tags/list", &[], None, "tags")
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    let err = Client::new(&base, creds("nope"))
+        .send("GET", "/v2/team/vmt/tags/list", &[], None, "tags")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("authentication failed") && !err.contains("nope"),
+        "{err}"
+    );
+    server.unblock();
+}

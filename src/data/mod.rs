@@ -112,6 +112,17 @@ impl Dataset {
         self.info.tasks.iter().find(|t| t.name == name)
     }
 
+    /// The task `name`, or an error naming dataset.json and the tasks it has.
+    pub fn require_task(&self, name: &str) -> Result<&TaskSpec, DataError> {
+        self.task(name).ok_or_else(|| {
+            let have: Vec<&str> = self.info.tasks.iter().map(|t| t.name.as_str()).collect();
+            invalid(
+                &self.root.join("dataset.json"),
+                format!("no task {name:?} (it has {})", have.join(", ")),
+            )
+        })
+    }
+
     /// The ids of a split (`train`, `val`); an empty or missing split is an error.
     pub fn split(&self, name: &str) -> Result<Vec<String>, DataError> {
         let path = self.root.join("splits").join(format!("{name}.txt"));

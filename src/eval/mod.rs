@@ -99,20 +99,9 @@ pub fn evaluate(
 ) -> anyhow::Result<EvalReport> {
     let tasks: Vec<TaskSpec> = model.config.tasks.clone();
     for t in &tasks {
-        match dataset.task(&t.name) {
-            None => anyhow::bail!(
-                "{}: the dataset has no task {:?} (it has {})",
-                dataset.root.join("dataset.json").display(),
-                t.name,
-                dataset
-                    .info
-                    .tasks
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Some(d) if d.kind != t.kind || d.channels != t.channels => anyhow::bail!(
+        let d = dataset.require_task(&t.name)?;
+        if d.kind != t.kind || d.channels != t.channels {
+            anyhow::bail!(
                 "{}: task {:?} is {:?} with {} channels there, {:?} with {} in the bundle",
                 dataset.root.join("dataset.json").display(),
                 t.name,
@@ -120,8 +109,7 @@ pub fn evaluate(
                 d.channels,
                 t.kind,
                 t.channels
-            ),
-            _ => {}
+            );
         }
     }
     let ids = dataset.split(split)?;

@@ -92,21 +92,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     let tasks: Vec<TaskSpec> = opts
         .tasks
         .iter()
-        .map(|name| {
-            dataset.task(name).cloned().with_context(|| {
-                format!(
-                    "{}: no task {name:?} (it has {})",
-                    dataset.root.join("dataset.json").display(),
-                    dataset
-                        .info
-                        .tasks
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        })
+        .map(|name| Ok(dataset.require_task(name)?.clone()))
         .collect::<anyhow::Result<_>>()?;
     let train_ids = dataset.split("train")?;
     let has_val = dataset.root.join("splits/val.txt").is_file();

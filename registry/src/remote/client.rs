@@ -30,6 +30,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// A response: status, headers we need, and the body reader.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub response: ureq::Response,

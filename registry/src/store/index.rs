@@ -189,13 +189,17 @@ impl Index {
 
     /// Remembers that `repo` on `host` holds blob `d`.
     pub fn note_remote_blob(&self, host: &str, d: &Digest, repo: &str) -> Result<()> {
-        self.remote_blobs.insert(format!("{host} {d}"), repo.as_bytes())?;
+        self.remote_blobs
+            .insert(format!("{host} {d}"), repo.as_bytes())?;
         Ok(())
     }
 
     /// A repository on `host` known to hold blob `d`.
     pub fn remote_blob(&self, host: &str, d: &Digest) -> Result<Option<String>> {
-        Ok(self.remote_blobs.get(format!("{host} {d}"))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self
+            .remote_blobs
+            .get(format!("{host} {d}"))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Removes a tag; returns the manifest it pointed to.

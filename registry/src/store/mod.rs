@@ -215,14 +215,21 @@ impl Registry {
             std::process::abort();
         }
         let record = record_of(&manifest, manifest_bytes.len() as u64, &bundle.config);
+        self.tag_manifest(tag, &digest, &record)?;
+        Ok(published)
+    }
+
+    /// Points `tag` at a stored manifest (index last); the manifest it pointed to before
+    /// is dropped if no other tag needs it.
+    fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
-        if self.index.tag(&tag_key)? != Some(digest) {
-            self.blobs.touch(&digest);
-            if let Some(old) = self.index.publish(&tag_key, &digest, &record)? {
+        if self.index.tag(&tag_key)? != Some(*digest) {
+            self.blobs.touch(digest);
+            if let Some(old) = self.index.publish(&tag_key, digest, record)? {
                 self.drop_manifest_if_untagged(&old)?;
             }
         }
-        Ok(published)
+        Ok(())
     }
 
     /// Stores a manifest received as bytes (keeping its digest) with its blobs, all
@@ -243,13 +250,7 @@ impl Registry {
         }
         let (digest, _) = self.blobs.put(manifest_bytes)?;
         let record = record_of(&manifest, manifest_bytes.len() as u64, config);
-        let tag_key = tag.to_string();
-        if self.index.tag(&tag_key)? != Some(digest) {
-            self.blobs.touch(&digest);
-            if let Some(old) = self.index.publish(&tag_key, &digest, &record)? {
-                self.drop_manifest_if_untagged(&old)?;
-            }
-        }
+        self.tag_manifest(tag, &digest, &record)?;
         Ok(digest)
     }
 
