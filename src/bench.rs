@@ -260,7 +260,7 @@ pub fn bench_train(
         specs.clone(),
     );
     let init = crate::model::init::init_bundle(&cfg, 0);
-    let (model, mut opt) = crate::train::trainable(&cfg, &backbone, &init, 1e-4)?;
+    let (model, mut opt) = crate::train::trainable(&cfg, &backbone, &init, 1e-4, |_| true)?;
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
     let targets = random_targets(&specs, batch, size, device)?;
     let weights = vec![1.0; specs.len()];

@@ -84,7 +84,8 @@ fn every_tensor_gets_a_gradient(kind: AdapterKind) {
         8,
         16,
     );
-    let (model, opt) = trainable(&cfg, &backbone, &randomized_bundle(&cfg, 3), 0.0).unwrap();
+    let (model, opt) =
+        trainable(&cfg, &backbone, &randomized_bundle(&cfg, 3), 0.0, |_| true).unwrap();
     let vars: HashMap<String, Var> = opt
         .params
         .iter()

@@ -18,7 +18,8 @@ fn check_case(case: &str) {
     let backbone = Backbone::load(dir.join("backbone").to_str().unwrap(), &dev).unwrap();
     let bundle = BundleDir::read(&dir.join("bundle")).unwrap();
     // Every bundle tensor becomes a Var (as in training) so gradients can be read back.
-    let (model, opt) = trainable(&bundle.config, &backbone, &bundle.tensors, 0.0).unwrap();
+    let (model, opt) =
+        trainable(&bundle.config, &backbone, &bundle.tensors, 0.0, |_| true).unwrap();
     let vars: HashMap<String, Var> = opt
         .params
         .iter()

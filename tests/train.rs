@@ -41,6 +41,7 @@ fn options(data: &Path, run_dir: &Path, steps: usize) -> TrainOptions {
         resume: false,
         stop_after: None,
         quiet: true,
+        base: None,
     }
 }
 

@@ -110,6 +110,7 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         resume: false,
         stop_after: None,
         quiet: false,
+        base: None,
     };
     println!(
         "2/4 training semseg, human_parts, sal, normals on {} ({} steps) -> {}",

@@ -43,6 +43,9 @@ pub enum Command {
     /// Train a VMT-Adapter for several tasks on a frozen backbone; the bundle goes
     /// into the registry under --tag.
     Train(Box<train::TrainArgs>),
+    /// Add tasks to a trained bundle: only their KEMs and decoders are trained; the
+    /// backbone, the shared adapter and the existing tasks stay as they are.
+    AddTask(Box<train::AddTaskArgs>),
     /// Per-task metrics of a bundle on a dataset split, and Δm against baselines.
     Eval(train::EvalArgs),
     /// Store an exported bundle directory in the registry under a tag.
@@ -144,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backbone(cmd) => backbone::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Train(args) => train::run_train(root, *args),
+        Command::AddTask(args) => train::run_add_task(root, *args),
         Command::Eval(args) => train::run_eval(root, args),
         Command::Push(args) => remote::run_push(root, args),
         Command::Pull(args) => remote::run_pull(root, args),

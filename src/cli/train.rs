@@ -13,31 +13,11 @@ use crate::data::Dataset;
 use crate::device::parse_device;
 use crate::eval::{evaluate, read_baseline};
 use crate::model::Backbone;
-use crate::train::{train, TrainOptions, TrainOutcome};
+use crate::train::{train, Base, TrainOptions, TrainOutcome};
 
+/// Settings of a training run, shared by `train` and `add-task`.
 #[derive(Debug, Args)]
-pub struct TrainArgs {
-    /// Dataset directory (dataset.json, images/, <task>/, splits/).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Tasks to train, comma-separated (default: every task of the dataset).
-    #[arg(long, value_delimiter = ',')]
-    pub tasks: Vec<String>,
-    /// Backbone: a directory, or random:tiny / random:swin-t.
-    #[arg(long, default_value = "random:tiny")]
-    pub backbone: String,
-    /// vmt or vmt-lite.
-    #[arg(long, default_value = "vmt")]
-    pub adapter: AdapterKind,
-    #[arg(long, default_value_t = 4)]
-    pub reduction: usize,
-    /// Adapter scale s.
-    #[arg(long, default_value_t = 1.0)]
-    pub scale: f64,
-    #[arg(long, default_value_t = 32)]
-    pub decoder_dim: usize,
-    #[arg(long, default_value_t = 64)]
-    pub decoder_hidden: usize,
+pub struct RunArgs {
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     #[arg(long, default_value_t = 8)]
@@ -51,10 +31,6 @@ pub struct TrainArgs {
     pub warmup: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
-    /// Per-task loss weights, e.g. `semseg=1,sal=5` (defaults: semseg 1, human_parts 2,
-    /// sal 5, normals 10, others 1).
-    #[arg(long, value_delimiter = ',')]
-    pub loss_weights: Vec<String>,
     /// Clip the global gradient norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub clip_grad: f64,
@@ -85,6 +61,54 @@ pub struct TrainArgs {
     pub tag: String,
 }
 
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset directory (dataset.json, images/, <task>/, splits/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tasks to train, comma-separated (default: every task of the dataset).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
+    #[arg(long, default_value = "random:tiny")]
+    pub backbone: String,
+    /// vmt or vmt-lite.
+    #[arg(long, default_value = "vmt")]
+    pub adapter: AdapterKind,
+    #[arg(long, default_value_t = 4)]
+    pub reduction: usize,
+    /// Adapter scale s.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    #[arg(long, default_value_t = 32)]
+    pub decoder_dim: usize,
+    #[arg(long, default_value_t = 64)]
+    pub decoder_hidden: usize,
+    /// Per-task loss weights, e.g. `semseg=1,sal=5` (defaults: semseg 1, human_parts 2,
+    /// sal 5, normals 10, others 1).
+    #[arg(long, value_delimiter = ',')]
+    pub loss_weights: Vec<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AddTaskArgs {
+    /// The bundle to extend: registry reference or exported directory.
+    pub reference: String,
+    /// New task(s): NAME[:KIND[:CHANNELS]] (kind and channels default to the dataset's).
+    #[arg(long = "task", required = true, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Dataset with the new task(s).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Backbone (default: the one the bundle records).
+    #[arg(long)]
+    pub backbone: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 fn parse_weights(items: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
     items
         .iter()
@@ -101,58 +125,64 @@ fn parse_weights(items: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
         .collect()
 }
 
-pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
-    let tag = TagName::parse(&a.tag)?;
-    let device = parse_device(&a.device)?;
-    let tasks = if a.tasks.is_empty() {
-        Dataset::open(&a.data)?
-            .info
-            .tasks
-            .iter()
-            .map(|t| t.name.clone())
-            .collect()
-    } else {
-        a.tasks.clone()
-    };
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
+/// Options of a run, before the model-specific fields are filled in.
+fn run_options(
+    run: &RunArgs,
+    tag: &TagName,
+    data: PathBuf,
+    tasks: Vec<String>,
+    backbone: String,
+) -> TrainOptions {
+    let run_dir = run.run_dir.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{}-{}", tag.name.replace('/', "_"), tag.tag))
     });
-    let opts = TrainOptions {
-        data: a.data,
+    TrainOptions {
+        data,
         tasks,
-        backbone: a.backbone,
-        adapter: a.adapter,
-        reduction: a.reduction,
-        scale: a.scale,
-        decoder_dim: a.decoder_dim,
-        decoder_hidden: a.decoder_hidden,
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        weight_decay: a.weight_decay,
-        warmup: a.warmup,
-        image_size: a.image_size,
-        loss_weights: parse_weights(&a.loss_weights)?,
-        clip_grad: (a.clip_grad > 0.0).then_some(a.clip_grad),
-        seed: a.seed,
-        workers: a.workers,
-        checkpoint_every: a.checkpoint_every,
-        keep_checkpoints: a.keep_checkpoints,
-        run_dir: run_dir.clone(),
-        resume: a.resume,
-        stop_after: a.stop_after,
-        quiet: a.quiet,
-    };
-    match train(&opts, &device)? {
+        backbone,
+        adapter: AdapterKind::Vmt,
+        reduction: 4,
+        scale: 1.0,
+        decoder_dim: 32,
+        decoder_hidden: 64,
+        steps: run.steps,
+        batch: run.batch,
+        lr: run.lr,
+        weight_decay: run.weight_decay,
+        warmup: run.warmup,
+        image_size: run.image_size,
+        loss_weights: BTreeMap::new(),
+        clip_grad: (run.clip_grad > 0.0).then_some(run.clip_grad),
+        seed: run.seed,
+        workers: run.workers,
+        checkpoint_every: run.checkpoint_every,
+        keep_checkpoints: run.keep_checkpoints,
+        run_dir,
+        resume: run.resume,
+        stop_after: run.stop_after,
+        quiet: run.quiet,
+        base: None,
+    }
+}
+
+/// Trains, then publishes the bundle under `tag` (nothing is published if stopped early).
+fn run_and_publish(
+    root: Option<&Path>,
+    opts: &TrainOptions,
+    tag: &TagName,
+    device_name: &str,
+) -> anyhow::Result<()> {
+    let device = parse_device(device_name)?;
+    match train(opts, &device)? {
         TrainOutcome::Stopped(step) => {
             println!(
                 "stopped at step {step}; continue with --resume (run directory {})",
-                run_dir.display()
+                opts.run_dir.display()
             );
         }
         TrainOutcome::Finished(bundle) => {
             let reg = super::registry::open(root)?;
-            let p = reg.publish(&bundle, &tag)?;
+            let p = reg.publish(&bundle, tag)?;
             if let Some(val) = bundle
                 .config
                 .extra
@@ -164,11 +194,71 @@ pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
             println!(
                 "{tag} -> {} (run directory {})",
                 p.digest,
-                run_dir.display()
+                opts.run_dir.display()
             );
         }
     }
     Ok(())
+}
+
+pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
+    let tag = TagName::parse(&a.run.tag)?;
+    let tasks = if a.tasks.is_empty() {
+        Dataset::open(&a.data)?
+            .info
+            .tasks
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    } else {
+        a.tasks.clone()
+    };
+    let mut opts = run_options(&a.run, &tag, a.data, tasks, a.backbone);
+    opts.adapter = a.adapter;
+    opts.reduction = a.reduction;
+    opts.scale = a.scale;
+    opts.decoder_dim = a.decoder_dim;
+    opts.decoder_hidden = a.decoder_hidden;
+    opts.loss_weights = parse_weights(&a.loss_weights)?;
+    run_and_publish(root, &opts, &tag, &a.run.device)
+}
+
+/// `add-task`: trains only the new tasks' KEMs and decoders on the bundle's frozen shared
+/// adapter; the result stores one new component (plus config and manifest).
+pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
+    let tag = TagName::parse(&a.run.tag)?;
+    let dataset = Dataset::open(&a.data)?;
+    let mut names = Vec::new();
+    for entry in &a.tasks {
+        let spec = &super::parse_tasks(entry)
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        let name = entry.split(':').next().unwrap_or(entry);
+        let have = dataset.require_task(name)?;
+        if entry.contains(':') {
+            if let Some(want) = spec {
+                if want.kind != have.kind || want.channels != have.channels {
+                    anyhow::bail!(
+                        "--task {entry}: the dataset's {name:?} is {:?} with {} channels",
+                        have.kind,
+                        have.channels
+                    );
+                }
+            }
+        }
+        names.push(name.to_string());
+    }
+    let (bundle, _) = super::forward::read_bundle(root, &a.reference)?;
+    let parent = if Path::new(&a.reference).is_dir() {
+        None
+    } else {
+        Some(super::registry::open(root)?.resolve(&a.reference)?)
+    };
+    let backbone =
+        super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?;
+    let mut opts = run_options(&a.run, &tag, a.data, names, backbone);
+    opts.base = Some(Base { bundle, parent });
+    run_and_publish(root, &opts, &tag, &a.run.device)
 }
 
 #[derive(Debug, Args)]

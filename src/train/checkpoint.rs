@@ -34,6 +34,9 @@ pub struct Fingerprint {
     pub loss_weights: BTreeMap<String, f64>,
     pub clip_grad: Option<f64>,
     pub seed: u64,
+    /// add-task: the bundle extended.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 impl Fingerprint {
@@ -55,6 +58,7 @@ impl Fingerprint {
             loss_weights: o.loss_weights.clone(),
             clip_grad: o.clip_grad,
             seed: o.seed,
+            base: o.base.as_ref().map(|b| b.identity()),
         }
     }
 }

@@ -62,6 +62,30 @@ pub struct TrainOptions {
     /// Stop (with a checkpoint, without a bundle) once this step is reached.
     pub stop_after: Option<usize>,
     pub quiet: bool,
+    /// add-task: a trained bundle whose shared adapter and tasks stay frozen; `tasks`
+    /// are the new tasks, and the adapter/decoder settings come from this bundle.
+    pub base: Option<Base>,
+}
+
+/// The bundle `add-task` extends.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub bundle: BundleDir,
+    /// Its manifest digest, when it came from the registry (recorded as the parent).
+    pub parent: Option<vmt_registry::Digest>,
+}
+
+impl Base {
+    /// Identifies the base in checkpoints: its manifest, or the digest of its tensors.
+    pub fn identity(&self) -> String {
+        match &self.parent {
+            Some(d) => d.to_string(),
+            None => vmt_registry::Digest::of(&vmt_registry::safetensors_canon::canonical_bytes(
+                &self.bundle.tensors,
+            ))
+            .to_string(),
+        }
+    }
 }
 
 /// Weights of the PASCAL-Context protocol (as in MTLoRA): semseg 1, human_parts 2,
@@ -98,12 +122,32 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     let has_val = dataset.root.join("splits/val.txt").is_file();
     let data_digest = dataset.digest()?;
     let backbone = Backbone::load(&opts.backbone, device)?;
-    let mut config = BundleConfig::new(
-        backbone.geometry_with_provenance(),
-        AdapterConfig::new(opts.adapter, opts.reduction, opts.scale),
-        DecoderConfig::new(opts.decoder_dim, opts.decoder_hidden),
-        tasks.clone(),
-    );
+    // The configuration trained here: every task for a new bundle; for add-task, the base's
+    // adapter and decoder settings with only the new tasks.
+    let mut config = match &opts.base {
+        None => BundleConfig::new(
+            backbone.geometry_with_provenance(),
+            AdapterConfig::new(opts.adapter, opts.reduction, opts.scale),
+            DecoderConfig::new(opts.decoder_dim, opts.decoder_hidden),
+            tasks.clone(),
+        ),
+        Some(base) => {
+            backbone.check_matches(&base.bundle.config.backbone)?;
+            for t in &tasks {
+                if base.bundle.config.task(&t.name).is_some() {
+                    bail!(
+                        "the bundle already has a task {:?}; add-task adds new tasks only",
+                        t.name
+                    );
+                }
+            }
+            let mut c = base.bundle.config.clone();
+            c.tasks = tasks.clone();
+            c.extra.remove("provenance");
+            c.extra.remove("metrics");
+            c
+        }
+    };
     config.validate().map_err(anyhow::Error::msg)?;
     let weights: Vec<f64> = tasks
         .iter()
@@ -129,14 +173,25 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
             opts.run_dir.join("checkpoints").display()
         );
     }
-    let (start, initial) = match &restored {
-        Some(c) => {
-            c.check_fingerprint(&fingerprint)?;
-            (c.step, c.params.clone())
+    // Fresh values; for add-task, the base's shared adapter in place of fresh ones.
+    let mut initial = init_bundle(&config, opts.seed);
+    if let Some(base) = &opts.base {
+        for (name, t) in &base.bundle.tensors {
+            if initial.contains_key(name) {
+                initial.insert(name.clone(), t.clone());
+            }
         }
-        None => (0, init_bundle(&config, opts.seed)),
-    };
-    let (model, mut opt) = trainable(&config, &backbone, &initial, opts.weight_decay)?;
+    }
+    let mut start = 0;
+    if let Some(c) = &restored {
+        c.check_fingerprint(&fingerprint)?;
+        start = c.step;
+        initial.extend(c.params.clone());
+    }
+    let frozen_shared = opts.base.is_some();
+    let (model, mut opt) = trainable(&config, &backbone, &initial, opts.weight_decay, |s| {
+        !(frozen_shared && s.component == vmt_registry::bundle::SHARED_COMPONENT)
+    })?;
     if let Some(c) = &restored {
         c.restore_optimizer(&mut opt, device)?;
     }
@@ -209,19 +264,38 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     for p in &opt.params {
         tensors.insert(p.name.clone(), to_raw(p.var.as_tensor())?);
     }
-    config.extra.insert(
-        "provenance".into(),
-        json!({
-            "code_version": concat!("vmt-hub ", env!("CARGO_PKG_VERSION")),
-            "data_digest": data_digest.to_string(),
-            "seed": opts.seed,
-            "steps": opts.steps,
-            "batch": opts.batch,
-            "lr": opts.lr,
-            "image_size": opts.image_size,
-            "loss_weights": tasks.iter().zip(&weights).map(|(t, w)| (t.name.clone(), json!(w))).collect::<serde_json::Map<_, _>>(),
-        }),
-    );
+    let mut provenance = json!({
+        "code_version": concat!("vmt-hub ", env!("CARGO_PKG_VERSION")),
+        "data_digest": data_digest.to_string(),
+        "seed": opts.seed,
+        "steps": opts.steps,
+        "batch": opts.batch,
+        "lr": opts.lr,
+        "image_size": opts.image_size,
+        "loss_weights": tasks.iter().zip(&weights).map(|(t, w)| (t.name.clone(), json!(w))).collect::<serde_json::Map<_, _>>(),
+    });
+    let mut val = serde_json::Map::new();
+    if let Some(base) = &opts.base {
+        // The base's tasks and shared adapter, unchanged; the new tasks after them.
+        tensors.extend(base.bundle.tensors.clone());
+        let mut all = base.bundle.config.tasks.clone();
+        all.extend(tasks.clone());
+        config = base.bundle.config.clone();
+        config.tasks = all;
+        provenance["parent"] = json!(base.parent.map(|d| d.to_string()));
+        provenance["added_tasks"] = json!(opts.tasks);
+        if let Some(v) = base
+            .bundle
+            .config
+            .extra
+            .get("metrics")
+            .and_then(|m| m.get("val"))
+            .and_then(|v| v.as_object())
+        {
+            val = v.clone();
+        }
+    }
+    config.extra.insert("provenance".into(), provenance);
     let mut metrics_json = serde_json::Map::new();
     metrics_json.insert("train_loss".into(), json!(last_loss));
     if has_val {
@@ -233,7 +307,12 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
             opts.batch,
             opts.workers,
         )?;
-        metrics_json.insert("val".into(), serde_json::to_value(&report.tasks)?);
+        for (t, r) in report.tasks {
+            val.insert(t, serde_json::to_value(r)?);
+        }
+    }
+    if !val.is_empty() {
+        metrics_json.insert("val".into(), serde_json::Value::Object(val));
     }
     config
         .extra
@@ -242,13 +321,14 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     Ok(TrainOutcome::Finished(Box::new(bundle)))
 }
 
-/// The model over Vars made from `initial` (one per bundle tensor), and an AdamW over
-/// them that decays only the matrices.
+/// The model over `initial`: a Var for each tensor `is_trainable` accepts (plain, frozen
+/// tensors for the others), and an AdamW over the Vars that decays only the matrices.
 pub fn trainable(
     config: &BundleConfig,
     backbone: &Backbone,
     initial: &BTreeMap<String, vmt_registry::bundle::RawTensor>,
     weight_decay: f64,
+    is_trainable: impl Fn(&vmt_registry::bundle::TensorSpec) -> bool,
 ) -> anyhow::Result<(VmtModel, AdamW)> {
     let plain = from_raw(initial, "initial tensors", &backbone.swin.device)?;
     let mut params = Vec::new();
@@ -258,6 +338,10 @@ pub fn trainable(
             .tensors
             .get(&s.name)
             .with_context(|| format!("initial tensors lack {}", s.name))?;
+        if !is_trainable(&s) {
+            tensors.insert(s.name.clone(), t.clone());
+            continue;
+        }
         let var = Var::from_tensor(t)?;
         tensors.insert(s.name.clone(), var.as_tensor().clone());
         params.push((s.name, var, s.decays));
