@@ -143,7 +143,7 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         )?;
     }
     println!(
-        "\nnext: vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",
+        "\nnext: target/release/vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",
         r = registry.display(),
         p = pictures.display()
     );
