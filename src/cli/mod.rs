@@ -27,19 +27,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a bundle on `pixel_values` and write every task's output and the stage features.
-    Forward(ForwardArgs),
     /// The whole story with nothing downloaded: synthesise scenes, train four tasks on
     /// the built-in random:tiny backbone, evaluate, draw predictions.
     Demo(demo::DemoArgs),
-    /// One PNG per task and image, plus an overlay sheet per image.
-    Predict(demo::PredictArgs),
-    /// Backbones from the Hugging Face Hub.
-    #[command(subcommand)]
-    Backbone(backbone::BackboneCommand),
     /// Datasets: `data synth` writes a procedural one.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Backbones from the Hugging Face Hub.
+    #[command(subcommand)]
+    Backbone(backbone::BackboneCommand),
     /// Train a VMT-Adapter for several tasks on a frozen backbone; the bundle goes
     /// into the registry under --tag.
     Train(Box<train::TrainArgs>),
@@ -48,6 +44,10 @@ pub enum Command {
     AddTask(Box<train::AddTaskArgs>),
     /// Per-task metrics of a bundle on a dataset split, and Δm against baselines.
     Eval(train::EvalArgs),
+    /// One PNG per task and image, plus an overlay sheet per image.
+    Predict(demo::PredictArgs),
+    /// Run a bundle on `pixel_values` and write every task's output and the stage features.
+    Forward(ForwardArgs),
     /// Store an exported bundle directory in the registry under a tag.
     Import(registry::ImportArgs),
     /// Write a stored bundle as a directory (bundle.json + adapter.safetensors).

@@ -92,7 +92,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.addr).await?;
     ready(listener.local_addr()?);
-    axum::serve(listener, router(reg, opts.token, opts.max_body)?).await
+    // Ctrl-C lets requests in flight finish; the index is flushed after every publish.
+    axum::serve(listener, router(reg, opts.token, opts.max_body)?)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
 }
 
 /// What a `/v2/...` path asks for.
