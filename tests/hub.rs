@@ -42,6 +42,11 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn mock_hub() -> MockHub {
+    mock_hub_with(Vec::new())
+}
+
+/// The mock Hub with extra repos: `(repo, [(file, bytes, is_lfs)])`.
+fn mock_hub_with(extra: Vec<(&'static str, Vec<(&'static str, Vec<u8>, bool)>)>) -> MockHub {
     let dir = fixtures().join("tiny/backbone");
     let config = std::fs::read(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
@@ -77,6 +82,13 @@ fn mock_hub() -> MockHub {
             ("model.safetensors", tampered),
         ]),
     );
+    for (repo, files) in extra {
+        let files = files
+            .iter()
+            .map(|(name, bytes, lfs)| (*name, file(bytes, *lfs)))
+            .collect();
+        repos.insert(repo, files);
+    }
 
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let url = format!("http://{}", server.server_addr().to_ip().unwrap());
@@ -514,4 +526,69 @@ fn cache_is_shared_with_python_huggingface_hub() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(COMMIT_V1));
+}
+
+#[test]
+fn pytorch_bin_is_read_when_a_repo_has_no_safetensors() {
+    // A torch.save zip made without torch (tests/support/safetensors_to_pth.py).
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("pytorch_model.bin");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/safetensors_to_pth.py");
+    let made = Command::new("python3")
+        .arg(&script)
+        .arg(fixtures().join("tiny/backbone/model.safetensors"))
+        .arg(&bin)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !made {
+        eprintln!(
+            "SKIPPED pytorch_bin_is_read_when_a_repo_has_no_safetensors: python3 is not available"
+        );
+        return;
+    }
+    let config = std::fs::read(fixtures().join("tiny/backbone/config.json")).unwrap();
+    let hub = mock_hub_with(vec![(
+        "acme/bin-only",
+        vec![
+            ("config.json", config, false),
+            ("pytorch_model.bin", std::fs::read(&bin).unwrap(), true),
+        ],
+    )]);
+    let home = tmp.path().join("hf");
+    let o = fetch(&hub, &home, &[], "acme/bin-only");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pytorch_model.bin"), "{}", text(&o));
+    let case = fixtures().join("tiny");
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
+    for (backbone, out) in [
+        (case.join("backbone").to_str().unwrap().to_string(), &a),
+        ("acme/bin-only".to_string(), &b),
+    ] {
+        let o = vmt_hub(
+            &hub,
+            &home,
+            &[("HF_HUB_OFFLINE", "1")],
+            &[
+                "forward",
+                "--bundle",
+                case.join("bundle").to_str().unwrap(),
+                "--backbone",
+                &backbone,
+                "--input",
+                case.join("input.safetensors").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "the .bin backbone gives the same outputs"
+    );
 }
