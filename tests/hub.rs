@@ -45,8 +45,11 @@ fn mock_hub() -> MockHub {
     mock_hub_with(Vec::new())
 }
 
-/// The mock Hub with extra repos: `(repo, [(file, bytes, is_lfs)])`.
-fn mock_hub_with(extra: Vec<(&'static str, Vec<(&'static str, Vec<u8>, bool)>)>) -> MockHub {
+/// Files of an extra mock repo: `(file, bytes, is_lfs)`.
+type RepoFiles = Vec<(&'static str, Vec<u8>, bool)>;
+
+/// The mock Hub with extra repos.
+fn mock_hub_with(extra: Vec<(&'static str, RepoFiles)>) -> MockHub {
     let dir = fixtures().join("tiny/backbone");
     let config = std::fs::read(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
