@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod error;
+pub mod fused;
 pub mod hub;
 pub mod init;
 pub mod loss;

@@ -53,18 +53,38 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        if super::fused::enabled(x) {
+            let op = super::fused::LayerNormOp { eps: self.eps };
+            return x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &self.bias.contiguous()?,
+                op,
+            );
+        }
+        layer_norm_plain(x, &self.weight, &self.bias, self.eps)
     }
 }
 
-/// Softmax over the last dimension from plain ops (the max is a constant shift).
+/// LayerNorm from plain ops (every device; the reference for the fused CPU kernel).
+pub fn layer_norm_plain(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension, with a backward pass: the fused kernel on CPU, plain
+/// ops elsewhere.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if super::fused::enabled(x) {
+        return x.contiguous()?.apply_op1(super::fused::SoftmaxOp);
+    }
+    softmax_plain(x)
+}
+
+/// Softmax over the last dimension from plain ops (the max is a constant shift).
+pub fn softmax_plain(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)

@@ -1,0 +1,237 @@
+//! Fused CPU kernels for LayerNorm and softmax, with their backward passes.
+//!
+//! candle's own fused ops record no backward (DESIGN §1); the plain-op versions in
+//! [`super::ops`] do, but keep every intermediate (mean, centred, variance, ...) alive until
+//! backward. These custom ops keep only their input and output: the backward pass
+//! recomputes what it needs. CPU and f32 only; other devices use the plain-op versions.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Whether `x` goes through the fused kernels: f32 on CPU, unless `VMT_FUSED=0` (kept for
+/// comparisons in benchmarks).
+pub fn enabled(x: &Tensor) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VMT_FUSED").map_or(true, |v| v != "0"))
+        && x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+}
+
+/// Sum with eight independent accumulators, so that it vectorises.
+fn sum8(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += f(c[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Rows per parallel task: enough work per task that scheduling does not dominate.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: fused kernels take f32 only")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: fused kernels take contiguous tensors"),
+    }
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub struct LayerNormOp {
+    pub eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vmt-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm input")?;
+        let (w, b) = (
+            f32_slice(s2, l2, "layer_norm weight")?,
+            f32_slice(s3, l3, "layer_norm bias")?,
+        );
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let eps = self.eps as f32;
+        let mut out = vec![0f32; x.len()];
+        let step = d * rows_per_task(d);
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| {
+                for (o, row) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let mean = sum8(row, |v| v) / d as f32;
+                    let var = sum8(row, |v| (v - mean) * (v - mean)) / d as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    for i in 0..d {
+                        o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let x = x.detach();
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
+        let xhat = centred.broadcast_mul(&rstd)?;
+        let d = *x.dims().last().unwrap_or(&1);
+        let rows = x.elem_count() / d.max(1);
+        let grad_w = (grad * &xhat)?.reshape((rows, d))?.sum(0)?;
+        let grad_b = grad.reshape((rows, d))?.sum(0)?;
+        let g = grad.broadcast_mul(w)?;
+        let inner = g
+            .broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
+            .sub(&xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
+        let grad_x = inner.broadcast_mul(&rstd)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+/// Softmax over the last dimension.
+pub struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "vmt-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softmax input")?;
+        let d = l.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        let step = d * rows_per_task(d);
+        out.par_chunks_mut(step)
+            .zip(x.par_chunks(step))
+            .for_each(|(o, x)| {
+                for (o, row) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = (v - max).exp();
+                        sum += *o;
+                    }
+                    let inv = 1.0 / sum;
+                    for o in o.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y * (g - sum(g * y))
+        let y = res.detach();
+        let dot = (grad * &y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((grad.broadcast_sub(&dot)? * y)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use crate::model::ops::{layer_norm_plain, softmax_last_dim, softmax_plain, LayerNorm};
+    use candle_core::Module;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The fused kernels give the plain-op values and gradients (the plain ops are what
+    /// other devices run, and what the parity fixtures were first matched with).
+    #[test]
+    fn fused_equals_plain_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(
+            &(Tensor::randn(0f32, 2f32, (3, 5, 24), &dev).unwrap() + 1.5).unwrap(),
+        )
+        .unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3f32, 24, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3f32, 24, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1f32, (3, 5, 24), &dev).unwrap();
+        let ln = LayerNorm::new(w.as_tensor().clone(), b.as_tensor().clone(), 1e-5);
+        let fused = ln.forward(x.as_tensor()).unwrap();
+        let plain = layer_norm_plain(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let gf = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let d = max_diff(
+                gf.get(v.as_tensor()).unwrap(),
+                gp.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "layer norm grad of {name}: {d}");
+        }
+
+        let fused = softmax_last_dim(x.as_tensor()).unwrap();
+        let plain = softmax_plain(x.as_tensor()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-6);
+        let gf = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_diff(
+                gf.get(x.as_tensor()).unwrap(),
+                gp.get(x.as_tensor()).unwrap()
+            ) < 1e-5
+        );
+    }
+}
