@@ -1,8 +1,10 @@
-//! Differentiable building blocks made of plain tensor ops.
+//! Differentiable building blocks.
 //!
 //! candle's fused `layer_norm`, `softmax_last_dim` and `upsample_bilinear2d` record no
 //! backward op (DESIGN §1): a gradient through them silently vanishes. Everything on
-//! the training path uses these versions instead.
+//! the training path uses these versions instead: LayerNorm and softmax run as our own
+//! fused CPU kernels with backward passes ([`super::fused`]) and as plain tensor ops on
+//! other devices; bilinear resizing is two fixed interpolation matrices.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
