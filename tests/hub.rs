@@ -392,6 +392,27 @@ fn revisions_are_pinned_to_commits() {
             && shown.contains(&b.digest),
         "{shown}"
     );
+    // With no --backbone, the recorded one (pinned to its commit) is found in the cache.
+    let img = tmp.path().join("x.png");
+    image::RgbImage::new(20, 20).save(&img).unwrap();
+    let out = tmp.path().join("p");
+    let o = vmt_hub(
+        &hub,
+        &home,
+        &[("HF_HUB_OFFLINE", "1")],
+        &[
+            "--registry",
+            reg.to_str().unwrap(),
+            "predict",
+            "hub:v1",
+            "--image",
+            img.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("x.sal.png").is_file());
 }
 
 #[test]

@@ -408,6 +408,29 @@ fn a_second_bundle_sharing_the_adapter_sends_no_byte_of_it() {
             "{:?}: {sent} bytes went up; the shared blob alone is {shared_size}",
             server.kind
         );
+
+        // The same bundle to another repository of the same registry: distribution
+        // mounts every blob across repositories; vmt-hub serve already has them all.
+        let before = p.up_bytes.load(Ordering::SeqCst);
+        let third = push(
+            &local,
+            "m:full",
+            &remote(p.port, "elsewhere/vmt:full"),
+            &client(p.port),
+            &mut Quiet,
+        )
+        .unwrap();
+        let sent = p.up_bytes.load(Ordering::SeqCst) - before;
+        assert_eq!(third.blobs_sent, 0, "{:?}", server.kind);
+        match server.kind {
+            Kind::Distribution => assert_eq!(third.blobs_mounted, 6, "distribution mounts"),
+            Kind::VmtServe => assert_eq!(third.blobs_skipped, 6, "serve shares blobs across names"),
+        }
+        assert!(
+            sent < shared_size / 10,
+            "{:?}: {sent} bytes went up",
+            server.kind
+        );
     }
 }
 

@@ -67,22 +67,43 @@ fn location(reply: &super::client::Reply, remote: &str) -> Result<String> {
     })
 }
 
-/// Uploads one blob.
+/// How a blob got to the remote.
+enum Sent {
+    Uploaded,
+    Mounted,
+}
+
+/// Opens an upload session (or, with `mount_from`, asks the registry to copy the blob
+/// from another of its repositories: a 201 answer means it did).
+fn start_upload(
+    client: &Client,
+    repo: &str,
+    d: &Digest,
+    mount_from: Option<&str>,
+    what: &str,
+) -> Result<super::client::Reply> {
+    let path = match mount_from {
+        Some(from) => format!("/v2/{repo}/blobs/uploads/?mount={d}&from={from}"),
+        None => format!("/v2/{repo}/blobs/uploads/"),
+    };
+    client.send("POST", &path, &[("Content-Length", "0")], Some(&[]), what)
+}
+
+/// Uploads one blob, or mounts it from `mount_from` where the registry offers that.
 fn upload(
     client: &Client,
     repo: &str,
     d: &Digest,
     bytes: &[u8],
+    mount_from: Option<&str>,
     progress: &mut dyn Progress,
-) -> Result<()> {
+) -> Result<Sent> {
     let what = format!("upload of {d}");
-    let start = client.send(
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        &[("Content-Length", "0")],
-        Some(&[]),
-        &what,
-    )?;
+    let start = start_upload(client, repo, d, mount_from, &what)?;
+    if mount_from.is_some() && start.status == 201 {
+        progress.advance(bytes.len() as u64);
+        return Ok(Sent::Mounted);
+    }
     let mut loc = location(&start, &client.base)?;
     let chunk = chunk_size();
     if bytes.len() <= chunk {
@@ -94,7 +115,7 @@ fn upload(
             &what,
         )?;
         progress.advance(bytes.len() as u64);
-        return Ok(());
+        return Ok(Sent::Uploaded);
     }
     let mut offset = 0usize;
     let mut failures = 0;
@@ -135,13 +156,7 @@ fn upload(
                         }
                     }
                     Err(_) => {
-                        let restart = client.send(
-                            "POST",
-                            &format!("/v2/{repo}/blobs/uploads/"),
-                            &[("Content-Length", "0")],
-                            Some(&[]),
-                            &what,
-                        )?;
+                        let restart = start_upload(client, repo, d, None, &what)?;
                         loc = location(&restart, &client.base)?;
                         offset = 0;
                     }
@@ -157,7 +172,7 @@ fn upload(
         Some(&[]),
         &what,
     )?;
-    Ok(())
+    Ok(Sent::Uploaded)
 }
 
 /// Pushes the bundle `local` to `remote` (which must name a tag).
@@ -194,14 +209,34 @@ pub fn push(
         )? {
             report.blobs_skipped += 1;
             progress.advance(desc.size);
+            reg.index
+                .note_remote_blob(&remote.host, &desc.digest, repo)?;
             continue;
         }
         let bytes = reg
             .blobs
             .get(&desc.digest, desc.title().unwrap_or("config"))?;
-        upload(client, repo, &desc.digest, &bytes, progress)?;
-        report.blobs_sent += 1;
-        report.bytes_sent += bytes.len() as u64;
+        // A repository of the same registry we pushed this blob to before can lend it.
+        let from = reg
+            .index
+            .remote_blob(&remote.host, &desc.digest)?
+            .filter(|r| r != repo);
+        match upload(
+            client,
+            repo,
+            &desc.digest,
+            &bytes,
+            from.as_deref(),
+            progress,
+        )? {
+            Sent::Mounted => report.blobs_mounted += 1,
+            Sent::Uploaded => {
+                report.blobs_sent += 1;
+                report.bytes_sent += bytes.len() as u64;
+            }
+        }
+        reg.index
+            .note_remote_blob(&remote.host, &desc.digest, repo)?;
     }
     let reply = client.send(
         "PUT",
