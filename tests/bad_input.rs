@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::fixtures;
+use common::{fixtures, output_without_panic, vmt_hub_command};
 use safetensors::Dtype;
 use vmt_registry::bundle::RawTensor;
 use vmt_registry::safetensors_canon::{canonical_bytes, parse};
 
 fn vmt_hub() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
+    vmt_hub_command()
 }
 
 /// A writable copy of the tiny fixture's bundle and backbone in a temp dir.
@@ -52,18 +52,19 @@ fn good_pixels(dir: &Path) -> PathBuf {
 
 /// Runs forward and returns (success, stderr).
 fn forward(bundle: &Path, backbone: &str, input: &Path, out: &Path) -> (bool, String) {
-    let o = vmt_hub()
-        .args(["forward", "--bundle"])
-        .arg(bundle)
-        .args(["--backbone", backbone, "--input"])
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (o.status.success(), stderr)
+    let o = output_without_panic(
+        vmt_hub()
+            .args(["forward", "--bundle"])
+            .arg(bundle)
+            .args(["--backbone", backbone, "--input"])
+            .arg(input)
+            .arg("--out")
+            .arg(out),
+    );
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
 }
 
 fn expect_error(bundle: &Path, backbone: &str, input: &Path, needles: &[&str]) {

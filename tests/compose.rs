@@ -3,24 +3,16 @@
 //! registry stores only the delta (one component, one config, one manifest).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+mod common;
+
+use common::{output_without_panic, vmt_hub_command};
 use vmt_hub::data::synth::synthesize;
 use vmt_registry::Registry;
 
 fn vmt_hub(root: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
-        .arg("--registry")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::fixtures;
+use common::{fixtures, output_without_panic, vmt_hub_command};
 use sha2::{Digest as _, Sha256};
 
 const COMMIT_MAIN: &str = "1111111111111111111111111111111111111111";
@@ -195,23 +195,15 @@ fn answer(
 }
 
 fn vmt_hub(hub: &MockHub, hf_home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
+    let mut c = vmt_hub_command();
     c.args(args)
         .env("HF_ENDPOINT", &hub.url)
         .env("HF_HOME", hf_home)
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_TOKEN")
         .env_remove("HF_HUB_OFFLINE");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    c.envs(env.iter().copied());
+    output_without_panic(&mut c)
 }
 
 fn fetch(hub: &MockHub, hf_home: &Path, env: &[(&str, &str)], repo: &str) -> Output {

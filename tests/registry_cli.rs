@@ -6,22 +6,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::fixtures;
+use common::{fixtures, output_without_panic, vmt_hub_command};
 use vmt_registry::bundle::RawTensor;
 use vmt_registry::safetensors_canon::{canonical_bytes, parse};
 
 fn run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
-    c.arg("--registry").arg(root).args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    o
+    let mut c = vmt_hub_command();
+    c.arg("--registry")
+        .arg(root)
+        .args(args)
+        .envs(env.iter().copied());
+    output_without_panic(&mut c)
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {

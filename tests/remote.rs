@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fixtures;
+use common::{fixtures, output_without_panic, vmt_hub_command};
 use vmt_registry::bundle::{bundle_tensors, BundleDir};
 use vmt_registry::reference::TagName;
 use vmt_registry::remote::client::{Client, Credentials};
@@ -187,16 +187,7 @@ fn fixture_subset(tasks: &[&str]) -> BundleDir {
 }
 
 fn vmt_hub(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    output_without_panic(vmt_hub_command().args(args))
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! bad data refused without a bundle appearing in the registry.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
 
 use candle_core::Device;
+use common::{output_without_panic, vmt_hub_command};
 use vmt_hub::data::synth::synthesize;
 use vmt_hub::data::{Dataset, Label};
 use vmt_hub::eval::metrics::{NormalsMetric, SalMetric, SegMetric};
@@ -212,14 +215,7 @@ fn resumed_run_gives_identical_bytes() {
 }
 
 fn vmt_hub(root: &Path, args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
-        .arg("--registry")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
-    o
+    output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
 }
 
 fn train_fails(root: &Path, data: &Path, run: &Path, needles: &[&str]) {

@@ -48,3 +48,16 @@ pub fn assert_grad_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
         "{what}: max error {err} exceeds {rel} x max |grad| {scale}"
     );
 }
+
+/// The `vmt-hub` binary under test.
+pub fn vmt_hub_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
+}
+
+/// Runs a command to completion; a panic in the process fails the test.
+pub fn output_without_panic(cmd: &mut std::process::Command) -> std::process::Output {
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    o
+}
