@@ -86,8 +86,8 @@ fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
     let reg = Registry::open(&root).unwrap();
     let (v1, v2) = (reg.resolve("m:v1").unwrap(), reg.resolve("m:v2").unwrap());
     let (m1, m2) = (
-        reg.index.manifest(&v1).unwrap().unwrap(),
-        reg.index.manifest(&v2).unwrap().unwrap(),
+        reg.manifest_record(&v1).unwrap().unwrap(),
+        reg.manifest_record(&v2).unwrap().unwrap(),
     );
     let layers = |m: &vmt_registry::store::ManifestRecord| {
         m.layers

@@ -358,8 +358,7 @@ fn a_second_bundle_sharing_the_adapter_sends_no_byte_of_it() {
         local.publish(&full, &tag("m:full")).unwrap();
         local.publish(&two, &tag("m:two")).unwrap();
         let shared_size = local
-            .index
-            .manifest(&local.resolve("m:full").unwrap())
+            .manifest_record(&local.resolve("m:full").unwrap())
             .unwrap()
             .unwrap()
             .layers[0]
@@ -470,7 +469,7 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
         )
         .unwrap();
         let d = src.resolve("m:v1").unwrap();
-        let record = src.index.manifest(&d).unwrap().unwrap();
+        let record = src.manifest_record(&d).unwrap().unwrap();
 
         // A chunked upload whose connection breaks after a PATCH resumes where the
         // registry says it is, and the bundle arrives intact.

@@ -33,6 +33,11 @@ impl Digest {
         Ok(Self(h.finalize().into()))
     }
 
+    /// The digest whose sha256 bytes are `b`.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }

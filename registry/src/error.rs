@@ -37,6 +37,12 @@ pub enum Error {
         name: String,
         found: String,
     },
+    #[error("{file}: tensor {name:?} holds a NaN or infinite value (element {index})")]
+    NonFinite {
+        file: PathBuf,
+        name: String,
+        index: usize,
+    },
     #[error("{file}: tensor {name:?} is not in the bundle's naming scheme ({reason})")]
     UnexpectedTensor {
         file: PathBuf,
@@ -65,7 +71,12 @@ pub enum Error {
     #[error("another vmt-hub process holds the registry at {path} (its index is locked); try again when it finishes")]
     Locked { path: PathBuf },
     #[error("{remote}: {reason}")]
-    Remote { remote: String, reason: String },
+    Remote {
+        remote: String,
+        /// The HTTP status, when the remote answered with an error status.
+        status: Option<u16>,
+        reason: String,
+    },
     #[error("{remote}: authentication failed: {reason}")]
     Auth { remote: String, reason: String },
     #[error("registry index: {0}")]
@@ -73,6 +84,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// An error of a remote (`status` when it answered with an HTTP error status).
+    pub fn remote(remote: &str, status: Option<u16>, reason: impl Into<String>) -> Self {
+        Self::Remote {
+            remote: remote.into(),
+            status,
+            reason: reason.into(),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

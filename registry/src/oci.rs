@@ -2,7 +2,8 @@
 //!
 //! A bundle is an artifact: `artifactType` [`BUNDLE_ARTIFACT_TYPE`], a config blob
 //! (`bundle.json` as canonical JSON) and one safetensors layer per component, each
-//! titled with its component name.
+//! titled with its component name. A manifest carries no tag: tags are registry state
+//! (see `store::tags`), so the same bundle has the same digest under every name.
 
 use std::collections::BTreeMap;
 
@@ -17,10 +18,6 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.vmt.bundle.config.v1+json";
 pub const COMPONENT_MEDIA_TYPE: &str = "application/vnd.vmt.component.v1.safetensors";
 /// Layer annotation holding the component name (`shared`, `task/<name>`).
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
-/// Manifest annotation holding the `name:tag` it was published under, so that a lost
-/// index can be rebuilt from the blobs alone.
-pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
@@ -69,15 +66,19 @@ impl Manifest {
                 m.schema_version, m.media_type
             ));
         }
-        if m.artifact_type.as_deref() != Some(BUNDLE_ARTIFACT_TYPE) {
-            return Err(format!(
-                "artifactType {:?} is not a vmt bundle ({BUNDLE_ARTIFACT_TYPE})",
-                m.artifact_type
-            ));
+        // Image spec 1.1: without `artifactType`, `config.mediaType` says what the
+        // artifact is (ORAS clients that cannot set artifactType rely on this).
+        match m.artifact_type.as_deref() {
+            Some(BUNDLE_ARTIFACT_TYPE) | None => {}
+            Some(other) => {
+                return Err(format!(
+                    "artifactType {other:?} is not a vmt bundle ({BUNDLE_ARTIFACT_TYPE})"
+                ))
+            }
         }
         if m.config.media_type != CONFIG_MEDIA_TYPE {
             return Err(format!(
-                "config mediaType {:?} is not {CONFIG_MEDIA_TYPE}",
+                "config mediaType {:?} is not a vmt bundle config ({CONFIG_MEDIA_TYPE})",
                 m.config.media_type
             ));
         }
@@ -87,13 +88,6 @@ impl Manifest {
             }
         }
         Ok(m)
-    }
-
-    /// The `name:tag` it was published under.
-    pub fn ref_name(&self) -> Option<&str> {
-        self.annotations
-            .get(REF_NAME_ANNOTATION)
-            .map(String::as_str)
     }
 
     /// Canonical bytes (sorted keys, no spaces): the digest is a function of content.

@@ -41,27 +41,20 @@ impl TagName {
             Some((n, t)) if !t.contains('/') => (n, t),
             _ => (s, "latest"),
         };
-        let name_ok = !name.is_empty()
-            && name.len() <= 255
-            && name.split('/').all(|part| {
-                !part.is_empty()
-                    && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && part.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                    })
-            });
-        if !name_ok {
+        if !valid_name(name) {
             return Err(invalid(
                 s,
-                "a name is lowercase letters, digits, '.', '_', '-' and '/' separators",
+                "a name is lowercase letters and digits, joined by '.', '_', '__' or '-' and \
+                 separated by '/' (the OCI distribution grammar)",
             ));
         }
-        let tag_ok = !tag.is_empty()
-            && tag.len() <= 128
-            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if name == "sha256" || (!s.contains(':') && Reference::looks_like_digest(name)) {
+            return Err(invalid(
+                s,
+                "it would be read as a digest prefix; give a tag (NAME:TAG) or another name",
+            ));
+        }
+        let tag_ok = valid_tag(tag);
         if !tag_ok {
             return Err(invalid(
                 s,
@@ -75,7 +68,56 @@ impl TagName {
     }
 }
 
+/// A repository name in the OCI distribution grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255.
+pub fn valid_name(name: &str) -> bool {
+    fn component(c: &str) -> bool {
+        let b = c.as_bytes();
+        let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            // A separator run: '.', '_', '__' or one or more '-'.
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &c[start..i];
+            let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(component)
+}
+
+/// A tag in the OCI grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 impl Reference {
+    /// True for what [`Reference::parse`] reads as a digest prefix when no tag follows.
+    fn looks_like_digest(s: &str) -> bool {
+        s == "sha256"
+            || (s.len() >= 6
+                && s.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    }
+
     pub fn parse(s: &str) -> Result<Self> {
         if let Some((name, digest)) = s.split_once('@') {
             TagName::parse(name)?;
@@ -97,10 +139,7 @@ impl Reference {
                 "a digest prefix needs at least 4 lowercase hex digits",
             ));
         }
-        let looks_hex = s.len() >= 6
-            && s.chars()
-                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
-        if looks_hex && !s.contains(':') {
+        if s != "sha256" && Self::looks_like_digest(s) {
             return Ok(Self::Prefix(s.into()));
         }
         Ok(Self::Tag(TagName::parse(s)?))
@@ -147,6 +186,26 @@ mod tests {
     }
 
     #[test]
+    fn oci_grammar() {
+        for good in ["a", "a.b", "a_b", "a__b", "a---b", "team/a-b.c", "0x"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["a..b", "a-", "a._b", "a___b", "A", "a//b", "/a", "a/"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tag_that_reads_as_a_digest_is_refused() {
+        for bad in ["abcdef", "0123456789", "sha256", "sha256:abcd"] {
+            let e = TagName::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("digest"), "{bad}: {e}");
+        }
+        // With an explicit tag there is no ambiguity.
+        assert!(TagName::parse("abcdef:v1").is_ok());
+    }
+
+    #[test]
     fn rejects_bad_names() {
         for bad in [
             "",
@@ -156,6 +215,11 @@ mod tests {
             "a//b:v",
             "sha256:xy",
             "x@sha256:12",
+            "a..b:v1",
+            "a-:v1",
+            "-a:v1",
+            "a___b:v1",
+            "a/.b:v1",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }

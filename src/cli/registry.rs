@@ -132,10 +132,10 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     }
     println!("trainable parameters: {total}");
     let mut chain = Vec::new();
-    let mut cur = reg.index.parent(&d)?;
+    let mut cur = reg.parent(&d)?;
     while let Some(p) = cur {
         chain.push(p);
-        cur = reg.index.parent(&p)?;
+        cur = reg.parent(&p)?;
     }
     if chain.is_empty() {
         println!("lineage: (no parent)");
@@ -190,6 +190,12 @@ pub fn gc(root: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {
         human_bytes(freed),
         report.kept.len()
     );
+    if report.uploads_removed > 0 {
+        println!(
+            "deleted {} abandoned upload session(s)",
+            report.uploads_removed
+        );
+    }
     Ok(())
 }
 

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use clap::Args;
+use std::time::Duration;
 use vmt_registry::reference::TagName;
-use vmt_registry::remote::client::{Client, Credentials};
+
+use vmt_registry::remote::client::{Client, Credentials, Timeouts};
 use vmt_registry::remote::server::{serve_blocking, ServeOptions};
 use vmt_registry::remote::transfer::{pull, push, Progress};
 use vmt_registry::remote::RemoteRef;
@@ -23,6 +25,31 @@ pub struct AuthArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Seconds the whole push or pull may take, retries included.
+    #[arg(long, env = "VMT_REMOTE_TIMEOUT", default_value_t = 1800.0)]
+    pub timeout: f64,
+    /// Seconds to wait for any byte from the remote before giving up on a request.
+    #[arg(long, env = "VMT_REMOTE_READ_TIMEOUT", default_value_t = 30.0)]
+    pub read_timeout: f64,
+}
+
+/// A positive number of seconds from flag `--{flag}`.
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        anyhow::bail!("--{flag} must be a positive number of seconds")
+    }
+}
+
+impl AuthArgs {
+    fn timeouts(&self) -> anyhow::Result<Timeouts> {
+        Ok(Timeouts {
+            connect: secs(self.read_timeout.min(10.0), "read-timeout")?,
+            read: secs(self.read_timeout, "read-timeout")?,
+            total: secs(self.timeout, "timeout")?,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +83,25 @@ pub struct ServeArgs {
     /// Largest request body in bytes (larger uploads use several PATCH requests).
     #[arg(long, default_value_t = vmt_registry::remote::server::MAX_BODY)]
     pub max_body: usize,
+    /// Largest blob in bytes (the sum of an upload's chunks).
+    #[arg(long, default_value_t = vmt_registry::remote::server::MAX_BLOB)]
+    pub max_blob: u64,
+    /// Upload sessions open at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_uploads: usize,
+    /// Seconds after which an upload session with no request is deleted.
+    #[arg(long, default_value_t = 3600.0)]
+    pub upload_ttl: f64,
+    /// Seconds a client has to send request headers (also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Longest pause in seconds inside a request body.
+    #[arg(long, default_value_t = 60.0)]
+    pub idle_timeout: f64,
+    /// Connections served at once (more wait in the listen queue).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
 }
 
 fn credentials(a: &AuthArgs) -> anyhow::Result<Credentials> {
@@ -113,7 +159,7 @@ impl Progress for Bar {
 
 pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
-    let client = Client::new(&remote.base, credentials(&a.auth)?);
+    let client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
     let reg = super::registry::open(root)?;
     let r = push(
         &reg,
@@ -137,7 +183,7 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
 pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
     let tag = a.tag.as_deref().map(TagName::parse).transpose()?;
-    let client = Client::new(&remote.base, credentials(&a.auth)?);
+    let client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
     let reg = super::registry::open(root)?;
     let r = pull(
         &reg,
@@ -164,9 +210,15 @@ pub fn run_serve(root: Option<&Path>, a: ServeArgs) -> anyhow::Result<()> {
         ""
     };
     let opts = ServeOptions {
-        addr: a.addr,
         token: a.token,
         max_body: a.max_body,
+        max_blob: a.max_blob,
+        max_uploads: a.max_uploads,
+        upload_ttl: secs(a.upload_ttl, "upload-ttl")?,
+        header_timeout: secs(a.header_timeout, "header-timeout")?,
+        idle_timeout: secs(a.idle_timeout, "idle-timeout")?,
+        max_connections: a.max_connections,
+        ..ServeOptions::new(a.addr)
     };
     serve_blocking(reg, opts, |addr| {
         println!("serving {dir} on http://{addr}{auth}");

@@ -299,6 +299,7 @@ impl BundleConfig {
             ));
         }
         let g = &self.backbone;
+        check_limits(self)?;
         if g.family != "swin" {
             return Err(format!(
                 "backbone.family is {:?}, expected \"swin\"",
@@ -350,6 +351,118 @@ impl BundleConfig {
         }
         Ok(())
     }
+}
+
+/// Sanity limits on a config, checked before anything is sized from it, so that a
+/// hostile `bundle.json` (say `depths: [1000000000, 2, 2, 2]`) is refused by name
+/// instead of exhausting memory. Real Swin variants (T/S/B/L, up to 48 stages deep
+/// in total) are far inside them.
+pub mod limits {
+    /// Stages of the backbone.
+    pub const MAX_STAGES: usize = 8;
+    /// Blocks in one stage.
+    pub const MAX_DEPTH: usize = 64;
+    /// `embed_dim`, and channels of any stage (`embed_dim << i`).
+    pub const MAX_CHANNELS: usize = 16384;
+    /// Attention heads in a stage.
+    pub const MAX_HEADS: usize = 256;
+    /// `window_size` and `patch_size`.
+    pub const MAX_WINDOW: usize = 64;
+    /// `decoder.dim`, `decoder.hidden` and a task's output channels.
+    pub const MAX_DECODER: usize = 4096;
+    /// Tasks in one bundle.
+    pub const MAX_TASKS: usize = 128;
+    /// Trainable parameters of a whole bundle (4 GiB of f32).
+    pub const MAX_PARAMS: u64 = 1 << 30;
+    /// Bytes of a `bundle.json` (configs are a few KiB).
+    pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+}
+
+fn check_limits(cfg: &BundleConfig) -> Result<(), String> {
+    use limits::*;
+    let g = &cfg.backbone;
+    let over = |field: &str, value: usize, max: usize| {
+        format!("{field} = {value} is larger than the limit of {max}")
+    };
+    if g.depths.len() > MAX_STAGES {
+        return Err(over("backbone.depths (stages)", g.depths.len(), MAX_STAGES));
+    }
+    for (i, &d) in g.depths.iter().enumerate() {
+        if d > MAX_DEPTH {
+            return Err(over(&format!("backbone.depths[{i}]"), d, MAX_DEPTH));
+        }
+    }
+    for (i, &h) in g.num_heads.iter().enumerate() {
+        if h > MAX_HEADS {
+            return Err(over(&format!("backbone.num_heads[{i}]"), h, MAX_HEADS));
+        }
+    }
+    if g.embed_dim > MAX_CHANNELS
+        || (g.embed_dim << g.depths.len().saturating_sub(1)) > MAX_CHANNELS
+    {
+        return Err(format!(
+            "backbone.embed_dim = {} gives stages wider than the limit of {MAX_CHANNELS} channels",
+            g.embed_dim
+        ));
+    }
+    if g.window_size > MAX_WINDOW {
+        return Err(over("backbone.window_size", g.window_size, MAX_WINDOW));
+    }
+    if g.patch_size > MAX_WINDOW {
+        return Err(over("backbone.patch_size", g.patch_size, MAX_WINDOW));
+    }
+    if !(g.mlp_ratio.is_finite() && g.mlp_ratio > 0.0 && g.mlp_ratio <= 16.0) {
+        return Err(format!(
+            "backbone.mlp_ratio = {} is not in (0, 16]",
+            g.mlp_ratio
+        ));
+    }
+    if !cfg.adapter.scale.is_finite() {
+        return Err(format!(
+            "adapter.scale = {} is not finite",
+            cfg.adapter.scale
+        ));
+    }
+    if cfg.decoder.dim > MAX_DECODER {
+        return Err(over("decoder.dim", cfg.decoder.dim, MAX_DECODER));
+    }
+    if cfg.decoder.hidden > MAX_DECODER {
+        return Err(over("decoder.hidden", cfg.decoder.hidden, MAX_DECODER));
+    }
+    if cfg.tasks.len() > MAX_TASKS {
+        return Err(over("tasks (count)", cfg.tasks.len(), MAX_TASKS));
+    }
+    for t in &cfg.tasks {
+        if t.channels > MAX_DECODER {
+            return Err(over(
+                &format!("tasks[{:?}].channels", t.name),
+                t.channels,
+                MAX_DECODER,
+            ));
+        }
+    }
+    // Exact count of what `bundle_tensors` would make, in u64; every factor is bounded
+    // above, so nothing overflows.
+    let tasks = cfg.tasks.len() as u64;
+    let (d, hidden) = (cfg.decoder.dim as u64, cfg.decoder.hidden as u64);
+    let dims = g.stage_dims();
+    let mut params = 0u64;
+    for (&c, &depth) in dims.iter().zip(&g.depths) {
+        let (c, r) = (c as u64, cfg.adapter.bottleneck(c) as u64);
+        params += depth as u64 * (2 * c * r + r + c + tasks * 2 * c);
+        params += tasks * (2 * c + d * c + d);
+    }
+    params += cfg
+        .tasks
+        .iter()
+        .map(|t| hidden * (dims.len() as u64 * d) + 3 * hidden + (t.channels as u64 + 1) * hidden)
+        .sum::<u64>();
+    if params > MAX_PARAMS {
+        return Err(format!(
+            "the config implies about {params} trainable parameters, more than the limit of {MAX_PARAMS}"
+        ));
+    }
+    Ok(())
 }
 
 /// Task names become part of tensor and component names: keep them simple.

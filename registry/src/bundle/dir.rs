@@ -24,14 +24,31 @@ pub struct BundleDir {
 
 /// Reads and validates `bundle.json` (format, tasks, geometry).
 pub fn read_config(path: &Path) -> Result<BundleConfig> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+    let max = super::limits::MAX_CONFIG_BYTES;
+    let bytes = read_bounded(path, max).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::MissingFile {
             path: path.into(),
             what: "a bundle directory needs bundle.json",
         },
+        std::io::ErrorKind::FileTooLarge => Error::BadBundle {
+            path: path.into(),
+            reason: format!("larger than the {max} bytes a bundle.json may have"),
+        },
         _ => Error::io(path, e),
     })?;
     parse_config(&bytes, path)
+}
+
+/// Reads at most `max` bytes of a file; a longer file is `FileTooLarge` (never read whole).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
+    Ok(out)
 }
 
 /// Parses and validates bundle.json bytes; `origin` names the file in errors.
@@ -138,15 +155,40 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
+/// Refuses NaN and infinite weights (they would make every prediction NaN).
+pub fn check_finite(t: &RawTensor, name: &str, file: &Path) -> Result<()> {
+    let bad = t
+        .data
+        .chunks_exact(4)
+        .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite());
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite {
+            file: file.into(),
+            name: name.into(),
+            index: i,
+        }),
+    }
+}
+
 /// The bundle must hold exactly the tensors its config implies.
 pub fn check_tensors(
     config: &BundleConfig,
     tensors: &BTreeMap<String, RawTensor>,
     origin: &Path,
 ) -> Result<()> {
+    check_specs(&bundle_tensors(config), tensors, config, origin)
+}
+
+/// `tensors` must be exactly `specs` (of `config`): names, F32, shapes, finite values.
+pub(crate) fn check_specs(
+    specs: &[super::layout::TensorSpec],
+    tensors: &BTreeMap<String, RawTensor>,
+    config: &BundleConfig,
+    origin: &Path,
+) -> Result<()> {
     let file = PathBuf::from(origin);
-    let specs = bundle_tensors(config);
-    for spec in &specs {
+    for spec in specs {
         let t = tensors
             .get(&spec.name)
             .ok_or_else(|| Error::MissingTensor {
@@ -168,6 +210,7 @@ pub fn check_tensors(
                 found: t.shape.clone(),
             });
         }
+        check_finite(t, &spec.name, &file)?;
     }
     if tensors.len() != specs.len() {
         let known: std::collections::HashSet<&str> =
@@ -177,6 +220,9 @@ pub fn check_tensors(
                 None => "names start with adapter. or tasks.<task>.".to_string(),
                 Some(c) if c.starts_with("task/") && config.task(&c[5..]).is_none() => {
                     format!("bundle.json has no task {:?}", &c[5..])
+                }
+                Some(c) if specs.iter().all(|s| s.component != c) => {
+                    format!("it belongs to component {c}, not to this one")
                 }
                 Some(_) => "bundle.json's geometry implies no such tensor".to_string(),
             };

@@ -2,13 +2,52 @@
 //! token flow a registry announces in `WWW-Authenticate`), retries with backoff on 5xx
 //! and connection errors, and OCI error bodies turned into messages.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
 
 use base64::Engine;
 
+use crate::digest::Digest;
 use crate::error::{Error, Result};
+
+/// How long a remote operation may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to the host.
+    pub connect: Duration,
+    /// Waiting for any byte (a server that stops answering).
+    pub read: Duration,
+    /// The whole operation (a push or a pull), retries included (a server that drips).
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    /// 10 s to connect, 30 s between bytes, 30 minutes in all.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+            total: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Text from a remote made safe to print: control characters (ANSI escapes among
+/// them) are shown escaped, and the length is bounded.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(300) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Credentials for a remote. Never printed: `Debug` redacts them.
 #[derive(Clone, Default)]
@@ -48,17 +87,53 @@ impl Reply {
             .into_reader()
             .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Error::Remote {
-                remote: remote.into(),
-                reason: format!("reading {what}: {e}"),
-            })?;
+            .map_err(|e| Error::remote(remote, None, format!("reading {what}: {e}")))?;
         if out.len() as u64 > limit {
-            return Err(Error::Remote {
-                remote: remote.into(),
-                reason: format!("{what} is larger than the {limit} bytes expected"),
-            });
+            return Err(Error::remote(
+                remote,
+                None,
+                format!("{what} is larger than the {limit} bytes expected"),
+            ));
         }
         Ok(out)
+    }
+
+    /// Streams the body into `out`, hashing it, refusing more than `limit` bytes
+    /// (memory stays constant whatever the server sends). Returns size and digest.
+    pub fn copy_to(
+        self,
+        out: &mut impl Write,
+        limit: u64,
+        what: &str,
+        remote: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(u64, Digest)> {
+        let mut reader = self.response.into_reader().take(limit + 1);
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| Error::remote(remote, None, format!("reading {what}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > limit {
+                return Err(Error::remote(
+                    remote,
+                    None,
+                    format!("{what} is larger than the {limit} bytes its manifest declares"),
+                ));
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::remote(remote, None, format!("storing {what}: {e}")))?;
+            progress(n as u64);
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        Ok((total, Digest::from_bytes(digest)))
     }
 }
 
@@ -70,6 +145,9 @@ pub struct Client {
     /// A token obtained from the registry's token endpoint.
     bearer: Mutex<Option<String>>,
     pub retries: u32,
+    timeouts: Timeouts,
+    /// When the whole operation must have finished.
+    deadline: Instant,
 }
 
 /// `Bearer realm="...",service="...",scope="..."` -> (scheme, params).
@@ -119,10 +197,17 @@ fn oci_error(body: &str) -> Option<String> {
 }
 
 impl Client {
+    /// A client with the default [`Timeouts`].
     pub fn new(base: &str, creds: Credentials) -> Self {
+        Self::with_timeouts(base, creds, Timeouts::default())
+    }
+
+    /// A client whose operation must finish within `timeouts.total` from now.
+    pub fn with_timeouts(base: &str, creds: Credentials, timeouts: Timeouts) -> Self {
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(60))
+            .timeout_connect(timeouts.connect)
+            .timeout_read(timeouts.read)
+            .timeout_write(timeouts.read)
             .build();
         Self {
             agent,
@@ -130,7 +215,26 @@ impl Client {
             creds,
             bearer: Mutex::new(None),
             retries: 3,
+            timeouts,
+            deadline: Instant::now() + timeouts.total,
         }
+    }
+
+    /// Time left before the operation's deadline, or the error that says it passed.
+    fn remaining(&self, what: &str) -> Result<Duration> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                Error::remote(
+                    &self.base,
+                    None,
+                    format!(
+                        "{what}: not finished within the {} s deadline (--timeout)",
+                        self.timeouts.total.as_secs_f64()
+                    ),
+                )
+            })
     }
 
     /// Absolute URL for a path or a (possibly relative) Location header.
@@ -174,7 +278,10 @@ impl Client {
                 reason: "the registry wants a bearer token and offers no token service: set VMT_REGISTRY_TOKEN".into(),
             });
         }
-        let mut req = self.agent.get(&realm);
+        let mut req = self
+            .agent
+            .get(&realm)
+            .timeout(self.remaining("token request")?);
         for k in ["service", "scope"] {
             if let Some(v) = get(k) {
                 req = req.query(k, &v);
@@ -187,12 +294,23 @@ impl Client {
             remote: self.base.clone(),
             reason: match e {
                 ureq::Error::Status(code, _) => format!(
-                    "the token service {realm} answered HTTP {code} (wrong user or password?)"
+                    "the token service {} answered HTTP {code} (wrong user or password?)",
+                    sanitize(&realm)
                 ),
-                ureq::Error::Transport(t) => format!("cannot reach the token service {realm}: {t}"),
+                ureq::Error::Transport(t) => format!(
+                    "cannot reach the token service {}: {}",
+                    sanitize(&realm),
+                    sanitize(&t.to_string())
+                ),
             },
         })?;
-        let text = resp.into_string().map_err(|e| Error::Auth {
+        let mut text = String::new();
+        let read = resp
+            .into_reader()
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .map(|_| ());
+        read.map_err(|e| Error::Auth {
             remote: self.base.clone(),
             reason: format!("token reply: {e}"),
         })?;
@@ -223,7 +341,10 @@ impl Client {
         let mut authed_after_challenge = false;
         let mut attempt = 0;
         loop {
-            let mut req = self.agent.request(method, &self.url(url));
+            let mut req = self
+                .agent
+                .request(method, &self.url(url))
+                .timeout(self.remaining(what)?);
             for (k, v) in headers {
                 req = req.set(k, v);
             }
@@ -270,33 +391,39 @@ impl Client {
                         .unwrap_or_default();
                     return Err(Error::Auth {
                         remote: self.base.clone(),
-                        reason: format!("{what}: HTTP {code} {detail}").trim().to_string(),
+                        reason: format!("{what}: HTTP {code} {}", sanitize(&detail))
+                            .trim()
+                            .to_string(),
                     });
                 }
                 Err(ureq::Error::Status(code, resp)) if code >= 500 && attempt < self.retries => {
                     drop(resp);
                     attempt += 1;
-                    std::thread::sleep(backoff(attempt));
+                    std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
                 }
                 Err(ureq::Error::Status(code, resp)) => {
-                    let body = resp.into_string().unwrap_or_default();
-                    let detail =
-                        oci_error(&body).unwrap_or_else(|| body.chars().take(200).collect());
-                    return Err(Error::Remote {
-                        remote: self.base.clone(),
-                        reason: format!("{what}: HTTP {code} {detail}").trim().to_string(),
-                    });
+                    let mut body = String::new();
+                    let _ = resp.into_reader().take(64 << 10).read_to_string(&mut body);
+                    let detail = oci_error(&body).unwrap_or(body);
+                    return Err(Error::remote(
+                        &self.base,
+                        Some(code),
+                        format!("{what}: HTTP {code} {}", sanitize(&detail))
+                            .trim()
+                            .to_string(),
+                    ));
                 }
                 Err(ureq::Error::Transport(t)) if attempt < self.retries => {
                     tracing::debug!("{what}: {t}; retrying");
                     attempt += 1;
-                    std::thread::sleep(backoff(attempt));
+                    std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    return Err(Error::Remote {
-                        remote: self.base.clone(),
-                        reason: format!("{what}: {t}"),
-                    });
+                    return Err(Error::remote(
+                        &self.base,
+                        None,
+                        format!("{what}: {}", sanitize(&t.to_string())),
+                    ));
                 }
             }
         }
@@ -306,7 +433,9 @@ impl Client {
     pub fn exists(&self, path: &str, what: &str) -> Result<bool> {
         match self.send("HEAD", path, &[], None, what) {
             Ok(_) => Ok(true),
-            Err(Error::Remote { reason, .. }) if reason.contains("HTTP 404") => Ok(false),
+            Err(Error::Remote {
+                status: Some(404), ..
+            }) => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -36,30 +36,7 @@ impl std::fmt::Display for RemoteTarget {
     }
 }
 
-/// Whether a repository name is valid (OCI distribution-spec grammar, lowercase).
-pub fn valid_repo_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && part.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-                })
-                && !part.contains("..")
-        })
-}
-
-/// Whether a tag is valid (OCI: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
-pub fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 128
-        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
+pub use crate::reference::{valid_name as valid_repo_name, valid_tag};
 
 impl RemoteRef {
     pub fn parse(s: &str, insecure: bool) -> Result<Self> {

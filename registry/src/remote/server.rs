@@ -2,23 +2,42 @@
 //! listing and the catalog) answered from a local registry.
 //!
 //! Blobs are shared by all repositories of the server (the store is content-addressed),
-//! so a blob pushed under one name is found under every name. Request bodies are bounded,
-//! repository names are checked against the OCI grammar (no `..`), every blob is checked
-//! against its digest, and errors use the spec's codes.
+//! so a blob pushed under one name is found under every name.
+//!
+//! What a hostile client can make it do is bounded:
+//! - the bearer token is checked before any body is read;
+//! - connections are capped ([`ServeOptions::max_connections`]) and closed when the
+//!   client sends no request headers within [`ServeOptions::header_timeout`] (idle
+//!   keep-alive connections included) or stalls a body for [`ServeOptions::idle_timeout`];
+//! - request bodies are streamed to disk, never held whole: at most
+//!   [`ServeOptions::max_body`] per request and [`ServeOptions::max_blob`] per blob;
+//! - upload sessions are bounded in number ([`ServeOptions::max_uploads`]), expire
+//!   after [`ServeOptions::upload_ttl`] without a request, and are removed at start
+//!   and by `gc`; `Content-Range` must continue the session exactly;
+//! - a manifest is stored (201) only when the whole bundle validates, as `export`
+//!   would: components match the config, tensors have their names, shapes and dtype,
+//!   values are finite, declared sizes are the real ones;
+//! - a blob whose file no longer hashes to its digest is neither served nor vouched
+//!   for by HEAD (it answers 404 and logs it, so that a push uploads it again);
+//! - error bodies never show server paths (details go to the log).
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{valid_repo_name, valid_tag};
+use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
 use crate::bundle::dir::parse_config;
 use crate::digest::Digest;
 use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
@@ -27,20 +46,65 @@ use crate::store::Registry;
 
 /// Default largest request body (one PUT or PATCH).
 pub const MAX_BODY: usize = 256 << 20;
-/// Largest manifest accepted.
-pub const MAX_MANIFEST: usize = 4 << 20;
+/// Default largest blob (a whole upload session).
+pub const MAX_BLOB: u64 = 4 << 30;
+
+/// Options of `vmt-hub serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    /// Require `Authorization: Bearer <token>` on every request.
+    pub token: Option<String>,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Largest blob in bytes (all chunks of an upload session).
+    pub max_blob: u64,
+    /// Upload sessions open at once.
+    pub max_uploads: usize,
+    /// An upload session with no request for this long is deleted.
+    pub upload_ttl: Duration,
+    /// Time a client has to send a request's headers (and how long an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// Longest pause inside a request body.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl ServeOptions {
+    /// The defaults: 256 MiB bodies, 4 GiB blobs, 64 uploads that expire after an
+    /// hour, 10 s for headers, 60 s of body silence, 256 connections.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            token: None,
+            max_body: MAX_BODY,
+            max_blob: MAX_BLOB,
+            max_uploads: 64,
+            upload_ttl: Duration::from_secs(3600),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+}
 
 struct Upload {
     path: PathBuf,
     size: u64,
+    touched: Instant,
+    /// A request is writing to it.
+    busy: bool,
 }
 
-pub struct ServerState {
+struct ServerState {
     reg: Registry,
     uploads_dir: PathBuf,
     uploads: Mutex<HashMap<String, Upload>>,
-    token: Option<String>,
-    max_body: usize,
+    /// Blobs hashed and found intact: digest -> (size, mtime) at that time.
+    verified: Mutex<HashMap<Digest, (u64, SystemTime)>>,
+    opts: ServeOptions,
 }
 
 type Shared = Arc<ServerState>;
@@ -55,49 +119,130 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A server-side failure: logged in full, answered without details (no paths).
 fn internal(e: impl std::fmt::Display) -> Response {
-    oci_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
+    tracing::error!("internal error: {e}");
+    oci_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN",
+        "internal server error (details are in the server's log)",
+    )
 }
 
-/// Builds the router over an open registry.
-pub fn router(reg: Registry, token: Option<String>, max_body: usize) -> std::io::Result<Router> {
-    let uploads_dir = reg.root().join("tmp").join("uploads");
+fn not_allowed() -> Response {
+    oci_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNSUPPORTED",
+        "method not allowed",
+    )
+}
+
+/// Builds the router over an open registry. Upload sessions left by an earlier run
+/// are removed.
+pub fn router(reg: Registry, opts: ServeOptions) -> std::io::Result<Router> {
+    Ok(router_and_state(reg, opts)?.0)
+}
+
+fn router_and_state(reg: Registry, opts: ServeOptions) -> std::io::Result<(Router, Shared)> {
+    let uploads_dir = reg.blob_store().uploads_dir();
     std::fs::create_dir_all(&uploads_dir)?;
+    let _ = reg.blob_store().clean_uploads();
     let state = Arc::new(ServerState {
         reg,
         uploads_dir,
         uploads: Mutex::new(HashMap::new()),
-        token,
-        max_body,
+        verified: Mutex::new(HashMap::new()),
+        opts,
     });
-    Ok(Router::new()
+    let router = Router::new()
         .fallback(handle)
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state))
+        .with_state(Arc::clone(&state));
+    Ok((router, state))
 }
 
-/// Serves until the process is stopped.
-/// Options of `vmt-hub serve`.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub addr: SocketAddr,
-    pub token: Option<String>,
-    pub max_body: usize,
-}
-
+/// Serves until Ctrl-C; `ready` gets the bound address (useful with port 0).
 pub async fn serve(
     reg: Registry,
     opts: ServeOptions,
     ready: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
+    serve_until(reg, opts, ready, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serves until `shutdown` completes, then lets requests in flight finish (10 s at most).
+pub async fn serve_until(
+    reg: Registry,
+    opts: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.addr).await?;
     ready(listener.local_addr()?);
-    // Ctrl-C lets requests in flight finish; the index is flushed after every publish.
-    axum::serve(listener, router(reg, opts.token, opts.max_body)?)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+    let max = opts.max_connections.max(1);
+    let header_timeout = opts.header_timeout;
+    let (app, state) = router_and_state(reg, opts)?;
+    let sweeper = {
+        let state = Arc::clone(&state);
+        let every = state
+            .opts
+            .upload_ttl
+            .clamp(Duration::from_millis(200), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                expire_uploads(&state);
+            }
         })
-        .await
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(max));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore open"),
+            _ = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+    sweeper.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(max as u32)).await;
+    Ok(())
+}
+
+/// Runs [`serve`] on its own tokio runtime until the process stops.
+pub fn serve_blocking(
+    reg: Registry,
+    opts: ServeOptions,
+    ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(reg, opts, ready))
 }
 
 /// What a `/v2/...` path asks for.
@@ -109,6 +254,19 @@ enum Route {
     UploadStart(String),
     Upload(String, String),
     Blob(String, String),
+}
+
+impl Route {
+    fn name(&self) -> Option<&str> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::UploadStart(n)
+            | Route::Upload(n, _)
+            | Route::Blob(n, _) => Some(n),
+        }
+    }
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -148,15 +306,21 @@ fn query(uri: &Uri, key: &str) -> Option<String> {
     })
 }
 
-async fn handle(
-    State(st): State<Shared>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(t) = &st.token {
-        let ok = headers.get("Authorization").and_then(|v| v.to_str().ok())
+/// Runs registry work (file and index I/O) off the async threads.
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(internal)
+}
+
+async fn handle(State(st): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // Authentication comes first: an unauthenticated body is never read.
+    if let Some(t) = &st.opts.token {
+        let ok = parts
+            .headers
+            .get("Authorization")
+            .and_then(|v| v.to_str().ok())
             == Some(&format!("Bearer {t}"));
         if !ok {
             let mut r = oci_error(
@@ -168,94 +332,191 @@ async fn handle(
                 "WWW-Authenticate",
                 HeaderValue::from_static("Bearer realm=\"vmt-hub\",service=\"vmt-hub\""),
             );
+            r.headers_mut()
+                .insert("Connection", HeaderValue::from_static("close"));
             return r;
         }
     }
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let Some(route) = route(uri.path()) else {
         return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown endpoint");
     };
-    let name_ok = |n: &str| valid_repo_name(n);
-    let st2 = Arc::clone(&st);
-    let result = tokio::task::spawn_blocking(move || {
-        let st = st2;
-        match route {
-            Route::Base => (
-                StatusCode::OK,
-                [("Docker-Distribution-API-Version", "registry/2.0")],
-                "{}",
-            )
-                .into_response(),
-            Route::Catalog => catalog(&st),
-            Route::Tags(n) if name_ok(&n) => tags(&st, &n),
-            Route::Manifest(n, r) if name_ok(&n) => match method {
-                Method::GET | Method::HEAD => get_manifest(&st, &n, &r, method == Method::HEAD),
-                Method::PUT => put_manifest(&st, &n, &r, &body),
-                _ => oci_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "UNSUPPORTED",
-                    "method not allowed",
-                ),
-            },
-            Route::UploadStart(n) if name_ok(&n) && method == Method::POST => {
-                start_upload(&st, &n, &uri, &body)
-            }
-            Route::Upload(n, id) if name_ok(&n) => match method {
-                Method::PATCH => patch_upload(&st, &n, &id, &headers, &body),
-                Method::PUT => finish_upload(&st, &n, &id, &uri, &body),
-                Method::GET => upload_status(&st, &n, &id),
-                Method::DELETE => {
-                    if let Some(u) = st.uploads.lock().expect("lock").remove(&id) {
-                        let _ = std::fs::remove_file(u.path);
-                    }
-                    StatusCode::NO_CONTENT.into_response()
-                }
-                _ => oci_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "UNSUPPORTED",
-                    "method not allowed",
-                ),
-            },
-            Route::Blob(n, d) if name_ok(&n) => match method {
-                Method::GET | Method::HEAD => get_blob(&st, &d, method == Method::HEAD),
-                _ => oci_error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "UNSUPPORTED",
-                    "method not allowed",
-                ),
-            },
-            Route::UploadStart(_) if method != Method::POST => oci_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNSUPPORTED",
-                "method not allowed",
-            ),
-            _ => oci_error(
-                StatusCode::BAD_REQUEST,
-                "NAME_INVALID",
-                "invalid repository name",
-            ),
+    if route.name().is_some_and(|n| !valid_repo_name(n)) {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            "invalid repository name",
+        );
+    }
+    match (route, method) {
+        (Route::Base, _) => (
+            StatusCode::OK,
+            [("Docker-Distribution-API-Version", "registry/2.0")],
+            "{}",
+        )
+            .into_response(),
+        (Route::Catalog, Method::GET) => blocking(move || catalog(&st, &uri)).await,
+        (Route::Tags(n), Method::GET) => blocking(move || tags(&st, &n, &uri)).await,
+        (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
+            blocking(move || get_manifest(&st, &n, &r, m == Method::HEAD)).await
         }
-    })
-    .await;
-    result.unwrap_or_else(internal)
+        (Route::Manifest(n, r), Method::PUT) => {
+            let bytes = match read_small_body(&st, body, MAX_MANIFEST_BYTES).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            blocking(move || put_manifest(&st, &n, &r, &bytes)).await
+        }
+        (Route::UploadStart(n), Method::POST) => start_upload(&st, &n, &uri, body).await,
+        (Route::Upload(n, id), Method::PATCH) => {
+            match append(&st, &id, Some(&headers), body).await {
+                Ok(size) => (StatusCode::ACCEPTED, upload_headers(&n, &id, size)).into_response(),
+                Err(r) => r,
+            }
+        }
+        (Route::Upload(n, id), Method::PUT) => finish_upload(&st, &n, &id, &uri, body).await,
+        (Route::Upload(n, id), Method::GET) => upload_status(&st, &n, &id),
+        (Route::Upload(_, id), Method::DELETE) => {
+            if let Some(u) = st.uploads.lock().expect("lock").remove(&id) {
+                let _ = std::fs::remove_file(u.path);
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
+            get_blob(&st, &d, m == Method::HEAD).await
+        }
+        _ => not_allowed(),
+    }
 }
 
-fn catalog(st: &ServerState) -> Response {
-    match st.reg.index.tags() {
+/// Reads a body of at most `limit` bytes into memory (manifests).
+async fn read_small_body(st: &ServerState, body: Body, limit: u64) -> Result<Vec<u8>, Response> {
+    let mut out = Vec::new();
+    let mut stream = body.into_data_stream();
+    loop {
+        match tokio::time::timeout(st.opts.idle_timeout, stream.next()).await {
+            Err(_) => return Err(body_timeout()),
+            Ok(None) => return Ok(out),
+            Ok(Some(Err(e))) => return Err(bad_body(e)),
+            Ok(Some(Ok(chunk))) => {
+                if out.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(too_large(&format!("the body is larger than {limit} bytes")));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn body_timeout() -> Response {
+    oci_error(
+        StatusCode::REQUEST_TIMEOUT,
+        "BLOB_UPLOAD_INVALID",
+        "the request body stalled",
+    )
+}
+
+fn bad_body(e: impl std::fmt::Display) -> Response {
+    tracing::debug!("request body: {e}");
+    oci_error(
+        StatusCode::BAD_REQUEST,
+        "BLOB_UPLOAD_INVALID",
+        "the request body could not be read",
+    )
+}
+
+fn too_large(message: &str) -> Response {
+    oci_error(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", message)
+}
+
+/// Streams a request body onto the end of `path`, refusing more than `limit` bytes
+/// in this request; returns the bytes written.
+async fn stream_body(
+    st: &ServerState,
+    body: Body,
+    path: &Path,
+    limit: u64,
+) -> Result<u64, Response> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .await
+        .map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    loop {
+        match tokio::time::timeout(st.opts.idle_timeout, stream.next()).await {
+            Err(_) => return Err(body_timeout()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(bad_body(e)),
+            Ok(Some(Ok(chunk))) => {
+                written += chunk.len() as u64;
+                if written > limit {
+                    return Err(too_large(&format!(
+                        "more than the {limit} bytes allowed here"
+                    )));
+                }
+                file.write_all(&chunk).await.map_err(internal)?;
+            }
+        }
+    }
+    file.flush().await.map_err(internal)?;
+    Ok(written)
+}
+
+/// The repositories: names with at least one tag, in order, paginated with `n` and
+/// `last` as the distribution spec says.
+fn catalog(st: &ServerState, uri: &Uri) -> Response {
+    match st.reg.tag_list() {
         Ok(tags) => {
             let names: BTreeSet<String> = tags
                 .iter()
                 .filter_map(|(t, _)| t.rsplit_once(':').map(|(n, _)| n.to_string()))
                 .collect();
-            axum::Json(serde_json::json!({"repositories": names})).into_response()
+            let (page, link) = paginate(names.into_iter().collect(), uri, "/v2/_catalog");
+            with_link(
+                axum::Json(serde_json::json!({"repositories": page})).into_response(),
+                link,
+            )
         }
         Err(e) => internal(e),
     }
 }
 
-fn tags(st: &ServerState, name: &str) -> Response {
-    match st.reg.index.tags() {
+/// One page of a sorted list: the items after `last`, at most `n` of them, and the
+/// `Link` to the next page when there are more.
+fn paginate(items: Vec<String>, uri: &Uri, path: &str) -> (Vec<String>, Option<String>) {
+    let last = query(uri, "last");
+    let n = query(uri, "n").and_then(|n| n.parse::<usize>().ok());
+    let after: Vec<String> = items
+        .into_iter()
+        .filter(|i| last.as_ref().is_none_or(|l| i > l))
+        .collect();
+    match n {
+        Some(n) if after.len() > n => {
+            let page: Vec<String> = after.into_iter().take(n).collect();
+            let link = format!(
+                "<{path}?n={n}&last={}>; rel=\"next\"",
+                page.last().map(String::as_str).unwrap_or("")
+            );
+            (page, Some(link))
+        }
+        _ => (after, None),
+    }
+}
+
+fn with_link(mut r: Response, link: Option<String>) -> Response {
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert("Link", l);
+    }
+    r
+}
+
+fn tags(st: &ServerState, name: &str, uri: &Uri) -> Response {
+    match st.reg.tag_list() {
         Ok(all) => {
-            let tags: Vec<String> = all
+            let mut tags: Vec<String> = all
                 .iter()
                 .filter_map(|(t, _)| {
                     t.rsplit_once(':')
@@ -270,7 +531,12 @@ fn tags(st: &ServerState, name: &str) -> Response {
                     &format!("repository {name} is not known"),
                 );
             }
-            axum::Json(serde_json::json!({"name": name, "tags": tags})).into_response()
+            tags.sort();
+            let (page, link) = paginate(tags, uri, &format!("/v2/{name}/tags/list"));
+            with_link(
+                axum::Json(serde_json::json!({"name": name, "tags": page})).into_response(),
+                link,
+            )
         }
         Err(e) => internal(e),
     }
@@ -286,7 +552,7 @@ fn manifest_digest(
         let d: Digest = reference
             .parse()
             .map_err(|_| oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest"))?;
-        return Ok(st.reg.index.manifest(&d).map_err(internal)?.map(|_| d));
+        return Ok(st.reg.knows_manifest(&d).map_err(internal)?.then_some(d));
     }
     if !valid_tag(reference) {
         return Err(oci_error(
@@ -296,8 +562,7 @@ fn manifest_digest(
         ));
     }
     st.reg
-        .index
-        .tag(&format!("{name}:{reference}"))
+        .tag_target(&format!("{name}:{reference}"))
         .map_err(internal)
 }
 
@@ -313,7 +578,7 @@ fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Re
         }
         Err(r) => return r,
     };
-    match st.reg.blobs.get(&d, "manifest") {
+    match st.reg.blob(&d, "manifest") {
         Ok(bytes) => {
             let len = bytes.len().to_string();
             let headers = [
@@ -331,38 +596,51 @@ fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Re
     }
 }
 
-fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> Response {
-    if body.len() > MAX_MANIFEST {
-        return oci_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "SIZE_INVALID",
-            "manifest too large",
-        );
-    }
-    let d = Digest::of(body);
-    let manifest = match Manifest::parse(body) {
-        Ok(m) => m,
-        Err(reason) => return oci_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &reason),
-    };
+fn manifest_invalid(reason: impl std::fmt::Display) -> Response {
+    oci_error(
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_INVALID",
+        &reason.to_string(),
+    )
+}
+
+/// Validates the whole bundle a manifest describes, from blobs already uploaded: the
+/// same checks as `export` and `pull`. Nothing is stored unless all pass.
+#[allow(clippy::result_large_err)] // the error is the ready response
+fn validate_pushed(st: &ServerState, body: &[u8]) -> Result<crate::bundle::BundleConfig, Response> {
+    let manifest = Manifest::parse(body).map_err(manifest_invalid)?;
+    check_manifest(&manifest, "manifest").map_err(manifest_invalid)?;
     for desc in manifest.blobs() {
-        if st.reg.blobs.size(&desc.digest) != Some(desc.size) {
-            return oci_error(
+        if st.reg.blob_store().size(&desc.digest) != Some(desc.size) {
+            return Err(oci_error(
                 StatusCode::BAD_REQUEST,
                 "MANIFEST_BLOB_UNKNOWN",
-                &format!("blob {} is not uploaded", desc.digest),
-            );
+                &format!(
+                    "blob {} of {} bytes is not uploaded",
+                    desc.digest, desc.size
+                ),
+            ));
         }
     }
-    let config = match st
+    let config = st
         .reg
-        .blobs
-        .get(&manifest.config.digest, "config")
-        .map_err(|e| e.to_string())
-        .and_then(|b| parse_config(&b, std::path::Path::new("config")).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(reason) => return oci_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", &reason),
-    };
+        .blob(&manifest.config.digest, "config")
+        .map_err(manifest_invalid)
+        .and_then(|b| parse_config(&b, Path::new("config")).map_err(manifest_invalid))?;
+    check_layers(&manifest, &config, "manifest").map_err(manifest_invalid)?;
+    for layer in &manifest.layers {
+        let title = layer.title().unwrap_or("?");
+        let bytes = st
+            .reg
+            .blob(&layer.digest, title)
+            .map_err(manifest_invalid)?;
+        check_component(&config, title, &bytes, "manifest").map_err(manifest_invalid)?;
+    }
+    Ok(config)
+}
+
+fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> Response {
+    let d = Digest::of(body);
     let tag = if reference.starts_with("sha256:") {
         if reference != d.to_string() {
             return oci_error(
@@ -380,12 +658,12 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
     } else {
         return oci_error(StatusCode::BAD_REQUEST, "TAG_INVALID", "invalid tag");
     };
-    let stored = match &tag {
-        Some(t) => st.reg.store_manifest(body, &[], t, &config).map(|_| ()),
-        None => st.reg.store_untagged_manifest(body, &config),
+    let config = match validate_pushed(st, body) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    match stored {
-        Ok(()) => (
+    match st.reg.store_manifest(body, tag.as_ref(), &config) {
+        Ok(_) => (
             StatusCode::CREATED,
             [
                 ("Location", format!("/v2/{name}/manifests/{d}")),
@@ -397,14 +675,43 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
     }
 }
 
-fn new_upload(st: &ServerState) -> std::io::Result<String> {
+/// Deletes upload sessions idle for longer than the TTL.
+fn expire_uploads(st: &ServerState) {
+    let ttl = st.opts.upload_ttl;
+    let mut uploads = st.uploads.lock().expect("lock");
+    uploads.retain(|id, u| {
+        let keep = u.busy || u.touched.elapsed() < ttl;
+        if !keep {
+            tracing::info!("upload {id} expired");
+            let _ = std::fs::remove_file(&u.path);
+        }
+        keep
+    });
+}
+
+#[allow(clippy::result_large_err)] // the error is the ready response
+fn new_upload(st: &ServerState) -> Result<String, Response> {
+    expire_uploads(st);
+    let mut uploads = st.uploads.lock().expect("lock");
+    if uploads.len() >= st.opts.max_uploads {
+        return Err(oci_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "too many upload sessions are open; finish or cancel one, or try later",
+        ));
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let path = st.uploads_dir.join(&id);
-    std::fs::File::create(&path)?;
-    st.uploads
-        .lock()
-        .expect("lock")
-        .insert(id.clone(), Upload { path, size: 0 });
+    std::fs::File::create(&path).map_err(internal)?;
+    uploads.insert(
+        id.clone(),
+        Upload {
+            path,
+            size: 0,
+            touched: Instant::now(),
+            busy: false,
+        },
+    );
     Ok(id)
 }
 
@@ -416,35 +723,44 @@ fn upload_headers(name: &str, id: &str, size: u64) -> [(&'static str, String); 3
     ]
 }
 
-/// Checks bytes against the digest a client names, then stores them.
-fn store_blob(st: &ServerState, name: &str, digest: &str, bytes: &[u8]) -> Response {
+/// Moves a received file into the store as blob `digest` (hashing it first).
+async fn store_file(st: &Shared, name: &str, digest: &str, file: PathBuf) -> Response {
     let Ok(want) = digest.parse::<Digest>() else {
+        let _ = std::fs::remove_file(&file);
         return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
     };
-    if Digest::of(bytes) != want {
-        return oci_error(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-            &format!("the uploaded bytes do not match {want}"),
-        );
-    }
-    match st.reg.blobs.put(bytes) {
-        Ok(_) => (
-            StatusCode::CREATED,
-            [
-                ("Location", format!("/v2/{name}/blobs/{want}")),
-                ("Docker-Content-Digest", want.to_string()),
-            ],
-        )
-            .into_response(),
-        Err(e) => internal(e),
-    }
+    let st = Arc::clone(st);
+    let name = name.to_string();
+    blocking(move || {
+        let stored = st.reg.blob_store().put_file(&file, &want);
+        let _ = std::fs::remove_file(&file);
+        match stored {
+            Ok(_) => {
+                st.verified.lock().expect("lock").remove(&want);
+                (
+                    StatusCode::CREATED,
+                    [
+                        ("Location", format!("/v2/{name}/blobs/{want}")),
+                        ("Docker-Content-Digest", want.to_string()),
+                    ],
+                )
+                    .into_response()
+            }
+            Err(crate::Error::DigestMismatch { .. }) => oci_error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                &format!("the uploaded bytes do not match {want}"),
+            ),
+            Err(e) => internal(e),
+        }
+    })
+    .await
 }
 
-fn start_upload(st: &ServerState, name: &str, uri: &Uri, body: &[u8]) -> Response {
+async fn start_upload(st: &Shared, name: &str, uri: &Uri, body: Body) -> Response {
     if let Some(d) = query(uri, "mount") {
         if let Ok(d) = d.parse::<Digest>() {
-            if st.reg.blobs.contains(&d) {
+            if blob_intact(st, d).await == Some(true) {
                 return (
                     StatusCode::CREATED,
                     [
@@ -457,70 +773,120 @@ fn start_upload(st: &ServerState, name: &str, uri: &Uri, body: &[u8]) -> Respons
         }
     }
     if let Some(d) = query(uri, "digest") {
-        return store_blob(st, name, &d, body);
+        // A monolithic upload: the body is the whole blob.
+        let tmp = st
+            .uploads_dir
+            .join(format!("mono-{}", uuid::Uuid::new_v4()));
+        let limit = st.opts.max_blob.min(st.opts.max_body as u64);
+        if let Err(r) = stream_body(st, body, &tmp, limit).await {
+            let _ = std::fs::remove_file(&tmp);
+            return r;
+        }
+        return store_file(st, name, &d, tmp).await;
     }
     match new_upload(st) {
         Ok(id) => (StatusCode::ACCEPTED, upload_headers(name, &id, 0)).into_response(),
-        Err(e) => internal(e),
+        Err(r) => r,
     }
 }
 
+/// Claims an upload session for one request: its file and size.
 #[allow(clippy::result_large_err)] // the error is the ready response
-fn append(
-    st: &ServerState,
-    id: &str,
-    headers: Option<&HeaderMap>,
-    body: &[u8],
-) -> Result<u64, Response> {
+fn claim(st: &ServerState, id: &str) -> Result<(PathBuf, u64), Response> {
     let mut uploads = st.uploads.lock().expect("lock");
-    let Some(u) = uploads.get_mut(id) else {
-        return Err(oci_error(
+    match uploads.get_mut(id) {
+        None => Err(oci_error(
             StatusCode::NOT_FOUND,
             "BLOB_UPLOAD_UNKNOWN",
             "unknown upload",
-        ));
-    };
-    if let Some(range) = headers
-        .and_then(|h| h.get("Content-Range"))
-        .and_then(|v| v.to_str().ok())
-    {
-        let start = range
-            .split_once('-')
-            .and_then(|(a, _)| a.parse::<u64>().ok());
-        if start != Some(u.size) {
-            return Err(oci_error(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UPLOAD_INVALID",
-                &format!("expected a chunk starting at {}", u.size),
-            ));
+        )),
+        Some(u) if u.busy => Err(oci_error(
+            StatusCode::CONFLICT,
+            "BLOB_UPLOAD_INVALID",
+            "another request is writing to this upload",
+        )),
+        Some(u) => {
+            u.busy = true;
+            Ok((u.path.clone(), u.size))
         }
     }
-    if u.size + body.len() as u64 > st.max_body as u64 * 16 {
-        return Err(oci_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "SIZE_INVALID",
-            "blob too large",
-        ));
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&u.path)
-        .map_err(internal)?;
-    f.write_all(body).map_err(internal)?;
-    u.size += body.len() as u64;
-    Ok(u.size)
 }
 
-fn patch_upload(
-    st: &ServerState,
-    name: &str,
+/// Releases a session after a request, at the size its file now has.
+fn release(st: &ServerState, id: &str, size: u64) {
+    if let Some(u) = st.uploads.lock().expect("lock").get_mut(id) {
+        u.busy = false;
+        u.size = size;
+        u.touched = Instant::now();
+    }
+}
+
+/// `Content-Range: <start>-<end>`.
+fn content_range(headers: &HeaderMap) -> Option<Option<(u64, u64)>> {
+    let v = headers.get("Content-Range")?.to_str().ok()?;
+    let v = v
+        .trim()
+        .trim_start_matches("bytes ")
+        .trim_start_matches("bytes=");
+    let (a, b) = v.split_once('-')?;
+    Some(a.parse().ok().zip(b.split('/').next()?.parse().ok()))
+}
+
+/// Appends a request body to an upload session. A `Content-Range` must start where
+/// the session ends and end where the body does.
+async fn append(
+    st: &Shared,
     id: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
-    match append(st, id, Some(headers), body) {
-        Ok(size) => (StatusCode::ACCEPTED, upload_headers(name, id, size)).into_response(),
-        Err(r) => r,
+    headers: Option<&HeaderMap>,
+    body: Body,
+) -> Result<u64, Response> {
+    let (path, size) = claim(st, id)?;
+    let range = headers.and_then(content_range);
+    let refuse = |msg: String| {
+        oci_error(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "BLOB_UPLOAD_INVALID",
+            &msg,
+        )
+    };
+    let result = async {
+        let expected_len = match range {
+            None => None,
+            Some(None) => return Err(refuse("malformed Content-Range".into())),
+            Some(Some((start, end))) => {
+                if start != size || end < start {
+                    return Err(refuse(format!("expected a chunk starting at {size}")));
+                }
+                Some(end - start + 1)
+            }
+        };
+        let room = st.opts.max_blob.saturating_sub(size);
+        let limit = room.min(st.opts.max_body as u64);
+        let written = match stream_body(st, body, &path, limit).await {
+            Ok(n) => n,
+            Err(r) => {
+                truncate(&path, size);
+                return Err(r);
+            }
+        };
+        if expected_len.is_some_and(|n| n != written) {
+            truncate(&path, size);
+            return Err(refuse(format!(
+                "Content-Range announced {} bytes, the body had {written}",
+                expected_len.unwrap_or(0)
+            )));
+        }
+        Ok(size + written)
+    }
+    .await;
+    release(st, id, *result.as_ref().unwrap_or(&size));
+    result
+}
+
+/// Cuts a session's file back to `size` bytes (a refused chunk leaves no trace).
+fn truncate(path: &Path, size: u64) {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = f.set_len(size);
     }
 }
 
@@ -535,8 +901,15 @@ fn upload_status(st: &ServerState, name: &str, id: &str) -> Response {
     }
 }
 
-fn finish_upload(st: &ServerState, name: &str, id: &str, uri: &Uri, body: &[u8]) -> Response {
-    if let Err(r) = append(st, id, None, body) {
+async fn finish_upload(st: &Shared, name: &str, id: &str, uri: &Uri, body: Body) -> Response {
+    let Some(d) = query(uri, "digest") else {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "the final PUT needs ?digest=",
+        );
+    };
+    if let Err(r) = append(st, id, None, body).await {
         return r;
     }
     let Some(u) = st.uploads.lock().expect("lock").remove(id) else {
@@ -546,32 +919,52 @@ fn finish_upload(st: &ServerState, name: &str, id: &str, uri: &Uri, body: &[u8])
             "unknown upload",
         );
     };
-    let bytes = std::fs::read(&u.path);
-    let _ = std::fs::remove_file(&u.path);
-    let Some(d) = query(uri, "digest") else {
-        return oci_error(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-            "the final PUT needs ?digest=",
-        );
-    };
-    match bytes {
-        Ok(b) => store_blob(st, name, &d, &b),
-        Err(e) => internal(e),
-    }
+    store_file(st, name, &d, u.path).await
 }
 
-fn get_blob(st: &ServerState, digest: &str, head: bool) -> Response {
+/// Whether blob `d` is present and hashes to its digest (cached by size and mtime);
+/// None when absent. A corrupt blob is logged.
+async fn blob_intact(st: &Shared, d: Digest) -> Option<bool> {
+    let path = st.reg.blob_store().path(&d);
+    let meta = std::fs::metadata(&path).ok()?;
+    let stamp = (meta.len(), meta.modified().ok()?);
+    if st.verified.lock().expect("lock").get(&d) == Some(&stamp) {
+        return Some(true);
+    }
+    let st2 = Arc::clone(st);
+    let ok = tokio::task::spawn_blocking(move || Digest::of_file(&path).ok() == Some(d))
+        .await
+        .unwrap_or(false);
+    if ok {
+        st2.verified.lock().expect("lock").insert(d, stamp);
+    } else {
+        tracing::error!(
+            "blob {d} no longer hashes to its digest; answering 404 so that a push replaces it"
+        );
+    }
+    Some(ok)
+}
+
+async fn get_blob(st: &Shared, digest: &str, head: bool) -> Response {
     let Ok(d) = digest.parse::<Digest>() else {
         return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
     };
-    let Some(size) = st.reg.blobs.size(&d) else {
+    if blob_intact(st, d).await != Some(true) {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            &format!("blob {d} is not known"),
+        );
+    }
+    let path = st.reg.blob_store().path(&d);
+    let Ok(file) = tokio::fs::File::open(&path).await else {
         return oci_error(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",
             &format!("blob {d} is not known"),
         );
     };
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let headers = [
         ("Content-Type", "application/octet-stream".to_string()),
         ("Docker-Content-Digest", d.to_string()),
@@ -580,21 +973,15 @@ fn get_blob(st: &ServerState, digest: &str, head: bool) -> Response {
     if head {
         return (StatusCode::OK, headers).into_response();
     }
-    match st.reg.blobs.get(&d, "blob") {
-        Ok(bytes) => (StatusCode::OK, headers, bytes).into_response(),
-        Err(e) => internal(e),
-    }
-}
-
-/// Runs the server on its own tokio runtime until the process stops; `ready` gets the
-/// bound address (useful with port 0).
-pub fn serve_blocking(
-    reg: Registry,
-    opts: ServeOptions,
-    ready: impl FnOnce(SocketAddr),
-) -> std::io::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(serve(reg, opts, ready))
+    // Streamed from the file in 64 KiB reads.
+    let stream = futures_util::stream::try_unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(n);
+        Ok(Some((axum::body::Bytes::from(buf), f)))
+    });
+    (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
 }

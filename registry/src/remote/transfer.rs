@@ -5,18 +5,23 @@
 //! then PUT the manifest by tag. Pull: the manifest (with the OCI `Accept` header), then
 //! every blob, each checked against its digest and size; the bundle is checked whole
 //! and only then published locally, so a failed pull changes nothing.
+//!
+//! A pull trusts nothing the remote declares: the manifest is bounded in size and layer
+//! count, the config is fetched first (at most 1 MiB) and validated, each layer's
+//! declared size must be one its config allows, and each blob is streamed to a temp
+//! file with a cap at its declared size, hashed on the way. Memory stays constant
+//! whatever the server sends; the client's deadlines bound the time.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::client::Client;
+use super::client::{sanitize, Client};
 use super::{RemoteRef, RemoteTarget};
-use crate::bundle::dir::{check_tensors, parse_config};
+use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
+use crate::bundle::dir::parse_config;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
 use crate::reference::TagName;
-use crate::safetensors_canon::parse;
 use crate::store::Registry;
 
 /// Blobs larger than this go up in PATCH chunks of this size.
@@ -27,9 +32,6 @@ pub fn chunk_size() -> usize {
         .filter(|&n| n > 0)
         .unwrap_or(8 << 20)
 }
-
-/// Largest manifest accepted from a remote.
-pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 /// Progress callbacks: `start(what, total bytes)`, `advance(bytes)`, `finish()`.
 pub trait Progress {
@@ -61,10 +63,9 @@ fn with_digest(location: &str, d: &Digest) -> String {
 }
 
 fn location(reply: &super::client::Reply, remote: &str) -> Result<String> {
-    reply.header("Location").ok_or_else(|| Error::Remote {
-        remote: remote.into(),
-        reason: "upload answer has no Location header".into(),
-    })
+    reply
+        .header("Location")
+        .ok_or_else(|| Error::remote(remote, None, "upload answer has no Location header"))
 }
 
 /// How a blob got to the remote.
@@ -190,7 +191,7 @@ pub fn push(
         });
     };
     let d = reg.resolve(local)?;
-    let manifest_bytes = reg.blobs.get(&d, &format!("manifest of {local}"))?;
+    let manifest_bytes = reg.blob(&d, &format!("manifest of {local}"))?;
     let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Corrupt {
         what: format!("manifest {d}"),
         reason,
@@ -209,16 +210,12 @@ pub fn push(
         )? {
             report.blobs_skipped += 1;
             progress.advance(desc.size);
-            reg.index
-                .note_remote_blob(&remote.host, &desc.digest, repo)?;
+            reg.note_remote_blob(&remote.host, &desc.digest, repo)?;
             continue;
         }
-        let bytes = reg
-            .blobs
-            .get(&desc.digest, desc.title().unwrap_or("config"))?;
+        let bytes = reg.blob(&desc.digest, desc.title().unwrap_or("config"))?;
         // A repository of the same registry we pushed this blob to before can lend it.
         let from = reg
-            .index
             .remote_blob(&remote.host, &desc.digest)?
             .filter(|r| r != repo);
         match upload(
@@ -235,8 +232,7 @@ pub fn push(
                 report.bytes_sent += bytes.len() as u64;
             }
         }
-        reg.index
-            .note_remote_blob(&remote.host, &desc.digest, repo)?;
+        reg.note_remote_blob(&remote.host, &desc.digest, repo)?;
     }
     let reply = client.send(
         "PUT",
@@ -247,24 +243,33 @@ pub fn push(
     )?;
     if let Some(echo) = reply.header("Docker-Content-Digest") {
         if echo != d.to_string() {
-            return Err(Error::Remote {
-                remote: remote.to_string(),
-                reason: format!("stored the manifest as {echo}, expected {d}"),
-            });
+            return Err(Error::remote(
+                &remote.to_string(),
+                None,
+                format!("stored the manifest as {}, expected {d}", sanitize(&echo)),
+            ));
         }
     }
     progress.finish();
     Ok(report)
 }
 
-/// GETs a blob, retrying when the connection breaks mid-body.
+/// GETs a blob into a temp file of the store (capped at its declared size, hashed on
+/// the way), retrying when the connection breaks mid-body. The file is checked
+/// against the declared digest and size before it is returned.
 fn fetch_blob(
+    reg: &Registry,
     client: &Client,
     repo: &str,
     desc: &crate::oci::Descriptor,
-    what: &str,
     name: &str,
-) -> Result<Vec<u8>> {
+    progress: &mut dyn Progress,
+) -> Result<tempfile::NamedTempFile> {
+    let what = format!(
+        "blob {} ({})",
+        desc.digest,
+        desc.title().unwrap_or("config")
+    );
     let mut attempt = 0;
     loop {
         let reply = client.send(
@@ -272,11 +277,25 @@ fn fetch_blob(
             &format!("/v2/{repo}/blobs/{}", desc.digest),
             &[],
             None,
-            what,
+            &what,
         )?;
-        match reply.body(desc.size, what, name) {
-            Ok(bytes) => return Ok(bytes),
-            Err(e) if attempt < client.retries => {
+        let mut file = reg.temp_file()?;
+        let got = reply.copy_to(file.as_file_mut(), desc.size, &what, name, &mut |n| {
+            progress.advance(n)
+        });
+        match got {
+            Ok((size, actual)) => {
+                if actual != desc.digest || size != desc.size {
+                    return Err(Error::DigestMismatch {
+                        what: format!("{what} from {name}"),
+                        expected: format!("{} ({} bytes)", desc.digest, desc.size),
+                        actual: format!("{actual} ({size} bytes)"),
+                    });
+                }
+                return Ok(file);
+            }
+            // A body longer than declared is a lie, not a broken connection.
+            Err(e) if attempt < client.retries && !e.to_string().contains("larger than") => {
                 attempt += 1;
                 tracing::debug!("{e}; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
@@ -286,7 +305,14 @@ fn fetch_blob(
     }
 }
 
-/// Pulls `remote` into `reg` under `tag` (default: the remote's repo and tag).
+/// Pulls `remote` into `reg` under `tag` (default: the remote's repository and tag; a
+/// pull by digest needs a tag, so that no remote decides what a local name points to).
+///
+/// # Errors
+/// Every refusal names the remote and what it declared: a manifest or config too
+/// large, too many or duplicate layers, sizes the config does not allow, a blob that
+/// is longer than declared or does not hash to its digest, a bundle that does not
+/// validate, a deadline passed. The local registry is unchanged on any error.
 pub fn pull(
     reg: &Registry,
     remote: &RemoteRef,
@@ -296,6 +322,16 @@ pub fn pull(
 ) -> Result<TransferReport> {
     let repo = &remote.repo;
     let name = remote.to_string();
+    let tag = match (tag, &remote.reference) {
+        (Some(t), _) => t.clone(),
+        (None, RemoteTarget::Tag(t)) => TagName::parse(&format!("{repo}:{t}"))?,
+        (None, RemoteTarget::Digest(_)) => {
+            return Err(Error::InvalidReference {
+                reference: name,
+                reason: "pulling by digest needs --tag NAME:TAG (the local name to give it)".into(),
+            })
+        }
+    };
     let reply = client.send(
         "GET",
         &format!("/v2/{repo}/manifests/{}", remote.reference),
@@ -314,69 +350,63 @@ pub fn pull(
         if c != d.to_string() {
             return Err(Error::DigestMismatch {
                 what: format!("manifest of {name}"),
-                expected: c,
+                expected: sanitize(&c),
                 actual: d.to_string(),
             });
         }
     }
-    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| Error::Remote {
-        remote: name.clone(),
-        reason: format!("malformed manifest refused: {reason}"),
+    let manifest = Manifest::parse(&manifest_bytes).map_err(|reason| {
+        Error::remote(
+            &name,
+            None,
+            format!("malformed manifest refused: {}", sanitize(&reason)),
+        )
     })?;
-    let tag = match tag {
-        Some(t) => t.clone(),
-        None => match &remote.reference {
-            RemoteTarget::Tag(t) => TagName::parse(&format!("{repo}:{t}"))?,
-            RemoteTarget::Digest(_) => manifest
-                .ref_name()
-                .and_then(|r| TagName::parse(r).ok())
-                .ok_or_else(|| Error::InvalidReference {
-                    reference: name.clone(),
-                    reason: "pulling by digest needs --tag".into(),
-                })?,
-        },
-    };
-    let total: u64 = manifest.blobs().map(|b| b.size).sum();
+    check_manifest(&manifest, &name)?;
+    let total: u64 = manifest
+        .blobs()
+        .fold(0u64, |acc, b| acc.saturating_add(b.size));
     progress.start(&format!("pull {name}"), total);
     let mut report = TransferReport {
         manifest: Some(d),
         ..Default::default()
     };
-    let mut blobs: Vec<(Digest, Vec<u8>)> = Vec::new();
-    for desc in manifest.blobs() {
-        if let Ok(local) = reg.blobs.get(&desc.digest, "local copy") {
-            progress.advance(desc.size);
-            blobs.push((desc.digest, local));
+    // The config first: it says what every layer must be.
+    let config_bytes = match reg.blob(&manifest.config.digest, "local copy") {
+        Ok(b) => b,
+        Err(_) => {
+            let file = fetch_blob(reg, client, repo, &manifest.config, &name, progress)?;
+            report.blobs_received += 1;
+            report.bytes_received += manifest.config.size;
+            std::fs::read(file.path()).map_err(|e| Error::io(file.path(), e))?
+        }
+    };
+    let config = parse_config(&config_bytes, Path::new(&format!("{name} config")))?;
+    check_layers(&manifest, &config, &name)?;
+    // Then each layer, streamed to a temp file and validated from there.
+    let mut received: Vec<(Digest, tempfile::NamedTempFile)> = Vec::new();
+    for layer in &manifest.layers {
+        let title = layer.title().unwrap_or("?");
+        if let Ok(local) = reg.blob(&layer.digest, "local copy") {
+            // Same bytes as a stored blob, but maybe under another title: check it too.
+            check_component(&config, title, &local, &name)?;
+            progress.advance(layer.size);
             continue;
         }
-        let what = format!("blob {}", desc.digest);
-        let bytes = fetch_blob(client, repo, desc, &what, &name)?;
-        let actual = Digest::of(&bytes);
-        if actual != desc.digest || bytes.len() as u64 != desc.size {
-            return Err(Error::DigestMismatch {
-                what: format!("{what} ({}) from {name}", desc.title().unwrap_or("config")),
-                expected: format!("{} ({} bytes)", desc.digest, desc.size),
-                actual: format!("{actual} ({} bytes)", bytes.len()),
-            });
-        }
-        progress.advance(desc.size);
+        let file = fetch_blob(reg, client, repo, layer, &name, progress)?;
+        // Bounded by check_layers: the config allows this many bytes for the component.
+        let bytes = std::fs::read(file.path()).map_err(|e| Error::io(file.path(), e))?;
+        check_component(&config, title, &bytes, &name)?;
         report.blobs_received += 1;
-        report.bytes_received += bytes.len() as u64;
-        blobs.push((desc.digest, bytes));
+        report.bytes_received += layer.size;
+        received.push((layer.digest, file));
     }
-    // The whole bundle must be valid before anything is written.
-    let by_digest: BTreeMap<Digest, &Vec<u8>> = blobs.iter().map(|(d, b)| (*d, b)).collect();
-    let origin = Path::new(&name);
-    let config = parse_config(by_digest[&manifest.config.digest], origin)?;
-    let mut tensors = BTreeMap::new();
-    for layer in &manifest.layers {
-        tensors.extend(parse(
-            by_digest[&layer.digest],
-            Path::new(layer.title().unwrap_or("?")),
-        )?);
+    // Everything checked: blobs, then the manifest, the tag record and the index.
+    reg.put_blob(&config_bytes)?;
+    for (digest, file) in &received {
+        reg.put_blob_file(file.path(), digest)?;
     }
-    check_tensors(&config, &tensors, origin)?;
-    reg.store_manifest(&manifest_bytes, &blobs, &tag, &config)?;
+    reg.store_manifest(&manifest_bytes, Some(&tag), &config)?;
     progress.finish();
     Ok(report)
 }

@@ -22,9 +22,24 @@ impl BlobStore {
         for d in [&dir, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
+        // Leftovers of a crashed writer: temp files, staged tag records, and upload
+        // sessions of a `serve` that is no longer running.
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().is_some_and(|n| n == "uploads") {
+                        if let Ok(inner) = std::fs::read_dir(&p) {
+                            for f in inner.flatten() {
+                                let _ = std::fs::remove_file(f.path());
+                            }
+                        }
+                    } else {
+                        let _ = std::fs::remove_dir_all(&p);
+                    }
+                } else {
+                    let _ = std::fs::remove_file(&p);
+                }
             }
         }
         Ok(Self { dir, tmp })
@@ -103,21 +118,63 @@ impl BlobStore {
         }
     }
 
-    /// Marks a manifest as the most recent claim of its tag (used by index rebuilds).
-    pub fn touch(&self, d: &Digest) {
-        if let Ok(f) = std::fs::File::options().append(true).open(self.path(d)) {
-            let _ = f.set_modified(std::time::SystemTime::now());
+    /// The first byte of a blob (to tell JSON from safetensors without reading it all).
+    pub fn first_byte(&self, d: &Digest) -> Option<u8> {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        std::fs::File::open(self.path(d))
+            .ok()?
+            .read_exact(&mut b)
+            .ok()?;
+        Some(b[0])
+    }
+
+    /// The folder where `serve` streams upload sessions.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.tmp.join("uploads")
+    }
+
+    /// Deletes every upload session file; returns how many there were.
+    pub fn clean_uploads(&self) -> Result<usize> {
+        let dir = self.uploads_dir();
+        let mut n = 0;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if std::fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
         }
+        Ok(n)
     }
 
-    pub fn modified(&self, d: &Digest) -> Option<std::time::SystemTime> {
-        std::fs::metadata(self.path(d)).ok()?.modified().ok()
+    /// A temp file in the store's folder, for a blob being received.
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    /// Moves a received file into the store as blob `d` after hashing it (streaming):
+    /// a file that does not hash to `d` is refused and nothing is stored.
+    pub fn put_file(&self, file: &Path, d: &Digest) -> Result<bool> {
+        let actual = Digest::of_file(file)?;
+        if actual != *d {
+            return Err(Error::DigestMismatch {
+                what: format!("received blob {d}"),
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        let path = self.path(d);
+        if path.is_file() && Digest::of_file(&path).ok() == Some(*d) {
+            return Ok(false);
+        }
+        std::fs::File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(file, e))?;
+        std::fs::rename(file, &path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(&self.dir);
+        Ok(true)
     }
 }
 
-/// Makes a rename durable (best effort: not every filesystem supports it).
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
+pub(crate) use super::tags::sync_dir;

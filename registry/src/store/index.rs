@@ -1,5 +1,5 @@
 //! The sled index: tags, known manifests, lineage and blob reference counts. It is a
-//! cache of what the blobs say and can be rebuilt from them.
+//! cache of the tag record and the blobs and is rebuilt from them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -200,6 +200,14 @@ impl Index {
             .remote_blobs
             .get(format!("{host} {d}"))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Points `tag` at `d` without a manifest record (a tag of the record whose
+    /// manifest cannot be read: kept so that nothing forgets the name).
+    pub fn set_tag(&self, tag: &str, d: &Digest) -> Result<()> {
+        self.tags.insert(tag, d.to_string().as_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Removes a tag; returns the manifest it pointed to.

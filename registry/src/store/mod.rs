@@ -1,39 +1,44 @@
 //! The local registry: blobs on disk, a sled index over them, bundles as OCI manifests.
 //!
-//! Write order is blob first, index second: a crash in between leaves unreferenced
-//! blobs (which `gc` removes), never a tag pointing at a missing blob.
+//! Write order is blobs first, then the tag record (`tags/`, one file per tag, the
+//! source of truth for names), then the sled index (a cache of both): a crash leaves
+//! unreferenced blobs (which `gc` removes) or an index behind the record (which the next
+//! open reconciles), never a tag pointing at a missing blob.
 
 pub mod blobs;
 pub mod index;
+pub(crate) mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::bundle::{
-    bundle_tensors, dir::check_tensors, dir::parse_config, BundleConfig, BundleDir,
-};
+use crate::bundle::check::{check_component, check_layers, check_manifest};
+use crate::bundle::{dir::check_tensors, dir::parse_config, BundleConfig, BundleDir};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{
     canonical_json, Descriptor, Manifest, BUNDLE_ARTIFACT_TYPE, COMPONENT_MEDIA_TYPE,
-    CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, REF_NAME_ANNOTATION, TITLE_ANNOTATION,
+    CONFIG_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION,
 };
 use crate::reference::{Reference, TagName};
 use crate::safetensors_canon::{canonical_bytes, parse};
 pub use blobs::BlobStore;
 pub use index::{Index, ManifestRecord};
+use tags::TagRecord;
 
 /// Test hook: when set, the process aborts after writing a bundle's blobs and before
 /// updating the index, as a crash would.
 pub const CRASH_HOOK_ENV: &str = "VMT_TEST_CRASH_AFTER_BLOBS";
 
-/// A registry rooted at a directory: `blobs/sha256/`, `index/` (sled), `tmp/`.
+/// A registry rooted at a directory: `blobs/sha256/`, `tags/` (the tag record),
+/// `index/` (sled), `tmp/`.
 pub struct Registry {
     root: PathBuf,
-    pub blobs: BlobStore,
-    pub index: Index,
+    blobs: BlobStore,
+    index: Index,
+    tags: TagRecord,
 }
 
 /// What a publish wrote.
@@ -66,6 +71,8 @@ pub struct GcEntry {
 pub struct GcReport {
     pub removed: Vec<GcEntry>,
     pub kept: Vec<GcEntry>,
+    /// Abandoned upload sessions of `serve` deleted.
+    pub uploads_removed: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -117,8 +124,8 @@ impl BundleBlobs {
         Self { config, components }
     }
 
-    /// The manifest for these blobs, annotated with the tag it is published under.
-    pub fn manifest(&self, tag: &TagName) -> Manifest {
+    /// The manifest for these blobs. It names no tag: one content, one digest.
+    pub fn manifest(&self) -> Manifest {
         let desc = |media: &str, bytes: &[u8], title: Option<&str>| Descriptor {
             media_type: media.into(),
             digest: Digest::of(bytes),
@@ -137,7 +144,7 @@ impl BundleBlobs {
                 .iter()
                 .map(|(c, b)| desc(COMPONENT_MEDIA_TYPE, b, Some(c)))
                 .collect(),
-            annotations: BTreeMap::from([(REF_NAME_ANNOTATION.to_string(), tag.to_string())]),
+            annotations: BTreeMap::new(),
         }
     }
 }
@@ -162,35 +169,182 @@ fn record_of(manifest: &Manifest, manifest_size: u64, config: &BundleConfig) -> 
             .iter()
             .map(|l| (l.title().unwrap_or("?").to_string(), l.digest, l.size))
             .collect(),
-        size: manifest_size + manifest.blobs().map(|d| d.size).sum::<u64>(),
+        size: manifest
+            .blobs()
+            .fold(manifest_size, |acc, d| acc.saturating_add(d.size)),
         tasks: config.tasks.iter().map(|t| t.name.clone()).collect(),
         parent: parent_of(config),
     }
 }
 
 impl Registry {
-    /// Opens (creating) the registry at `root`.
+    /// Opens (creating) the registry at `root`. A registry made before the tag record
+    /// existed gets one from its index; an index that disagrees with the record (lost,
+    /// or behind after a crash) is brought back in line with it.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while another process holds the registry; I/O errors naming
+    /// the path; [`Error::Corrupt`] for a damaged tag file.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let index = Index::open(&root.join("index"))?;
         // Only the lock holder may clean temp files: open the index first.
         let blobs = BlobStore::open(root)?;
-        Ok(Self {
+        let tags = TagRecord::at(root);
+        let reg = Self {
             root: root.into(),
             blobs,
             index,
-        })
+            tags,
+        };
+        if !reg.tags.exists() {
+            let from_index: BTreeMap<String, Digest> = reg.index.tags()?.into_iter().collect();
+            reg.tags.create(&from_index)?;
+        }
+        reg.reconcile()?;
+        Ok(reg)
+    }
+
+    /// Makes the index's tags equal to the tag record, recording from the blobs any
+    /// manifest the index does not know. Returns the tags it had to change.
+    fn reconcile(&self) -> Result<Vec<String>> {
+        let record = self.tags.all()?;
+        let indexed: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        if record == indexed {
+            return Ok(Vec::new());
+        }
+        let mut changed = Vec::new();
+        for (tag, d) in &record {
+            if indexed.get(tag) == Some(d) {
+                continue;
+            }
+            match self.index.manifest(d)? {
+                Some(r) => {
+                    self.index.publish(tag, d, &r)?;
+                }
+                None => match self.record_from_blobs(d) {
+                    Ok(r) => {
+                        self.index.publish(tag, d, &r)?;
+                    }
+                    Err(e) => {
+                        // Keep the name; `verify` reports the bundle, `gc` refuses to run.
+                        tracing::warn!("tag {tag}: {e}");
+                        self.index.set_tag(tag, d)?;
+                    }
+                },
+            }
+            changed.push(tag.clone());
+        }
+        for tag in indexed.keys().filter(|t| !record.contains_key(*t)) {
+            self.index.untag(tag)?;
+            changed.push(tag.clone());
+        }
+        Ok(changed)
+    }
+
+    /// The index record of a stored manifest, read from its (verified) blobs.
+    fn record_from_blobs(&self, d: &Digest) -> Result<ManifestRecord> {
+        let bytes = self.blobs.get(d, "manifest")?;
+        let manifest = Manifest::parse(&bytes).map_err(|reason| Error::Corrupt {
+            what: format!("manifest {d}"),
+            reason,
+        })?;
+        let config = parse_config(
+            &self.blobs.get(&manifest.config.digest, "config")?,
+            Path::new(&format!("config {}", manifest.config.digest)),
+        )?;
+        Ok(record_of(&manifest, bytes.len() as u64, &config))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The parent a bundle records (`provenance.parent`), from the index.
+    pub fn parent(&self, d: &Digest) -> Result<Option<Digest>> {
+        self.index.parent(d)
+    }
+
+    /// Whether the store holds blob `d` (present; not re-hashed).
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blobs.contains(d)
+    }
+
+    /// Reads blob `d`, checked against its digest; `what` names it in errors.
+    pub fn blob(&self, d: &Digest, what: &str) -> Result<Vec<u8>> {
+        self.blobs.get(d, what)
+    }
+
+    /// The blob store (read access and verified writes for `serve` and pulls).
+    pub(crate) fn blob_store(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// A temp file beside the blobs, for a blob being received.
+    pub(crate) fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        self.blobs.temp_file()
+    }
+
+    /// Stores bytes as a blob (no tag or index change: a later manifest refers to it).
+    pub(crate) fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        Ok(self.blobs.put(bytes)?.0)
+    }
+
+    /// Moves a received file into the store as blob `d`, after hashing it.
+    pub(crate) fn put_blob_file(&self, file: &Path, d: &Digest) -> Result<()> {
+        self.blobs.put_file(file, d).map(|_| ())
+    }
+
+    /// Every blob in the store, sorted.
+    pub fn blob_digests(&self) -> Result<Vec<Digest>> {
+        self.blobs.list()
+    }
+
+    /// The file of blob `d` (which may not exist).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.blobs.path(d)
+    }
+
+    /// What the index keeps about manifest `d`.
+    pub fn manifest_record(&self, d: &Digest) -> Result<Option<ManifestRecord>> {
+        self.index.manifest(d)
+    }
+
+    /// How many known manifests reference blob `d`.
+    pub fn refcount(&self, d: &Digest) -> Result<u64> {
+        self.index.refcount(d)
+    }
+
+    /// Every `(name:tag, manifest)`, sorted by tag.
+    pub fn tag_list(&self) -> Result<Vec<(String, Digest)>> {
+        self.index.tags()
+    }
+
+    /// The manifest `name:tag` points to.
+    pub fn tag_target(&self, tag: &str) -> Result<Option<Digest>> {
+        self.index.tag(tag)
+    }
+
+    /// Whether the index knows manifest `d` (tagged or not).
+    pub fn knows_manifest(&self, d: &Digest) -> Result<bool> {
+        Ok(self.index.manifest(d)?.is_some())
+    }
+
+    /// Remembers that `repo` on `host` holds blob `d` (for cross-repository mounts).
+    pub fn note_remote_blob(&self, host: &str, d: &Digest, repo: &str) -> Result<()> {
+        self.index.note_remote_blob(host, d, repo)
+    }
+
+    /// A repository on `host` known to hold blob `d`.
+    pub fn remote_blob(&self, host: &str, d: &Digest) -> Result<Option<String>> {
+        self.index.remote_blob(host, d)
+    }
+
     /// Stores a bundle under `tag`: components and config first, then the manifest,
     /// then the index. Re-publishing identical content writes nothing.
     pub fn publish(&self, bundle: &BundleDir, tag: &TagName) -> Result<Published> {
         let blobs = BundleBlobs::of(bundle);
-        let manifest = blobs.manifest(tag);
+        let manifest = blobs.manifest();
         let manifest_bytes = manifest.to_canonical_bytes();
         let digest = Digest::of(&manifest_bytes);
         let mut published = Published {
@@ -219,67 +373,42 @@ impl Registry {
         Ok(published)
     }
 
-    /// Points `tag` at a stored manifest (index last); the manifest it pointed to before
-    /// is dropped if no other tag needs it.
+    /// Points `tag` at a stored manifest: the tag record first, the index last.
     fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
-        if self.index.tag(&tag_key)? != Some(*digest) {
-            self.blobs.touch(digest);
-            if let Some(old) = self.index.publish(&tag_key, digest, record)? {
-                self.drop_manifest_if_untagged(&old)?;
-            }
-        }
+        self.tags.set(&tag_key, digest)?;
+        self.index.publish(&tag_key, digest, record)?;
         Ok(())
     }
 
-    /// Stores a manifest received as bytes (keeping its digest) with its blobs, all
-    /// already verified by the caller, and tags it. Blobs first, index last.
+    /// Stores a manifest received as bytes (keeping its digest) whose blobs are already
+    /// in the store, checked by the caller, and tags it (or, without a tag, records it
+    /// untagged, as a push by digest does). Manifest blob first, index last.
     pub fn store_manifest(
         &self,
         manifest_bytes: &[u8],
-        blobs: &[(Digest, Vec<u8>)],
-        tag: &TagName,
+        tag: Option<&TagName>,
         config: &BundleConfig,
     ) -> Result<Digest> {
         let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt {
             what: "manifest".into(),
             reason,
         })?;
-        for (_, bytes) in blobs {
-            self.blobs.put(bytes)?;
+        for desc in manifest.blobs() {
+            if !self.blobs.contains(&desc.digest) {
+                return Err(Error::MissingBlob {
+                    digest: desc.digest.to_string(),
+                    what: desc.title().unwrap_or("config").into(),
+                });
+            }
         }
         let (digest, _) = self.blobs.put(manifest_bytes)?;
         let record = record_of(&manifest, manifest_bytes.len() as u64, config);
-        self.tag_manifest(tag, &digest, &record)?;
-        Ok(digest)
-    }
-
-    /// Stores a manifest pushed by digest (no tag): its blob and its index record.
-    pub fn store_untagged_manifest(
-        &self,
-        manifest_bytes: &[u8],
-        config: &BundleConfig,
-    ) -> Result<()> {
-        let manifest = Manifest::parse(manifest_bytes).map_err(|reason| Error::Corrupt {
-            what: "manifest".into(),
-            reason,
-        })?;
-        let (digest, _) = self.blobs.put(manifest_bytes)?;
-        self.index.record(
-            &digest,
-            &record_of(&manifest, manifest_bytes.len() as u64, config),
-        )
-    }
-
-    /// A manifest no tag points to any more is forgotten and its blob deleted, so that
-    /// an index rebuilt from the blobs does not resurrect the tag it names. Its config
-    /// and components stay until `gc`.
-    fn drop_manifest_if_untagged(&self, d: &Digest) -> Result<()> {
-        if !self.index.is_tagged(d)? {
-            self.index.forget_manifest(d)?;
-            self.blobs.remove(d)?;
+        match tag {
+            Some(tag) => self.tag_manifest(tag, &digest, &record)?,
+            None => self.index.record(&digest, &record)?,
         }
-        Ok(())
+        Ok(digest)
     }
 
     /// Resolves a reference to a known manifest digest.
@@ -381,13 +510,21 @@ impl Registry {
         Ok(out)
     }
 
-    /// Gives the bundle at `reference` another tag: a new manifest (annotated with the
-    /// new tag) over the same config and components.
+    /// Gives the bundle at `reference` another tag. Nothing but the tag is written: the
+    /// bundle keeps its digest.
     pub fn tag(&self, reference: &str, new_tag: &str) -> Result<Published> {
         let d = self.resolve(reference)?;
         let tag = TagName::parse(new_tag)?;
-        let bundle = self.load(&d)?;
-        self.publish(&bundle, &tag)
+        let record = match self.index.manifest(&d)? {
+            Some(r) => r,
+            None => self.record_from_blobs(&d)?,
+        };
+        self.tag_manifest(&tag, &d, &record)?;
+        Ok(Published {
+            digest: d,
+            new_blobs: 0,
+            new_bytes: 0,
+        })
     }
 
     /// Removes a tag (or every tag of a digest reference); returns the removed tags.
@@ -403,44 +540,60 @@ impl Registry {
             }
         };
         for t in &tags {
-            if let Some(d) = self.index.untag(t)? {
-                self.drop_manifest_if_untagged(&d)?;
-            }
+            self.tags.remove(t)?;
+            self.index.untag(t)?;
         }
         Ok(tags)
     }
 
-    /// Why each blob is needed: `component of tag` for every tagged manifest.
+    /// Why each blob is needed: `component of tag` for every tag of the tag record,
+    /// read from the manifests themselves (not from the index, which is a cache).
+    ///
+    /// # Errors
+    /// When the index disagrees with the record, or a tagged manifest cannot be read,
+    /// what is reachable is unknown: an error that says so, so that `gc` deletes nothing.
     fn reachable(&self) -> Result<BTreeMap<Digest, Vec<String>>> {
+        let record = self.tags.all()?;
+        let indexed: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        if record != indexed {
+            return Err(Error::Corrupt {
+                what: format!("registry index {}", self.index.path().display()),
+                reason: "it disagrees with the tag record; nothing was deleted \
+                         (reopen the registry or run `vmt-hub verify --rebuild-index`)"
+                    .into(),
+            });
+        }
         let mut keep: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-        for (tag, d) in self.index.tags()? {
+        for (tag, d) in record {
+            let unknown = |e: Error| Error::Corrupt {
+                what: format!("bundle {tag}"),
+                reason: format!(
+                    "{e}; what it references is unknown, so gc deletes nothing \
+                     (see `vmt-hub verify`; `vmt-hub rm {tag}` gives the bundle up)"
+                ),
+            };
+            let m = self.manifest(&d).map_err(unknown)?;
             keep.entry(d)
                 .or_default()
                 .push(format!("manifest of {tag}"));
-            let record = match self.index.manifest(&d)? {
-                Some(r) => r,
-                None => {
-                    let m = self.manifest(&d)?;
-                    let config = parse_config(
-                        &self.blobs.get(&m.config.digest, "config")?,
-                        Path::new("config"),
-                    )?;
-                    record_of(&m, 0, &config)
-                }
-            };
-            keep.entry(record.config)
+            keep.entry(m.config.digest)
                 .or_default()
                 .push(format!("config of {tag}"));
-            for (component, digest, _) in &record.layers {
-                keep.entry(*digest)
+            for layer in &m.layers {
+                keep.entry(layer.digest)
                     .or_default()
-                    .push(format!("{component} of {tag}"));
+                    .push(format!("{} of {tag}", layer.title().unwrap_or("?")));
             }
         }
         Ok(keep)
     }
 
-    /// Deletes every blob that no tagged bundle needs (or only lists them).
+    /// Deletes every blob that no tagged bundle needs (or only lists them), and
+    /// abandoned upload sessions of `serve`.
+    ///
+    /// # Errors
+    /// Refuses (deleting nothing) while the index disagrees with the tag record or a
+    /// tagged manifest is missing or corrupt.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         let keep = self.reachable()?;
         let known: BTreeSet<Digest> = self
@@ -484,6 +637,7 @@ impl Registry {
             for d in known.iter().filter(|d| !keep.contains_key(d)) {
                 self.index.forget_manifest(d)?;
             }
+            report.uploads_removed = self.blobs.clean_uploads()?;
         }
         Ok(report)
     }
@@ -518,7 +672,7 @@ impl Registry {
         let mut report = VerifyReport::default();
         let targets: Vec<(String, Digest)> = match reference {
             Some(r) => vec![(r.to_string(), self.resolve(r)?)],
-            None => self.index.tags()?,
+            None => self.tags.all()?.into_iter().collect(),
         };
         let mut seen = BTreeSet::new();
         for (label, d) in &targets {
@@ -549,30 +703,26 @@ impl Registry {
                         None
                     }
                 });
+            if let Some(cfg) = &config {
+                if let Err(e) = check_manifest(&manifest, label)
+                    .and_then(|()| check_layers(&manifest, cfg, label))
+                {
+                    report.problems.push(format!("bundle {e}"));
+                }
+            }
             for layer in &manifest.layers {
-                let component = format!("component {}", layer.title().unwrap_or("?"));
+                let title = layer.title().unwrap_or("?");
+                let component = format!("component {title}");
                 if let Some(bytes) =
                     self.check_blob(&mut report, &mut seen, label, &component, &layer.digest)
                 {
-                    if let Err(e) = parse(&bytes, Path::new(&component)) {
+                    let checked = match &config {
+                        Some(cfg) => check_component(cfg, title, &bytes, label).map(|_| ()),
+                        None => parse(&bytes, Path::new(&component)).map(|_| ()),
+                    };
+                    if let Err(e) = checked {
                         report.problems.push(format!("bundle {label}: {e}"));
                     }
-                }
-            }
-            if let Some(cfg) = config {
-                let expected: BTreeSet<String> = bundle_tensors(&cfg)
-                    .into_iter()
-                    .map(|s| s.component)
-                    .collect();
-                let found: BTreeSet<String> = manifest
-                    .layers
-                    .iter()
-                    .filter_map(|l| l.title().map(String::from))
-                    .collect();
-                if expected != found {
-                    report.problems.push(format!(
-                        "bundle {label}: components {found:?} do not match the config's {expected:?}"
-                    ));
                 }
             }
         }
@@ -605,8 +755,9 @@ pub struct RebuildReport {
     pub skipped: Vec<String>,
 }
 
-/// Rebuilds the sled index from the blobs alone: every manifest blob is recorded, and
-/// each tag goes to the most recently written manifest that names it.
+/// Rebuilds the sled index from the tag record and the blobs: every manifest blob is
+/// recorded, and every tag of the record is set. Manifests' own annotations are never
+/// read as tags (a pusher could write any).
 pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     let index_dir = root.join("index");
     if index_dir.exists() {
@@ -617,48 +768,35 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
         }
         std::fs::remove_dir_all(&index_dir).map_err(|e| Error::io(&index_dir, e))?;
     }
+    // Opening reconciles the fresh index with the tag record.
     let reg = Registry::open(root)?;
     let mut report = RebuildReport::default();
-    let mut claims: BTreeMap<String, (std::time::SystemTime, Digest)> = BTreeMap::new();
     for d in reg.blobs.list()? {
+        // Only JSON manifests of our artifact type count; components and configs don't.
+        if reg.blobs.first_byte(&d) != Some(b'{') {
+            continue;
+        }
         let Ok(bytes) = reg.blobs.get(&d, "blob") else {
             report.skipped.push(format!("{d}: corrupt"));
             continue;
         };
-        // Only JSON manifests of our artifact type count; components and configs don't.
-        if bytes.first() != Some(&b'{') {
-            continue;
-        }
         let Ok(manifest) = Manifest::parse(&bytes) else {
             continue;
         };
-        let config = match reg
-            .blobs
-            .get(&manifest.config.digest, "config")
-            .and_then(|b| parse_config(&b, Path::new("config")))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                report.skipped.push(format!("manifest {d}: {e}"));
-                continue;
+        match reg.record_from_blobs(&d) {
+            Ok(record) => {
+                report.manifests += 1;
+                if reg.index.manifest(&d)?.is_none() {
+                    reg.index.record(&d, &record)?;
+                }
             }
-        };
-        let record = record_of(&manifest, bytes.len() as u64, &config);
-        report.manifests += 1;
-        // Record the manifest now; its tag is set once the newest claim is known.
-        reg.index.record(&d, &record)?;
-        if let Some(tag) = manifest.ref_name().and_then(|t| TagName::parse(t).ok()) {
-            let when = reg.blobs.modified(&d).unwrap_or(std::time::UNIX_EPOCH);
-            if claims.get(&tag.to_string()).is_none_or(|(t, _)| when > *t) {
-                claims.insert(tag.to_string(), (when, d));
-            }
+            Err(e) => report.skipped.push(format!(
+                "manifest {d} (config {}): {e}",
+                manifest.config.digest
+            )),
         }
     }
-    for (tag, (_, d)) in claims {
-        let record = reg.index.manifest(&d)?.expect("recorded above");
-        reg.index.publish(&tag, &d, &record)?;
-        report.tags.push((tag, d));
-    }
+    report.tags = reg.index.tags()?;
     Ok(report)
 }
 
