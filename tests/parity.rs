@@ -1,4 +1,4 @@
-//! The candle model equals the PyTorch reference on ../shared/fixtures: outputs, generic
+//! The candle model equals the PyTorch reference on tests/fixtures: outputs, generic
 //! stage features, losses and gradients, within the fixtures' tolerances.
 
 mod common;

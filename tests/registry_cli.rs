@@ -3,6 +3,8 @@
 //! clear lock error, and a stored bundle runs `forward` like its directory.
 
 mod common;
+#[path = "../registry/tests/common/hostile.rs"]
+mod hostile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -255,4 +257,164 @@ fn stored_bundle_forwards_like_its_directory() {
         );
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn hostile_bundles_and_names_are_refused_by_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+
+    let b = copy_bundle(&tmp.path().join("nan"));
+    edit(&b, |t| {
+        let v = t.get_mut("tasks.sal.kem.stages.0.blocks.0.beta").unwrap();
+        v.data[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    fails(
+        &root,
+        &["import", b.to_str().unwrap(), "--tag", "x:1"],
+        &["tasks.sal.kem.stages.0.blocks.0.beta", "NaN"],
+    );
+
+    // A config whose depths would need a billion blocks: refused by field, no abort.
+    let b = copy_bundle(&tmp.path().join("deep"));
+    let p = b.join("bundle.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    cfg["backbone"]["depths"][0] = 1_000_000_000.into();
+    std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let o = run(&root, &["import", b.to_str().unwrap(), "--tag", "x:1"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("backbone.depths[0]"));
+
+    // A 2 GB bundle.json (sparse) is refused without being read.
+    let b = copy_bundle(&tmp.path().join("huge"));
+    std::fs::File::options()
+        .write(true)
+        .open(b.join("bundle.json"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let start = std::time::Instant::now();
+    fails(
+        &root,
+        &["import", b.to_str().unwrap(), "--tag", "x:1"],
+        &["bundle.json", "larger than"],
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+
+    let good = copy_bundle(&tmp.path().join("good"));
+    for bad in ["a..b:v1", "a-:v1", "abcdef"] {
+        fails(
+            &root,
+            &["import", good.to_str().unwrap(), "--tag", bad],
+            &["invalid reference"],
+        );
+    }
+    assert_eq!(blob_files(&root), 0, "a refused import writes no blob");
+    ok(&root, &["import", good.to_str().unwrap(), "--tag", "a:v1"]);
+    fails(&root, &["tag", "a:v1", "abcdef"], &["digest"]);
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let good = copy_bundle(&tmp.path().join("good"));
+    ok(&root, &["import", good.to_str().unwrap(), "--tag", "a:v1"]);
+    let bin = env!("CARGO_BIN_EXE_vmt-hub");
+    // `true` exits at once, so every write of `show` meets a closed pipe; `head -1`
+    // takes the first line and leaves.
+    for (reader, first) in [("true", ""), ("head -1", "digest: sha256:")] {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "'{bin}' --registry '{}' show a:v1 | {reader}",
+                root.display()
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.is_empty(), "{reader}: nothing on stderr: {stderr}");
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with(first));
+    }
+}
+
+#[test]
+fn lost_index_then_the_tools_advice_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let good = copy_bundle(&tmp.path().join("good"));
+    ok(&root, &["import", good.to_str().unwrap(), "--tag", "a:v1"]);
+    ok(&root, &["tag", "a:v1", "team/b:prod"]);
+    let blobs = blob_files(&root);
+    std::fs::remove_dir_all(root.join("index")).unwrap();
+    let list = ok(&root, &["list"]);
+    assert!(
+        list.contains("a:v1") && list.contains("team/b:prod"),
+        "{list}"
+    );
+    let verify = ok(&root, &["verify"]);
+    assert!(
+        !verify.contains("referenced by no tagged bundle"),
+        "{verify}"
+    );
+    ok(&root, &["gc"]);
+    assert_eq!(blob_files(&root), blobs, "gc deleted blobs");
+    let rebuilt = ok(&root, &["verify", "--rebuild-index"]);
+    assert!(rebuilt.contains("2 tag(s)"), "{rebuilt}");
+    ok(
+        &root,
+        &[
+            "export",
+            "team/b:prod",
+            tmp.path().join("out").to_str().unwrap(),
+        ],
+    );
+}
+
+#[test]
+fn pull_from_an_endless_server_stays_within_a_memory_limit() {
+    // The bundle the server pretends to hold; the layer body never ends.
+    let bundle = vmt_registry::bundle::BundleDir::read(&fixtures().join("tiny/bundle")).unwrap();
+    let blobs = vmt_registry::store::BundleBlobs::of(&bundle);
+    for huge in [false, true] {
+        let mut manifest = blobs.manifest();
+        if huge {
+            manifest.layers[0].size = 1_000_000_000_000;
+        }
+        let mbytes = manifest.to_canonical_bytes();
+        let config = blobs.config.clone();
+        let config_digest = manifest.config.digest.to_string();
+        let h = hostile::start(move |_, path, s| {
+            if path.contains("/manifests/") {
+                hostile::respond(s, 200, &[], &mbytes)
+            } else if path.ends_with(&config_digest) {
+                hostile::respond(s, 200, &[], &config)
+            } else {
+                hostile::endless(s)
+            }
+        });
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("reg");
+        let bin = env!("CARGO_BIN_EXE_vmt-hub");
+        // 1 GB of address space: holding the body would end in an abort (exit 134).
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -v 1000000; exec '{bin}' --registry '{}' pull oci://127.0.0.1:{}/evil/b:v1 --timeout 20",
+                root.display(),
+                h.port
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        let needle = if huge {
+            "declared as 1000000000000 bytes"
+        } else {
+            "larger than"
+        };
+        assert!(stderr.contains(needle), "{stderr}");
+        assert_eq!(blob_files(&root), 0);
+    }
 }

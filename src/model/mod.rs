@@ -1,5 +1,5 @@
 //! The VMT-Adapter model in candle: the frozen Swin, the adapters, KEMs, decoders and
-//! losses, equal to `shared/reference/vmt_ref.py`.
+//! losses, equal to `reference/vmt_ref.py`.
 
 pub mod backbone;
 pub mod error;

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-/// `../shared/fixtures` beside the repository (read in place, never copied).
+/// `tests/fixtures`: the parity fixtures made by `reference/vmt_ref.py`.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// Largest `|a - b| - rel*|b|` over all elements; <= abs means within tolerance.

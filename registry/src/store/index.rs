@@ -64,6 +64,16 @@ impl Index {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
+                // Not damage: a rebuild could not help, so none is suggested.
+                Err(sled::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
+                {
+                    return Err(Error::io(path, e));
+                }
                 Err(e) => {
                     return Err(Error::Corrupt {
                         what: format!("registry index {}", path.display()),

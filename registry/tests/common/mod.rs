@@ -1,5 +1,8 @@
-//! Small bundles made in memory, for registry tests that need many of them.
+//! Small bundles made in memory, for registry tests that need many of them, and a
+//! hostile HTTP server.
 #![allow(dead_code)]
+
+pub mod hostile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,9 +53,9 @@ pub fn micro_bundle(tasks: &[&str], shared_seed: u32, task_seed: u32) -> BundleD
     BundleDir::new(cfg, tensors, Path::new("micro")).unwrap()
 }
 
-/// `../shared/fixtures` beside the repository.
+/// The workspace's `tests/fixtures` (parity fixtures made by `reference/vmt_ref.py`).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 /// Blob files on disk.

@@ -1,0 +1,386 @@
+//! `serve` against a hostile client: every invalid manifest gets a 4xx and stores
+//! nothing, unauthenticated bodies are refused unread, idle connections are closed,
+//! upload sessions are bounded, expire and are cleaned, Content-Range is checked, and a
+//! blob that rotted on disk is neither served nor vouched for, so a push repairs it.
+//! Tags pushed under other names survive an index rebuild.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::micro_bundle;
+use vmt_registry::bundle::RawTensor;
+use vmt_registry::oci::{Manifest, MANIFEST_MEDIA_TYPE};
+use vmt_registry::reference::TagName;
+use vmt_registry::remote::client::{Client, Credentials};
+use vmt_registry::remote::server::{serve_until, ServeOptions};
+use vmt_registry::remote::transfer::{pull, push, Quiet};
+use vmt_registry::remote::RemoteRef;
+use vmt_registry::safetensors_canon::canonical_bytes;
+use vmt_registry::store::BundleBlobs;
+use vmt_registry::{Digest, Registry};
+
+/// A `serve` on its own runtime; stopped when dropped.
+struct Serve {
+    addr: SocketAddr,
+    root: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Serve {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn start(root: &Path, tune: impl FnOnce(&mut ServeOptions)) -> Serve {
+    let mut opts = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+    tune(&mut opts);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = root.to_path_buf();
+    let thread = std::thread::spawn(move || {
+        let reg = Registry::open(&r).unwrap();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(serve_until(reg, opts, |a| tx.send(a).unwrap(), async {
+                let _ = stopped.await;
+            }))
+            .unwrap();
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    Serve {
+        addr,
+        root: root.into(),
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+fn status(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn upload(base: &str, bytes: &[u8]) -> Digest {
+    let d = Digest::of(bytes);
+    let (code, body) =
+        status(ureq::post(&format!("{base}/v2/x/blobs/uploads/?digest={d}")).send_bytes(bytes));
+    assert_eq!(code, 201, "{body}");
+    d
+}
+
+fn put_manifest(base: &str, m: &[u8]) -> (u16, String) {
+    status(
+        ureq::put(&format!("{base}/v2/x/manifests/v1"))
+            .set("Content-Type", MANIFEST_MEDIA_TYPE)
+            .send_bytes(m),
+    )
+}
+
+#[test]
+fn every_invalid_manifest_gets_a_4xx_and_nothing_is_tagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path(), |_| {});
+    let base = s.base();
+    let bundle = micro_bundle(&["seg", "sal"], 1, 2);
+    let blobs = BundleBlobs::of(&bundle);
+    upload(&base, &blobs.config);
+    for (_, b) in &blobs.components {
+        upload(&base, b);
+    }
+    let good = blobs.manifest();
+    // A component with a wrong shape, one with NaN, one not safetensors at all.
+    let mut shapes = bundle.component_tensors("task/seg");
+    let (name, t) = shapes.iter_mut().find(|(_, t)| t.shape.len() == 2).unwrap();
+    let name = name.clone();
+    *t = RawTensor::from_f32(vec![t.numel()], &t.to_f32());
+    let bad_shape = canonical_bytes(&shapes);
+    let mut nan = bundle.component_tensors("task/seg");
+    nan.get_mut(&name).unwrap().data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = canonical_bytes(&nan);
+    let junk = vec![7u8; good.layers[1].size as usize];
+    let mut variants: Vec<(&str, Manifest)> = Vec::new();
+    let mut m = good.clone();
+    m.layers.pop();
+    variants.push(("a component missing", m));
+    for (what, bytes) in [
+        ("wrong shape", &bad_shape),
+        ("NaN", &nan),
+        ("not safetensors", &junk),
+    ] {
+        let d = upload(&base, bytes);
+        let mut m = good.clone();
+        m.layers[1].digest = d;
+        m.layers[1].size = bytes.len() as u64;
+        variants.push((what, m));
+    }
+    let mut m = good.clone();
+    let (a, b) = (
+        m.layers[1].annotations.clone(),
+        m.layers[2].annotations.clone(),
+    );
+    m.layers[1].annotations = b;
+    m.layers[2].annotations = a;
+    variants.push(("swapped titles", m));
+    let mut m = good.clone();
+    m.layers = vec![m.layers[0].clone(); 3000];
+    variants.push(("3000 layers", m));
+    let mut m = good.clone();
+    m.layers[0].size += 1;
+    variants.push(("a lying size", m));
+    let mut m = good.clone();
+    m.layers.push(m.layers[1].clone());
+    variants.push(("a duplicate layer", m));
+    for (what, m) in &variants {
+        let (code, body) = put_manifest(&base, &m.to_canonical_bytes());
+        assert!((400..500).contains(&code), "{what}: {code} {body}");
+        assert!(
+            !body.contains(&*tmp.path().to_string_lossy()),
+            "{what}: {body}"
+        );
+    }
+    let (code, _) = status(ureq::get(&format!("{base}/v2/x/tags/list")).call());
+    assert_eq!(code, 404, "no invalid manifest was tagged");
+    let (code, body) = put_manifest(&base, &good.to_canonical_bytes());
+    assert_eq!(code, 201, "the valid one is stored: {body}");
+}
+
+#[test]
+fn unauthenticated_bodies_are_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path(), |o| o.token = Some("secret".into()));
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Announce 200 MB, send 1 KiB: the answer must come without the rest.
+    c.write_all(
+        b"PATCH /v2/x/blobs/uploads/abc HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n",
+    )
+    .unwrap();
+    c.write_all(&[0u8; 1024]).unwrap();
+    let mut head = [0u8; 64];
+    let n = c
+        .read(&mut head)
+        .expect("an answer before the body was sent");
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
+
+#[test]
+fn idle_connections_are_closed_and_the_cap_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path(), |o| {
+        o.header_timeout = Duration::from_millis(500);
+        o.max_connections = 8;
+    });
+    // More idle sockets than the cap: each is closed, and a real client gets through.
+    let idle: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    let start = Instant::now();
+    let (code, _) = status(
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .get(&format!("{}/v2/", s.base()))
+            .call(),
+    );
+    assert_eq!(code, 200);
+    assert!(start.elapsed() < Duration::from_secs(8));
+    for mut c in idle.into_iter().take(8) {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 16];
+        match c.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection stayed open: {other:?}"),
+        }
+    }
+    // A keep-alive connection that goes quiet after a request is closed too.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    let _ = c.read_to_end(&mut all);
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+}
+
+fn uploads_on_disk(root: &Path) -> usize {
+    std::fs::read_dir(root.join("tmp/uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn new_session(base: &str) -> (u16, String) {
+    match ureq::post(&format!("{base}/v2/x/blobs/uploads/")).send_bytes(&[]) {
+        Ok(r) => (r.status(), r.header("Location").unwrap().to_string()),
+        Err(ureq::Error::Status(c, _)) => (c, String::new()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn upload_sessions_are_bounded_checked_expire_and_are_cleaned() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Left by an earlier run: removed at start.
+    std::fs::create_dir_all(tmp.path().join("tmp/uploads")).unwrap();
+    std::fs::write(tmp.path().join("tmp/uploads/stale"), b"old").unwrap();
+    let s = start(tmp.path(), |o| {
+        o.max_uploads = 3;
+        o.upload_ttl = Duration::from_millis(700);
+        o.max_blob = 1000;
+    });
+    let base = s.base();
+    assert_eq!(
+        uploads_on_disk(&s.root),
+        0,
+        "stale sessions removed at start"
+    );
+    let sessions: Vec<String> = (0..3)
+        .map(|_| {
+            let (code, loc) = new_session(&base);
+            assert_eq!(code, 202);
+            loc
+        })
+        .collect();
+    assert_eq!(new_session(&base).0, 429, "a fourth session is refused");
+    let url = format!("{base}{}", sessions[0]);
+    let patch = |range: &str, body: &[u8]| {
+        status(
+            ureq::request("PATCH", &url)
+                .set("Content-Range", range)
+                .send_bytes(body),
+        )
+        .0
+    };
+    assert_eq!(patch("0-9", &[1; 10]), 202);
+    assert_eq!(patch("5-14", &[1; 10]), 416, "must continue at 10");
+    assert_eq!(patch("10-29", &[1; 10]), 416, "announced 20, sent 10");
+    assert_eq!(
+        patch("10-19", &[1; 10]),
+        202,
+        "the refused chunks left no trace"
+    );
+    assert_eq!(
+        patch("20-1019", &[1; 1000]),
+        413,
+        "the session would pass max_blob"
+    );
+    // Abandoned sessions expire.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(uploads_on_disk(&s.root), 0, "expired sessions deleted");
+    let (code, _) = status(ureq::get(&url).call());
+    assert_eq!(code, 404);
+    assert_eq!(new_session(&base).0, 202, "room again");
+    drop(s);
+    // gc removes what a stopped server left.
+    std::fs::write(tmp.path().join("tmp/uploads/left"), b"x").unwrap();
+    let reg = Registry::open(tmp.path()).unwrap();
+    assert_eq!(uploads_on_disk(tmp.path()), 0, "open cleans them as well");
+    std::fs::write(tmp.path().join("tmp/uploads/left"), b"x").unwrap();
+    assert_eq!(reg.gc(false).unwrap().uploads_removed, 1);
+}
+
+#[test]
+fn a_rotten_blob_is_not_served_and_a_push_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("server"), |_| {});
+    let local = Registry::open(&tmp.path().join("local")).unwrap();
+    local
+        .publish(
+            &micro_bundle(&["seg"], 1, 1),
+            &TagName::parse("m:v1").unwrap(),
+        )
+        .unwrap();
+    let remote = RemoteRef::parse(&format!("oci://{}/m:v1", s.addr), false).unwrap();
+    let client = || Client::new(&s.base(), Credentials::default());
+    push(&local, "m:v1", &remote, &client(), &mut Quiet).unwrap();
+    // Flip a byte of the largest blob on the server.
+    let blob_dir = s.root.join("blobs/sha256");
+    let (path, hex) = std::fs::read_dir(&blob_dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let url = format!("{}/v2/m/blobs/sha256:{hex}", s.base());
+    assert_eq!(
+        status(ureq::head(&url).call()).0,
+        404,
+        "HEAD vouches for a rotten blob"
+    );
+    let (code, body) = status(ureq::get(&url).call());
+    assert_eq!(code, 404);
+    assert!(!body.contains(&*tmp.path().to_string_lossy()), "{body}");
+    let report = push(&local, "m:v1", &remote, &client(), &mut Quiet).unwrap();
+    assert_eq!(report.blobs_sent, 1, "the push re-sends the rotten blob");
+    assert_eq!(status(ureq::head(&url).call()).0, 200);
+    let other = Registry::open(&tmp.path().join("other")).unwrap();
+    pull(&other, &remote, &client(), None, &mut Quiet).unwrap();
+}
+
+#[test]
+fn tags_pushed_under_other_names_survive_an_index_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_root = tmp.path().join("server");
+    let local = Registry::open(&tmp.path().join("local")).unwrap();
+    let b = micro_bundle(&["seg"], 1, 1);
+    let d = local
+        .publish(&b, &TagName::parse("mine:v1").unwrap())
+        .unwrap()
+        .digest;
+    {
+        let s = start(&server_root, |_| {});
+        let client = Client::new(&s.base(), Credentials::default());
+        for name in ["team/a:v1", "team/b:prod"] {
+            let remote = RemoteRef::parse(&format!("oci://{}/{name}", s.addr), false).unwrap();
+            push(&local, "mine:v1", &remote, &client, &mut Quiet).unwrap();
+        }
+        // Pull under a local name of our choosing.
+        let remote = RemoteRef::parse(&format!("oci://{}/team/a:v1", s.addr), false).unwrap();
+        pull(
+            &local,
+            &remote,
+            &client,
+            Some(&TagName::parse("pulled:x").unwrap()),
+            &mut Quiet,
+        )
+        .unwrap();
+    }
+    drop(local);
+    for root in [server_root, tmp.path().join("local")] {
+        std::fs::remove_dir_all(root.join("index")).ok();
+        let report = vmt_registry::store::rebuild_index(&root).unwrap();
+        let tags: BTreeMap<String, Digest> = report.tags.into_iter().collect();
+        assert!(tags.values().all(|t| *t == d), "{tags:?}");
+        let names: Vec<&str> = tags.keys().map(String::as_str).collect();
+        if root.ends_with("server") {
+            assert_eq!(names, ["team/a:v1", "team/b:prod"]);
+        } else {
+            assert_eq!(names, ["mine:v1", "pulled:x"]);
+        }
+    }
+}
