@@ -384,3 +384,90 @@ fn tags_pushed_under_other_names_survive_an_index_rebuild() {
         }
     }
 }
+
+#[test]
+fn catalog_and_tags_list_paginate_with_link_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = Registry::open(&tmp.path().join("local")).unwrap();
+    local
+        .publish(&micro_bundle(&["seg"], 1, 1), &TagName::parse("m:v1").unwrap())
+        .unwrap();
+    let s = start(&tmp.path().join("server"), |_| {});
+    let client = Client::new(&s.base(), Credentials::default());
+    let repos = ["a/x", "b", "c/y/z", "d", "e"];
+    let tags = ["t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+    for r in repos {
+        for t in &tags[..2] {
+            let remote = RemoteRef::parse(&format!("oci://{}/{r}:{t}", s.addr), false).unwrap();
+            push(&local, "m:v1", &remote, &client, &mut Quiet).unwrap();
+        }
+    }
+    for t in &tags[2..] {
+        let remote = RemoteRef::parse(&format!("oci://{}/b:{t}", s.addr), false).unwrap();
+        push(&local, "m:v1", &remote, &client, &mut Quiet).unwrap();
+    }
+    // Walks the pages by following Link headers; every item exactly once, in order.
+    let walk = |first: &str, key: &str| -> (Vec<String>, usize) {
+        let mut url = format!("{}{first}", s.base());
+        let (mut items, mut pages) = (Vec::new(), 0);
+        loop {
+            let r = ureq::get(&url).call().unwrap();
+            let link = r.header("Link").map(String::from);
+            let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            let page: Vec<String> = v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect();
+            assert!(page.len() <= 2, "{page:?}");
+            items.extend(page);
+            pages += 1;
+            match link {
+                None => return (items, pages),
+                Some(l) => {
+                    assert!(l.ends_with("; rel=\"next\""), "{l}");
+                    let target = l.trim_start_matches('<').split('>').next().unwrap();
+                    url = format!("{}{target}", s.base());
+                }
+            }
+        }
+    };
+    let (got, pages) = walk("/v2/_catalog?n=2", "repositories");
+    assert_eq!(got, repos);
+    assert_eq!(pages, 3);
+    let (got, pages) = walk("/v2/b/tags/list?n=2", "tags");
+    assert_eq!(got, tags);
+    assert_eq!(pages, 4);
+    // Without n: everything at once, no Link.
+    let r = ureq::get(&format!("{}/v2/b/tags/list", s.base())).call().unwrap();
+    assert!(r.header("Link").is_none());
+    let r = ureq::get(&format!("{}/v2/_catalog?last=c/y/z", s.base())).call().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+    assert_eq!(v["repositories"], serde_json::json!(["d", "e"]));
+}
+
+#[test]
+fn a_manifest_without_artifact_type_is_stored_and_pulls() {
+    // What oras-py pushes: no artifactType, the vmt config media type on the config.
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("server"), |_| {});
+    let base = s.base();
+    let blobs = BundleBlobs::of(&micro_bundle(&["seg"], 1, 1));
+    upload(&base, &blobs.config);
+    for (_, b) in &blobs.components {
+        upload(&base, b);
+    }
+    let mut m = blobs.manifest();
+    m.artifact_type = None;
+    let bytes = m.to_canonical_bytes();
+    assert!(!String::from_utf8_lossy(&bytes).contains("artifactType"));
+    let (code, body) = put_manifest(&base, &bytes);
+    assert_eq!(code, 201, "{body}");
+    let local = Registry::open(&tmp.path().join("local")).unwrap();
+    let remote = RemoteRef::parse(&format!("oci://{}/x:v1", s.addr), false).unwrap();
+    let client = Client::new(&base, Credentials::default());
+    pull(&local, &remote, &client, None, &mut Quiet).unwrap();
+    assert_eq!(local.resolve("x:v1").unwrap(), Digest::of(&bytes));
+    local.load(&Digest::of(&bytes)).unwrap();
+}
