@@ -1,22 +1,39 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Like every Unix tool: output cut short by a closed pipe (`vmt-hub show x | head`)
-    // ends the process quietly instead of a panic on the next write.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    #[cfg(unix)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Output cut short by a closed pipe (`vmt-hub show x | head`) ends the process
+    // quietly, like a Unix tool killed by SIGPIPE, instead of printing a panic. SIGPIPE
+    // itself stays ignored, so that a peer closing a socket is an error `serve`, `push`
+    // and `pull` report, not a silent death.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info)
+        }
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMT_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    match vmt_hub::cli::run(vmt_hub::cli::Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    let cli = vmt_hub::cli::Cli::parse();
+    match std::panic::catch_unwind(move || vmt_hub::cli::run(cli)) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+        // 128 + SIGPIPE, what a shell reports for a tool the signal ended.
+        Err(p) if is_broken_pipe(&*p) => std::process::ExitCode::from(141),
+        Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// Whether a panic is `println!` meeting a closed stdout.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
 }

@@ -491,8 +491,11 @@ fn python_has_hub() -> bool {
 
 #[test]
 fn cache_is_shared_with_python_huggingface_hub() {
-    if !python_has_hub() {
-        eprintln!("SKIPPED cache_is_shared_with_python_huggingface_hub: python3 with huggingface_hub is not installed");
+    if !common::tool_available(
+        "python3 with huggingface_hub",
+        python_has_hub(),
+        "python3 -m pip install huggingface_hub",
+    ) {
         return;
     }
     let hub = mock_hub();
@@ -557,10 +560,7 @@ fn pytorch_bin_is_read_when_a_repo_has_no_safetensors() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !made {
-        eprintln!(
-            "SKIPPED pytorch_bin_is_read_when_a_repo_has_no_safetensors: python3 is not available"
-        );
+    if !common::tool_available("python3", made, "apt-get install -y python3") {
         return;
     }
     let config = std::fs::read(fixtures().join("tiny/backbone/config.json")).unwrap();

@@ -2,7 +2,7 @@
 //!
 //! - [`bundle`]: `bundle.json`, the tensor naming scheme, exported directories;
 //! - [`safetensors_canon`]: canonical safetensors bytes (same tensors, same digest);
-//! - [`digest`], [`oci`], [`reference`]: digests, OCI manifests, bundle references;
+//! - [`digest`], [`oci`], [`reference`](mod@reference): digests, OCI manifests, bundle references;
 //! - [`store`]: the local registry (blobs on disk + sled index).
 
 pub mod bundle;

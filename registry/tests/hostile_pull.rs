@@ -61,6 +61,18 @@ fn server(
     })
 }
 
+/// Serves every blob of `s` as it is (whatever the manifest says of them).
+fn honest(s: Served) -> hostile::Hostile {
+    let comps = s.components;
+    server(s.manifest, s.config, move |path, stream| {
+        let (_, bytes) = comps
+            .iter()
+            .find(|(d, _)| path.ends_with(&d.to_string()))
+            .unwrap();
+        respond(stream, 200, &[], bytes)
+    })
+}
+
 fn client(h: &hostile::Hostile) -> Client {
     Client::with_timeouts(
         &h.base(),
@@ -178,14 +190,7 @@ fn layers_that_do_not_match_the_config_are_refused() {
     let titles = (a.annotations.clone(), b.annotations.clone());
     s.manifest.layers[1].annotations = titles.1;
     s.manifest.layers[2].annotations = titles.0;
-    let comps = s.components.clone();
-    let h = server(s.manifest, s.config, move |path, stream| {
-        let (_, bytes) = comps
-            .iter()
-            .find(|(d, _)| path.ends_with(&d.to_string()))
-            .unwrap();
-        respond(stream, 200, &[], bytes)
-    });
+    let h = honest(s);
     let err = pull_fails(&h);
     assert!(err.contains("tensor") && err.contains("127.0.0.1"), "{err}");
 }
@@ -207,14 +212,7 @@ fn pull_by_digest_needs_a_local_tag_and_leaves_existing_tags_alone() {
         .annotations
         .insert("org.opencontainers.image.ref.name".into(), "a:v1".into());
     let d = Digest::of(&s.manifest.to_canonical_bytes());
-    let comps = s.components.clone();
-    let h = server(s.manifest, s.config, move |path, stream| {
-        let (_, bytes) = comps
-            .iter()
-            .find(|(d, _)| path.ends_with(&d.to_string()))
-            .unwrap();
-        respond(stream, 200, &[], bytes)
-    });
+    let h = honest(s);
     let remote =
         RemoteRef::parse(&format!("oci://127.0.0.1:{}/evil/b@{d}", h.port), false).unwrap();
     let err = pull(&reg, &remote, &client(&h), None, &mut Quiet).unwrap_err();

@@ -73,6 +73,18 @@ fn start(root: &Path, tune: impl FnOnce(&mut ServeOptions)) -> Serve {
     }
 }
 
+/// A registry at `root` holding one small bundle as `m:v1`.
+fn local_with_m_v1(root: &Path) -> Registry {
+    let local = Registry::open(root).unwrap();
+    local
+        .publish(
+            &micro_bundle(&["seg"], 1, 1),
+            &TagName::parse("m:v1").unwrap(),
+        )
+        .unwrap();
+    local
+}
+
 fn status(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
     match r {
         Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
@@ -305,13 +317,7 @@ fn upload_sessions_are_bounded_checked_expire_and_are_cleaned() {
 fn a_rotten_blob_is_not_served_and_a_push_repairs_it() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start(&tmp.path().join("server"), |_| {});
-    let local = Registry::open(&tmp.path().join("local")).unwrap();
-    local
-        .publish(
-            &micro_bundle(&["seg"], 1, 1),
-            &TagName::parse("m:v1").unwrap(),
-        )
-        .unwrap();
+    let local = local_with_m_v1(&tmp.path().join("local"));
     let remote = RemoteRef::parse(&format!("oci://{}/m:v1", s.addr), false).unwrap();
     let client = || Client::new(&s.base(), Credentials::default());
     push(&local, "m:v1", &remote, &client(), &mut Quiet).unwrap();
@@ -388,10 +394,7 @@ fn tags_pushed_under_other_names_survive_an_index_rebuild() {
 #[test]
 fn catalog_and_tags_list_paginate_with_link_headers() {
     let tmp = tempfile::tempdir().unwrap();
-    let local = Registry::open(&tmp.path().join("local")).unwrap();
-    local
-        .publish(&micro_bundle(&["seg"], 1, 1), &TagName::parse("m:v1").unwrap())
-        .unwrap();
+    let local = local_with_m_v1(&tmp.path().join("local"));
     let s = start(&tmp.path().join("server"), |_| {});
     let client = Client::new(&s.base(), Credentials::default());
     let repos = ["a/x", "b", "c/y/z", "d", "e"];
@@ -440,9 +443,13 @@ fn catalog_and_tags_list_paginate_with_link_headers() {
     assert_eq!(got, tags);
     assert_eq!(pages, 4);
     // Without n: everything at once, no Link.
-    let r = ureq::get(&format!("{}/v2/b/tags/list", s.base())).call().unwrap();
+    let r = ureq::get(&format!("{}/v2/b/tags/list", s.base()))
+        .call()
+        .unwrap();
     assert!(r.header("Link").is_none());
-    let r = ureq::get(&format!("{}/v2/_catalog?last=c/y/z", s.base())).call().unwrap();
+    let r = ureq::get(&format!("{}/v2/_catalog?last=c/y/z", s.base()))
+        .call()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
     assert_eq!(v["repositories"], serde_json::json!(["d", "e"]));
 }

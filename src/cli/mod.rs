@@ -1,4 +1,8 @@
 //! The `vmt-hub` command line: argument parsing and printing over the library.
+//!
+//! Doc comments of the argument structs are the `--help` text, written for a terminal
+//! (`oci://HOST[:PORT]/REPO`, `[B,3,H,W]`), not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 pub mod backbone;
 pub mod data;

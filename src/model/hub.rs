@@ -1,7 +1,7 @@
 //! Backbones from the Hugging Face Hub, in the standard cache shared with Python's
 //! `huggingface_hub` (`models--owner--name/{blobs,snapshots,refs}`).
 //!
-//! Environment, as in Python: `HF_ENDPOINT` (default https://huggingface.co),
+//! Environment, as in Python: `HF_ENDPOINT` (default <https://huggingface.co>),
 //! `HF_HUB_CACHE` (else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), `HF_TOKEN`
 //! (else `$HF_HOME/token`), `HF_HUB_OFFLINE=1` (cache only, no request at all).
 //!

@@ -61,3 +61,30 @@ pub fn output_without_panic(cmd: &mut std::process::Command) -> std::process::Ou
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     o
 }
+
+/// Whether an external tool a test needs is here. Under `CI=true` a missing tool fails
+/// the test (`.ci/run` installs every one); elsewhere the test says what it skips and
+/// how to install the tool.
+pub fn tool_available(what: &str, available: bool, install: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{what} is not installed and CI=true: {install}");
+    }
+    eprintln!("SKIPPED: {what} is not installed, so its part of this test did not run; install it with: {install}");
+    false
+}
+
+/// Debian's docker-registry (distribution 2.8), if installed.
+pub fn docker_registry() -> Option<&'static str> {
+    let bin = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    tool_available(
+        "docker-registry",
+        bin.is_some(),
+        "apt-get install -y docker-registry",
+    )
+    .then(|| bin.expect("checked"))
+}
