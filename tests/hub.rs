@@ -608,3 +608,43 @@ fn pytorch_bin_is_read_when_a_repo_has_no_safetensors() {
         "the .bin backbone gives the same outputs"
     );
 }
+
+#[test]
+fn backbone_list_shows_hf_and_timm_caches_with_their_format() {
+    let hub = mock_hub();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let weights = std::fs::read(fixtures().join("tiny/backbone/model.safetensors")).unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let configs = [
+        (
+            "timm/swin_tiny_patch4_window7_224.ms_in1k",
+            r#"{"architecture": "swin_tiny_patch4_window7_224", "num_classes": 1000}"#.to_string(),
+        ),
+        (
+            "acme/hf-swin",
+            std::fs::read_to_string(fixtures().join("tiny/backbone/config.json")).unwrap(),
+        ),
+        ("acme/not-a-swin", r#"{"model_type": "vit"}"#.to_string()),
+    ];
+    for (repo, config) in &configs {
+        let dir = cache_repo(&home, repo);
+        let snap = dir.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(dir.join("refs")).unwrap();
+        std::fs::write(dir.join("refs/main"), commit).unwrap();
+        std::fs::write(snap.join("config.json"), config).unwrap();
+        std::fs::write(snap.join("model.safetensors"), &weights).unwrap();
+    }
+    let o = vmt_hub(&hub, &home, &[("HF_HUB_OFFLINE", "1")], &["backbone", "list"]);
+    let listing = text(&o);
+    assert!(o.status.success(), "{listing}");
+    let line = |repo: &str| listing.lines().find(|l| l.starts_with(repo)).map(String::from);
+    let timm = line("timm/swin_tiny_patch4_window7_224.ms_in1k").expect(&listing);
+    assert!(timm.split_whitespace().nth(1) == Some("timm"), "{timm}");
+    let swin_t = vmt_hub::model::swin::parameter_count(&vmt_registry::bundle::SwinGeometry::swin_t());
+    assert!(timm.contains(&swin_t.to_string()), "{timm}");
+    let hf = line("acme/hf-swin").expect(&listing);
+    assert!(hf.split_whitespace().nth(1) == Some("hf"), "{hf}");
+    assert!(line("acme/not-a-swin").is_none(), "{listing}");
+}

@@ -355,3 +355,55 @@ fn bad_data_is_refused_with_the_file_named_and_nothing_published() {
         .as_f64()
         .is_some());
 }
+
+#[test]
+fn eval_defaults_to_the_tasks_bundle_and_dataset_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    // data synth makes five tasks (with depth); train four of them.
+    let data = fresh(&tmp.path().join("data"));
+    assert!(Dataset::open(&data).unwrap().task("depth").is_some());
+    let o = vmt_hub(
+        &root,
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--tasks",
+            "semseg,human_parts,sal,normals",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            tmp.path().join("run").to_str().unwrap(),
+            "--tag",
+            "four:v1",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "four:v1", "--data", data.to_str().unwrap(), "--image-size", "32"];
+        args.extend_from_slice(extra);
+        vmt_hub(&root, &args)
+    };
+    let o = eval(&[]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(o.status.success(), "{err}");
+    for t in ["semseg", "human_parts", "sal", "normals"] {
+        assert!(out.contains(t), "{t} missing from {out}");
+    }
+    assert!(!out.contains("depth"), "{out}");
+    assert!(err.contains("skipped depth"), "{err}");
+    // Asking for a task the bundle lacks is an error that names it.
+    let o = eval(&["--tasks", "depth"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("depth") && err.contains("lacks"), "{err}");
+}

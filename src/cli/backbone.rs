@@ -39,13 +39,13 @@ pub fn run(cmd: BackboneCommand) -> anyhow::Result<()> {
         }
         BackboneCommand::List => {
             println!(
-                "{:<48} {:<12} {:>10} {:>12}  DIGEST",
-                "REPO", "COMMIT", "SIZE", "PARAMS"
+                "{:<48} {:<6} {:<12} {:>10} {:>12}  DIGEST",
+                "REPO", "FORMAT", "COMMIT", "SIZE", "PARAMS"
             );
-            for (repo, commit, snapshot) in list_cached(&env) {
+            for b in list_cached(&env) {
                 let r = HubRef {
-                    repo: repo.clone(),
-                    revision: commit.clone(),
+                    repo: b.repo.clone(),
+                    revision: b.commit.clone(),
                 };
                 let Some(hub) = cached(&env, &r) else {
                     continue;
@@ -53,13 +53,14 @@ pub fn run(cmd: BackboneCommand) -> anyhow::Result<()> {
                 let size = std::fs::metadata(&hub.weights)
                     .map(|m| m.len())
                     .unwrap_or(0);
-                let params = read_config(&snapshot.join("config.json"))
+                let params = read_config(&b.snapshot.join("config.json"))
                     .map(|g| parameter_count(&g).to_string())
                     .unwrap_or_else(|_| "?".into());
                 println!(
-                    "{:<48} {:<12} {:>10} {:>12}  {}",
-                    repo,
-                    &commit[..commit.len().min(12)],
+                    "{:<48} {:<6} {:<12} {:>10} {:>12}  {}",
+                    b.repo,
+                    b.format,
+                    &b.commit[..b.commit.len().min(12)],
                     super::registry::human_bytes(size),
                     params,
                     hub.digest

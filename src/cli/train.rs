@@ -269,8 +269,8 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[arg(long, default_value = "val")]
     pub split: String,
-    /// Evaluate only these tasks (default: every task of the dataset, which the bundle
-    /// must have).
+    /// Evaluate only these tasks (default: every task both the bundle and the dataset
+    /// have; the others are named as skipped).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Single-task baselines (an `eval --json` report or {"task": value}) for Δm.
@@ -293,20 +293,53 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let dataset = Arc::new(Dataset::open(&a.data)?);
     let (mut bundle, origin) = super::forward::read_bundle(root, &a.reference)?;
+    let in_bundle = |t: &str| bundle.config.task(t).is_some();
+    let in_data = |t: &str| dataset.task(t).is_some();
     let wanted: Vec<String> = if a.tasks.is_empty() {
-        dataset.info.tasks.iter().map(|t| t.name.clone()).collect()
+        // The tasks both have; say which of either side's are left out.
+        for t in &dataset.info.tasks {
+            if !in_bundle(&t.name) {
+                eprintln!(
+                    "skipped {}: bundle {} has no such task",
+                    t.name, a.reference
+                );
+            }
+        }
+        for t in &bundle.config.tasks {
+            if !in_data(&t.name) {
+                eprintln!(
+                    "skipped {}: dataset {} has no such task",
+                    t.name,
+                    dataset.root.display()
+                );
+            }
+        }
+        dataset
+            .info
+            .tasks
+            .iter()
+            .map(|t| t.name.clone())
+            .filter(|t| in_bundle(t))
+            .collect()
     } else {
         a.tasks.clone()
     };
+    if wanted.is_empty() {
+        anyhow::bail!(
+            "bundle {} and dataset {} have no task in common",
+            a.reference,
+            dataset.root.display()
+        );
+    }
     for t in &wanted {
-        if bundle.config.task(t).is_none() {
+        if !in_bundle(t) {
             anyhow::bail!(
-                "{}: names task {t:?}, which bundle {} lacks (it has {}); pass --tasks to evaluate a subset",
-                dataset.root.join("dataset.json").display(),
+                "task {t:?} was asked for, but bundle {} lacks it (it has {})",
                 a.reference,
                 bundle.config.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
+        dataset.require_task(t)?;
     }
     // Evaluate only the wanted tasks: drop the others' decoders.
     bundle.config.tasks.retain(|t| wanted.contains(&t.name));

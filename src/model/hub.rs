@@ -261,8 +261,18 @@ fn verify_download(path: &Path, r: &HubRef, file: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every cached Swin backbone: `(repo, commit, snapshot dir)`.
-pub fn list_cached(env: &HubEnv) -> Vec<(String, String, PathBuf)> {
+/// A cached Swin that `--backbone` accepts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CachedBackbone {
+    pub repo: String,
+    pub commit: String,
+    pub snapshot: PathBuf,
+    /// `hf` (a Hugging Face `SwinConfig`) or `timm` (a timm config naming a Swin).
+    pub format: &'static str,
+}
+
+/// Every cached Swin backbone, in either format `--backbone` reads.
+pub fn list_cached(env: &HubEnv) -> Vec<CachedBackbone> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(&env.cache) else {
         return out;
@@ -278,17 +288,20 @@ pub fn list_cached(env: &HubEnv) -> Vec<(String, String, PathBuf)> {
         };
         for s in snaps.flatten() {
             let config = s.path().join("config.json");
-            let is_swin = std::fs::read_to_string(&config)
+            // What `--backbone` accepts is what read_config parses.
+            if crate::model::backbone::read_config(&config).is_err() {
+                continue;
+            }
+            let timm = std::fs::read_to_string(&config)
                 .ok()
                 .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| v.get("model_type").and_then(|m| m.as_str()) == Some("swin"));
-            if is_swin {
-                out.push((
-                    repo.clone(),
-                    s.file_name().to_string_lossy().into_owned(),
-                    s.path(),
-                ));
-            }
+                .is_some_and(|v| v.get("architecture").is_some());
+            out.push(CachedBackbone {
+                repo: repo.clone(),
+                commit: s.file_name().to_string_lossy().into_owned(),
+                snapshot: s.path(),
+                format: if timm { "timm" } else { "hf" },
+            });
         }
     }
     out.sort();

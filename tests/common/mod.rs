@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-/// `tests/fixtures`: the parity fixtures made by `reference/vmt_ref.py`.
+/// `tests/fixtures`: the parity fixtures made by `reference/make_fixtures.py` (or the
+/// folder `VMT_FIXTURES` names, to check a freshly made set).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("VMT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
 }
 
 /// Largest `|a - b| - rel*|b|` over all elements; <= abs means within tolerance.
