@@ -636,13 +636,24 @@ fn backbone_list_shows_hf_and_timm_caches_with_their_format() {
         std::fs::write(snap.join("config.json"), config).unwrap();
         std::fs::write(snap.join("model.safetensors"), &weights).unwrap();
     }
-    let o = vmt_hub(&hub, &home, &[("HF_HUB_OFFLINE", "1")], &["backbone", "list"]);
+    let o = vmt_hub(
+        &hub,
+        &home,
+        &[("HF_HUB_OFFLINE", "1")],
+        &["backbone", "list"],
+    );
     let listing = text(&o);
     assert!(o.status.success(), "{listing}");
-    let line = |repo: &str| listing.lines().find(|l| l.starts_with(repo)).map(String::from);
+    let line = |repo: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(repo))
+            .map(String::from)
+    };
     let timm = line("timm/swin_tiny_patch4_window7_224.ms_in1k").expect(&listing);
     assert!(timm.split_whitespace().nth(1) == Some("timm"), "{timm}");
-    let swin_t = vmt_hub::model::swin::parameter_count(&vmt_registry::bundle::SwinGeometry::swin_t());
+    let swin_t =
+        vmt_hub::model::swin::parameter_count(&vmt_registry::bundle::SwinGeometry::swin_t());
     assert!(timm.contains(&swin_t.to_string()), "{timm}");
     let hf = line("acme/hf-swin").expect(&listing);
     assert!(hf.split_whitespace().nth(1) == Some("hf"), "{hf}");

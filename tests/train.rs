@@ -386,7 +386,14 @@ fn eval_defaults_to_the_tasks_bundle_and_dataset_share() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let eval = |extra: &[&str]| {
-        let mut args = vec!["eval", "four:v1", "--data", data.to_str().unwrap(), "--image-size", "32"];
+        let mut args = vec![
+            "eval",
+            "four:v1",
+            "--data",
+            data.to_str().unwrap(),
+            "--image-size",
+            "32",
+        ];
         args.extend_from_slice(extra);
         vmt_hub(&root, &args)
     };
@@ -406,4 +413,59 @@ fn eval_defaults_to_the_tasks_bundle_and_dataset_share() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("depth") && err.contains("lacks"), "{err}");
+
+    // predict --data: a sheet per image with the ground truth as a second row, upscaled
+    // to a readable size, with every ground-truth class colour on it (panel + legend).
+    let out = tmp.path().join("pictures");
+    let o = vmt_hub(
+        &root,
+        &[
+            "predict",
+            "four:v1",
+            "--data",
+            data.to_str().unwrap(),
+            "--count",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ds = Dataset::open(&data).unwrap();
+    let id = ds.split("val").unwrap()[0].clone();
+    let sheet = image::open(out.join(format!("{id}.sheet.png")))
+        .unwrap()
+        .to_rgb8();
+    assert!(
+        sheet.height() >= 2 * 192 && sheet.width() >= 5 * 192,
+        "{:?}",
+        sheet.dimensions()
+    );
+    let parts = ds.task("human_parts").unwrap().clone();
+    let sample = ds.load(&id, &[parts]).unwrap();
+    let vmt_hub::data::Label::Classes(c) = &sample.labels[0] else {
+        panic!("human_parts is a class map")
+    };
+    let colours: std::collections::HashSet<[u8; 3]> = sheet.pixels().map(|p| p.0).collect();
+    for &k in c.iter().filter(|&&k| k != 255) {
+        assert!(
+            colours.contains(&vmt_hub::predict::palette(k as usize)),
+            "class {k} of the ground truth is not drawn"
+        );
+    }
+    // Without a dataset: one row.
+    let o = vmt_hub(
+        &root,
+        &[
+            "predict",
+            "four:v1",
+            "--image",
+            ds.image_path(&id).unwrap().to_str().unwrap(),
+            "--out",
+            tmp.path().join("alone").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alone = image::open(tmp.path().join(format!("alone/{id}.sheet.png"))).unwrap();
+    assert!(alone.height() < sheet.height());
 }

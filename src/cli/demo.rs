@@ -11,7 +11,7 @@ use crate::data::Dataset;
 use crate::device::parse_device;
 use crate::eval::evaluate;
 use crate::model::Backbone;
-use crate::predict::predict_image;
+use crate::predict::{predict_image, predict_sample};
 use crate::train::{train, TrainOptions, TrainOutcome};
 
 #[derive(Debug, Args)]
@@ -19,8 +19,17 @@ pub struct PredictArgs {
     /// A bundle: registry reference or exported directory.
     pub reference: String,
     /// Images (PNG or JPEG, any size).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "data")]
     pub image: Vec<PathBuf>,
+    /// A dataset: draw its images with their ground truth beside the predictions.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The dataset split to draw from.
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// How many images of the split to draw.
+    #[arg(long, default_value_t = 4)]
+    pub count: usize,
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long)]
@@ -43,6 +52,17 @@ pub fn run_predict(root: Option<&Path>, a: PredictArgs) -> anyhow::Result<()> {
             files.len(),
             a.out.display()
         );
+    }
+    if let Some(data) = &a.data {
+        let dataset = Dataset::open(data)?;
+        for id in dataset.split(&a.split)?.iter().take(a.count) {
+            let files = predict_sample(&model, &dataset, id, &a.out)?;
+            println!(
+                "{id} (with ground truth) -> {} file(s) in {}",
+                files.len(),
+                a.out.display()
+            );
+        }
     }
     Ok(())
 }
@@ -136,11 +156,7 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     let pictures = a.out.join("predictions");
     println!("4/4 drawing predictions -> {}", pictures.display());
     for id in val.iter().take(4) {
-        predict_image(
-            &model,
-            &data.join("images").join(format!("{id}.jpg")),
-            &pictures,
-        )?;
+        predict_sample(&model, &dataset, id, &pictures)?;
     }
     println!(
         "\nnext: target/release/vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",

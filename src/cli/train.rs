@@ -336,7 +336,13 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
             anyhow::bail!(
                 "task {t:?} was asked for, but bundle {} lacks it (it has {})",
                 a.reference,
-                bundle.config.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                bundle
+                    .config
+                    .tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         dataset.require_task(t)?;

@@ -143,7 +143,7 @@ impl Dataset {
     }
 
     /// The image file of `id` (`.jpg`, `.jpeg` or `.png`).
-    fn image_path(&self, id: &str) -> Result<PathBuf, DataError> {
+    pub fn image_path(&self, id: &str) -> Result<PathBuf, DataError> {
         for ext in ["jpg", "jpeg", "png"] {
             let p = self.root.join("images").join(format!("{id}.{ext}"));
             if p.is_file() {
