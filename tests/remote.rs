@@ -898,3 +898,79 @@ fn bearer_token_flow_from_the_challenge() {
     );
     server.unblock();
 }
+
+/// oras-py (a third-party OCI client that cannot set `artifactType`) pushes a bundle's
+/// files to `vmt-hub serve`; vmt-hub pulls it back bit for bit.
+#[test]
+fn a_bundle_pushed_by_oras_py_pulls() {
+    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_oras = Command::new(&python)
+        .args(["-c", "import oras.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !common::tool_available("python3 with oras", has_oras, "python3 -m pip install oras") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = fixture_subset(&["semseg", "sal"]);
+    let blobs = vmt_registry::store::BundleBlobs::of(&bundle);
+    // The bundle as files an oras user would push: one per component, and the config.
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("bundle.json"), &blobs.config).unwrap();
+    let mut layers = Vec::new();
+    let mut titles = serde_json::Map::new();
+    for (component, bytes) in &blobs.components {
+        let path = files.join(format!("{}.safetensors", component.replace('/', "-")));
+        std::fs::write(&path, bytes).unwrap();
+        layers.push(format!(
+            "{}:application/vnd.vmt.component.v1.safetensors",
+            path.display()
+        ));
+        titles.insert(
+            path.display().to_string(),
+            serde_json::json!({"org.opencontainers.image.title": component}),
+        );
+    }
+    let annotations = tmp.path().join("annotations.json");
+    std::fs::write(&annotations, serde_json::to_vec(&titles).unwrap()).unwrap();
+    let serve = vmt_serve(tmp.path(), &[]);
+    let script = format!(
+        "import oras.client\n\
+         c = oras.client.OrasClient(insecure=True)\n\
+         c.push(target='127.0.0.1:{port}/oras/vmt:v1', files={layers:?}, \
+         manifest_config='{config}:application/vnd.vmt.bundle.config.v1+json', \
+         annotation_file='{ann}', disable_path_validation=True)\n",
+        port = serve.port,
+        layers = layers,
+        config = files.join("bundle.json").display(),
+        ann = annotations.display(),
+    );
+    let o = Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "oras push: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let local = tmp.path().join("local");
+    let o = vmt_hub(&[
+        "--registry",
+        local.to_str().unwrap(),
+        "pull",
+        &format!("oci://127.0.0.1:{}/oras/vmt:v1", serve.port),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reg = Registry::open(&local).unwrap();
+    let d = reg.resolve("oras/vmt:v1").unwrap();
+    let manifest = String::from_utf8(reg.blob(&d, "manifest").unwrap()).unwrap();
+    assert!(!manifest.contains("artifactType"), "{manifest}");
+    assert_eq!(
+        reg.load(&d).unwrap(),
+        bundle,
+        "the pulled bundle is the pushed one"
+    );
+}
