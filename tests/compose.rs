@@ -209,3 +209,254 @@ fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
     );
     assert!(!ok(&root, &["list"]).contains("m:bad"));
 }
+
+/// Runs `forward` of `reference` on `input`; returns each output tensor's bytes.
+fn outputs(
+    root: &Path,
+    reference: &str,
+    input: &Path,
+    out: &Path,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    ok(
+        root,
+        &[
+            "forward",
+            "--bundle",
+            reference,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let bytes = std::fs::read(out).unwrap();
+    vmt_registry::safetensors_canon::parse(&bytes, out)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("features."))
+        .map(|(k, t)| (k, t.data))
+        .collect()
+}
+
+/// Bytes of every blob file.
+fn store_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, root) = (tmp.path().join("data"), tmp.path().join("reg"));
+    synthesize(&data, 12, 32, 4).unwrap();
+    let d = data.to_str().unwrap();
+    let mut n = 0;
+    let mut step = |args: &[&str]| {
+        n += 1;
+        let run = tmp.path().join(format!("run{n}"));
+        let mut a: Vec<&str> = args.to_vec();
+        let run = run.to_str().unwrap().to_string();
+        a.extend([
+            "--data",
+            d,
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            &run,
+        ]);
+        ok(&root, &a);
+    };
+    step(&["train", "--tasks", "semseg,sal", "--tag", "m:v1"]);
+    // Two siblings of m:v1, and a stranger trained on its own.
+    step(&[
+        "add-task",
+        "m:v1",
+        "--task",
+        "human_parts",
+        "--tag",
+        "m:parts",
+    ]);
+    step(&[
+        "add-task",
+        "m:v1",
+        "--task",
+        "normals",
+        "--tag",
+        "m:normals",
+    ]);
+    step(&[
+        "train", "--tasks", "semseg", "--tag", "other:v1", "--seed", "9",
+    ]);
+    // Same task name as m:parts, other weights.
+    step(&[
+        "add-task",
+        "m:v1",
+        "--task",
+        "human_parts",
+        "--tag",
+        "m:parts2",
+        "--seed",
+        "5",
+    ]);
+
+    let input = tmp.path().join("x.safetensors");
+    let pixels: Vec<f32> = (0..2 * 3 * 32 * 48)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    std::fs::write(
+        &input,
+        vmt_registry::safetensors_canon::canonical_bytes(&std::collections::BTreeMap::from([(
+            "pixel_values".to_string(),
+            vmt_registry::bundle::RawTensor::from_f32(vec![2, 3, 32, 48], &pixels),
+        )])),
+    )
+    .unwrap();
+    let out = |r: &str| {
+        outputs(
+            &root,
+            r,
+            &input,
+            &tmp.path().join(format!("{}.st", r.replace(':', "_"))),
+        )
+    };
+
+    // merge: one bundle with all four tasks; each task's outputs bit for bit.
+    let (blobs, bytes) = (blob_files(&root), store_bytes(&root));
+    let said = ok(&root, &["merge", "m:parts", "m:normals", "--tag", "m:all"]);
+    assert!(said.contains("2 new blob(s)"), "{said}");
+    assert_eq!(blob_files(&root), blobs + 2, "a config and a manifest");
+    let grown = store_bytes(&root) - bytes;
+    assert!(grown < 16 << 10, "the registry grew by {grown} bytes");
+    let all = out("m:all");
+    let (parts, normals) = (out("m:parts"), out("m:normals"));
+    assert_eq!(all.len(), 4);
+    for (task, want) in parts.iter().chain(normals.iter()) {
+        assert_eq!(all.get(task), Some(want), "{task} differs after merge");
+    }
+
+    // drop-task and rename-task: likewise.
+    let blobs = blob_files(&root);
+    ok(
+        &root,
+        &["drop-task", "m:all", "--task", "sal", "--tag", "m:nosal"],
+    );
+    ok(
+        &root,
+        &[
+            "rename-task",
+            "m:all",
+            "--task",
+            "semseg=seg",
+            "--tag",
+            "m:renamed",
+        ],
+    );
+    assert_eq!(blob_files(&root), blobs + 4);
+    let nosal = out("m:nosal");
+    assert_eq!(nosal.len(), 3);
+    for (task, got) in &nosal {
+        assert_eq!(Some(got), all.get(task), "{task} after drop-task");
+    }
+    let renamed = out("m:renamed");
+    assert_eq!(renamed.get("seg"), all.get("semseg"), "renamed task output");
+    assert!(!renamed.contains_key("semseg"));
+    // A renamed bundle exports and re-imports as the same digest.
+    let exported = tmp.path().join("renamed-dir");
+    ok(&root, &["export", "m:renamed", exported.to_str().unwrap()]);
+    let again = ok(
+        &root,
+        &["import", exported.to_str().unwrap(), "--tag", "m:again"],
+    );
+    let reg = Registry::open(&root).unwrap();
+    assert!(
+        again.contains(&reg.resolve("m:renamed").unwrap().to_string()),
+        "{again}"
+    );
+    drop(reg);
+
+    // diff names exactly the changed components.
+    let diff = ok(&root, &["diff", "m:parts", "m:all"]);
+    let comp: Vec<&str> = diff
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("config:"))
+        .collect();
+    assert_eq!(comp.len(), 1, "{diff}");
+    assert!(comp[0].starts_with("  + task/normals"), "{diff}");
+    assert!(diff.contains("tasks.normals.kind"), "{diff}");
+    let diff = ok(&root, &["diff", "m:parts", "m:parts2"]);
+    assert!(diff.contains("  ~ task/human_parts"), "{diff}");
+
+    // Lineage and families.
+    let show = ok(&root, &["show", "m:all"]);
+    assert!(
+        show.contains("merge: +normals") || show.contains("merge: +human_parts +normals"),
+        "{show}"
+    );
+    let tree = ok(&root, &["list", "--tree"]);
+    let families: Vec<&str> = tree.lines().filter(|l| l.starts_with("shared ")).collect();
+    assert_eq!(families.len(), 2, "m:* and other:v1\n{tree}");
+
+    // Refusals, each naming the reason, nothing written.
+    let blobs = blob_files(&root);
+    let refused = |args: &[&str], needle: &str| {
+        let o = vmt_hub(&root, args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    };
+    refused(
+        &["merge", "m:v1", "other:v1", "--tag", "x:1"],
+        "different shared components",
+    );
+    refused(
+        &["merge", "m:parts", "m:parts2", "--tag", "x:1"],
+        "different weights",
+    );
+    refused(
+        &["drop-task", "other:v1", "--task", "semseg", "--tag", "x:1"],
+        "only task",
+    );
+    refused(
+        &["drop-task", "m:v1", "--task", "depth", "--tag", "x:1"],
+        "no task \"depth\"",
+    );
+    refused(
+        &[
+            "rename-task",
+            "m:v1",
+            "--task",
+            "semseg=sal",
+            "--tag",
+            "x:1",
+        ],
+        "already has a task",
+    );
+    // Same shared component, another backbone: a config edited by hand.
+    let edited = tmp.path().join("edited");
+    ok(&root, &["export", "m:normals", edited.to_str().unwrap()]);
+    let p = edited.join("bundle.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    cfg["backbone"]["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    ok(
+        &root,
+        &["import", edited.to_str().unwrap(), "--tag", "m:edited"],
+    );
+    let blobs = blobs + 2;
+    refused(
+        &["merge", "m:parts", "m:edited", "--tag", "x:1"],
+        "different backbones",
+    );
+    assert_eq!(blob_files(&root), blobs, "a refusal writes nothing");
+    assert!(!ok(&root, &["list"]).contains("x:1"));
+}

@@ -79,6 +79,8 @@ pub enum Error {
     },
     #[error("{remote}: authentication failed: {reason}")]
     Auth { remote: String, reason: String },
+    #[error("cannot compose: {0}")]
+    Compose(String),
     #[error("registry index: {0}")]
     Index(#[from] sled::Error),
 }

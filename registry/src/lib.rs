@@ -3,9 +3,12 @@
 //! - [`bundle`]: `bundle.json`, the tensor naming scheme, exported directories;
 //! - [`safetensors_canon`]: canonical safetensors bytes (same tensors, same digest);
 //! - [`digest`], [`oci`], [`reference`](mod@reference): digests, OCI manifests, bundle references;
-//! - [`store`]: the local registry (blobs on disk + sled index).
+//! - [`store`]: the local registry (blobs on disk, tag record, sled index);
+//! - [`compose`]: merge, drop-task, rename-task and diff over stored bundles;
+//! - [`remote`]: push, pull and `serve` over the OCI Distribution API.
 
 pub mod bundle;
+pub mod compose;
 pub mod digest;
 pub mod error;
 pub mod oci;

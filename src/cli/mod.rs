@@ -5,6 +5,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 pub mod backbone;
+pub mod compose;
 pub mod data;
 mod demo;
 mod forward;
@@ -46,6 +47,15 @@ pub enum Command {
     /// Add tasks to a trained bundle: only their KEMs and decoders are trained; the
     /// backbone, the shared adapter and the existing tasks stay as they are.
     AddTask(Box<train::AddTaskArgs>),
+    /// One bundle with the tasks of several that share their shared adapter (no tensor
+    /// is copied: a new config and manifest over the same components).
+    Merge(compose::MergeArgs),
+    /// A bundle without one of its tasks (a new config and manifest).
+    DropTask(compose::DropTaskArgs),
+    /// A bundle with a task renamed (a new config and manifest; tensors keep their names).
+    RenameTask(compose::RenameTaskArgs),
+    /// Components added, removed and changed between two bundles, config and metric changes.
+    Diff { a: String, b: String },
     /// Per-task metrics of a bundle on a dataset split, and Δm against baselines.
     Eval(train::EvalArgs),
     /// One PNG per task and image, plus an overlay sheet per image.
@@ -57,7 +67,11 @@ pub enum Command {
     /// Write a stored bundle as a directory (bundle.json + adapter.safetensors).
     Export(registry::ExportArgs),
     /// Tagged bundles: name, tag, digest, size, tasks.
-    List,
+    List {
+        /// Group bundles into families that share a `shared` component.
+        #[arg(long)]
+        tree: bool,
+    },
     /// A bundle's config, components (sizes, digests, parameters) and lineage.
     Show { reference: String },
     /// Give a stored bundle another NAME:TAG.
@@ -158,7 +172,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => remote::run_serve(root, args),
         Command::Import(args) => registry::import(root, args),
         Command::Export(args) => registry::export(root, args),
-        Command::List => registry::list(root),
+        Command::List { tree } => registry::list(root, tree),
+        Command::Merge(args) => compose::merge(root, args),
+        Command::DropTask(args) => compose::drop_task(root, args),
+        Command::RenameTask(args) => compose::rename_task(root, args),
+        Command::Diff { a, b } => compose::diff(root, &a, &b),
         Command::Show { reference } => registry::show(root, &reference),
         Command::Tag { reference, new_tag } => registry::tag(root, &reference, &new_tag),
         Command::Rm { reference } => registry::rm(root, &reference),

@@ -69,18 +69,119 @@ pub fn export(root: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn list(root: Option<&Path>) -> anyhow::Result<()> {
+pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
     let reg = open(root)?;
     let rows = reg.list()?;
-    println!("{:<32} {:<14} {:>10}  TASKS", "NAME:TAG", "DIGEST", "SIZE");
-    for r in rows {
+    let line = |r: &vmt_registry::store::ListEntry, indent: &str| {
         println!(
-            "{:<32} {:<14} {:>10}  {}",
+            "{indent}{:<32} {:<14} {:>10}  {}",
             r.tag,
             r.digest.short(),
             human_bytes(r.size),
             r.tasks.join(",")
+        )
+    };
+    if !tree {
+        println!("{:<32} {:<14} {:>10}  TASKS", "NAME:TAG", "DIGEST", "SIZE");
+        for r in &rows {
+            line(r, "");
+        }
+        return Ok(());
+    }
+    // Families: bundles that share a `shared` component (the adapter is stored once).
+    let mut families: std::collections::BTreeMap<String, Vec<&vmt_registry::store::ListEntry>> =
+        Default::default();
+    for r in &rows {
+        let key = r
+            .shared
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "?".into());
+        families.entry(key).or_default().push(r);
+    }
+    for (shared, members) in families {
+        println!("shared {shared} ({} bundle(s))", members.len());
+        for r in members {
+            line(r, "  ");
+        }
+    }
+    Ok(())
+}
+
+/// The lineage of `d`, oldest first: each step with its tags, how it was made and
+/// which tasks it added or removed.
+fn print_lineage(reg: &vmt_registry::Registry, d: &vmt_registry::Digest) -> anyhow::Result<()> {
+    let mut chain = vec![*d];
+    while let Some(p) = reg.parent(chain.last().expect("non-empty"))? {
+        if chain.contains(&p) || chain.len() > 64 {
+            break;
+        }
+        chain.push(p);
+    }
+    if chain.len() == 1 {
+        println!("lineage: (no parent)");
+        return Ok(());
+    }
+    println!("lineage (oldest first):");
+    let mut before: Vec<String> = Vec::new();
+    for (i, step) in chain.iter().rev().enumerate() {
+        let tags = reg.tags_of(step)?;
+        let label = if tags.is_empty() {
+            step.to_string()
+        } else {
+            format!("{step} ({})", tags.join(", "))
+        };
+        let (tasks, operation) = match vmt_registry::compose::Stored::read(reg, &step.to_string()) {
+            Ok(s) => {
+                let op = s
+                    .config
+                    .extra
+                    .get("provenance")
+                    .and_then(|p| p.get("operation"))
+                    .and_then(|o| o.as_str())
+                    .map(String::from)
+                    .unwrap_or_else(|| {
+                        if i == 0 {
+                            "train".into()
+                        } else {
+                            "add-task".into()
+                        }
+                    });
+                (
+                    s.config
+                        .tasks
+                        .iter()
+                        .map(|t| t.name.clone())
+                        .collect::<Vec<_>>(),
+                    op,
+                )
+            }
+            Err(_) => (Vec::new(), "(not in this registry)".into()),
+        };
+        let added: Vec<String> = tasks
+            .iter()
+            .filter(|t| !before.contains(t))
+            .map(|t| format!("+{t}"))
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .filter(|t| !tasks.contains(t))
+            .map(|t| format!("-{t}"))
+            .collect();
+        let change = added
+            .into_iter()
+            .chain(removed)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let pad = "  ".repeat(i);
+        println!(
+            "  {pad}{label}  {operation}: {}",
+            if change.is_empty() {
+                "(tasks unchanged)".to_string()
+            } else {
+                change
+            }
         );
+        before = tasks;
     }
     Ok(())
 }
@@ -131,18 +232,7 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
         );
     }
     println!("trainable parameters: {total}");
-    let mut chain = Vec::new();
-    let mut cur = reg.parent(&d)?;
-    while let Some(p) = cur {
-        chain.push(p);
-        cur = reg.parent(&p)?;
-    }
-    if chain.is_empty() {
-        println!("lineage: (no parent)");
-    } else {
-        let names: Vec<String> = chain.iter().map(|p| p.to_string()).collect();
-        println!("lineage: {}", names.join(" <- "));
-    }
+    print_lineage(&reg, &d)?;
     println!(
         "config:\n{}",
         serde_json::to_string_pretty(&config_value(&bundle.config))?

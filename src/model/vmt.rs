@@ -88,7 +88,7 @@ impl Decoder {
         cfg: &BundleConfig,
         task: &TaskSpec,
     ) -> std::result::Result<Self, ModelError> {
-        let p = format!("tasks.{}.decoder", task.name);
+        let p = format!("tasks.{}.decoder", task.stored_name());
         let eps = cfg.backbone.layer_norm_eps;
         let (d, hidden) = (cfg.decoder.dim, cfg.decoder.hidden);
         let dims = cfg.backbone.stage_dims();
@@ -210,7 +210,8 @@ impl VmtModel {
                 kems.push(
                     (0..depth)
                         .map(|j| {
-                            let p = format!("tasks.{}.kem.stages.{i}.blocks.{j}", task.name);
+                            let p =
+                                format!("tasks.{}.kem.stages.{i}.blocks.{j}", task.stored_name());
                             Ok(Kem {
                                 gamma: t.get_f32(&format!("{p}.gamma"), &[dims[i]])?,
                                 beta: t.get_f32(&format!("{p}.beta"), &[dims[i]])?,

@@ -236,12 +236,17 @@ impl std::str::FromStr for TaskKind {
     }
 }
 
-/// One task: its name (used in tensor names), kind and output channels.
+/// One task: its name, kind and output channels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub name: String,
     pub kind: TaskKind,
     pub channels: usize,
+    /// The name its tensors and component are stored under, when it differs from
+    /// `name` (after `rename-task`, which writes no tensor): tensors stay
+    /// `tasks.<stored_as>.*` in component `task/<stored_as>`. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_as: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -252,8 +257,14 @@ impl TaskSpec {
             name: name.into(),
             kind,
             channels,
+            stored_as: None,
             extra: Map::new(),
         }
+    }
+
+    /// The name in its tensor names and component: `stored_as`, else `name`.
+    pub fn stored_name(&self) -> &str {
+        self.stored_as.as_deref().unwrap_or(&self.name)
     }
 }
 
@@ -288,6 +299,11 @@ impl BundleConfig {
 
     pub fn task(&self, name: &str) -> Option<&TaskSpec> {
         self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// The task whose tensors are stored under `stored` (see [`TaskSpec::stored_as`]).
+    pub fn task_stored_as(&self, stored: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|t| t.stored_name() == stored)
     }
 
     /// Checks what serde cannot: the format, the task names and channel counts.
@@ -332,10 +348,20 @@ impl BundleConfig {
             return Err("tasks is empty: a bundle needs at least one task".into());
         }
         let mut seen = std::collections::BTreeSet::new();
+        let mut stored = std::collections::BTreeSet::new();
         for t in &self.tasks {
             validate_task_name(&t.name)?;
+            if let Some(s) = &t.stored_as {
+                validate_task_name(s)?;
+            }
             if !seen.insert(&t.name) {
                 return Err(format!("task {:?} appears twice", t.name));
+            }
+            if !stored.insert(t.stored_name()) {
+                return Err(format!(
+                    "two tasks are stored as {:?} (task/{0} would hold both)",
+                    t.stored_name()
+                ));
             }
             if t.channels == 0 {
                 return Err(format!("task {:?} has 0 channels", t.name));

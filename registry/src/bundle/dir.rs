@@ -145,7 +145,7 @@ impl BundleDir {
                 self.config
                     .tasks
                     .iter()
-                    .map(|t| super::task_component(&t.name)),
+                    .map(|t| super::task_component(t.stored_name())),
             )
             .collect()
     }
@@ -218,7 +218,7 @@ pub(crate) fn check_specs(
         if let Some(name) = tensors.keys().find(|n| !known.contains(n.as_str())) {
             let reason = match component_of(name) {
                 None => "names start with adapter. or tasks.<task>.".to_string(),
-                Some(c) if c.starts_with("task/") && config.task(&c[5..]).is_none() => {
+                Some(c) if c.starts_with("task/") && config.task_stored_as(&c[5..]).is_none() => {
                     format!("bundle.json has no task {:?}", &c[5..])
                 }
                 Some(c) if specs.iter().all(|s| s.component != c) => {

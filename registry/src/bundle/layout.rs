@@ -34,7 +34,7 @@ impl TensorSpec {
 pub fn bundle_tensors(cfg: &BundleConfig) -> Vec<TensorSpec> {
     let mut out = shared_tensors(cfg);
     for t in &cfg.tasks {
-        out.extend(task_tensors(cfg, &t.name, t.channels));
+        out.extend(task_tensors(cfg, t.stored_name(), t.channels));
     }
     out
 }
@@ -71,7 +71,8 @@ pub fn shared_tensors(cfg: &BundleConfig) -> Vec<TensorSpec> {
     out
 }
 
-/// One task's tensors: its KEMs and its decoder.
+/// One task's tensors: its KEMs and its decoder; `task` is the name they are stored
+/// under ([`TaskSpec::stored_name`](super::TaskSpec::stored_name)).
 pub fn task_tensors(cfg: &BundleConfig, task: &str, channels: usize) -> Vec<TensorSpec> {
     let component = task_component(task);
     let mut out = Vec::new();

@@ -57,6 +57,8 @@ pub struct ListEntry {
     pub digest: Digest,
     pub tasks: Vec<String>,
     pub size: u64,
+    /// The digest of its `shared` component: bundles with the same one form a family.
+    pub shared: Option<Digest>,
 }
 
 /// A blob `gc` removes or keeps, and why.
@@ -126,26 +128,36 @@ impl BundleBlobs {
 
     /// The manifest for these blobs. It names no tag: one content, one digest.
     pub fn manifest(&self) -> Manifest {
-        let desc = |media: &str, bytes: &[u8], title: Option<&str>| Descriptor {
-            media_type: media.into(),
-            digest: Digest::of(bytes),
-            size: bytes.len() as u64,
-            annotations: title
-                .map(|t| BTreeMap::from([(TITLE_ANNOTATION.to_string(), t.to_string())]))
-                .unwrap_or_default(),
-        };
-        Manifest {
-            schema_version: 2,
-            media_type: MANIFEST_MEDIA_TYPE.into(),
-            artifact_type: Some(BUNDLE_ARTIFACT_TYPE.into()),
-            config: desc(CONFIG_MEDIA_TYPE, &self.config, None),
-            layers: self
-                .components
-                .iter()
-                .map(|(c, b)| desc(COMPONENT_MEDIA_TYPE, b, Some(c)))
-                .collect(),
-            annotations: BTreeMap::new(),
-        }
+        let layers = self
+            .components
+            .iter()
+            .map(|(c, b)| descriptor(COMPONENT_MEDIA_TYPE, b, Some(c)))
+            .collect();
+        bundle_manifest(&self.config, layers)
+    }
+}
+
+fn descriptor(media: &str, bytes: &[u8], title: Option<&str>) -> Descriptor {
+    Descriptor {
+        media_type: media.into(),
+        digest: Digest::of(bytes),
+        size: bytes.len() as u64,
+        annotations: title
+            .map(|t| BTreeMap::from([(TITLE_ANNOTATION.to_string(), t.to_string())]))
+            .unwrap_or_default(),
+    }
+}
+
+/// The manifest of a bundle whose config is `config` (canonical JSON) and whose
+/// component layers are `layers`.
+fn bundle_manifest(config: &[u8], layers: Vec<Descriptor>) -> Manifest {
+    Manifest {
+        schema_version: 2,
+        media_type: MANIFEST_MEDIA_TYPE.into(),
+        artifact_type: Some(BUNDLE_ARTIFACT_TYPE.into()),
+        config: descriptor(CONFIG_MEDIA_TYPE, config, None),
+        layers,
+        annotations: BTreeMap::new(),
     }
 }
 
@@ -373,6 +385,56 @@ impl Registry {
         Ok(published)
     }
 
+    /// Stores a bundle made of `config` and layers already in the store (composition:
+    /// no tensor is copied). The whole bundle is validated first (as a pull would), so
+    /// nothing is written for one that would not load; then the config, the manifest,
+    /// the tag.
+    ///
+    /// # Errors
+    /// A config that does not validate, layers that are not exactly its components or
+    /// whose content does not match it, a missing blob.
+    pub fn publish_composed(
+        &self,
+        config: &BundleConfig,
+        layers: Vec<Descriptor>,
+        tag: &TagName,
+    ) -> Result<Published> {
+        let origin = format!("new bundle {tag}");
+        config.validate().map_err(|reason| Error::BadBundle {
+            path: origin.clone().into(),
+            reason,
+        })?;
+        let config_bytes =
+            canonical_json(&serde_json::to_value(config).expect("config serialises"));
+        let manifest = bundle_manifest(&config_bytes, layers);
+        check_manifest(&manifest, &origin)?;
+        check_layers(&manifest, config, &origin)?;
+        for layer in &manifest.layers {
+            let title = layer.title().unwrap_or("?");
+            check_component(
+                config,
+                title,
+                &self.blobs.get(&layer.digest, title)?,
+                &origin,
+            )?;
+        }
+        let manifest_bytes = manifest.to_canonical_bytes();
+        let mut published = Published {
+            digest: Digest::of(&manifest_bytes),
+            new_blobs: 0,
+            new_bytes: 0,
+        };
+        for bytes in [&config_bytes, &manifest_bytes] {
+            if self.blobs.put(bytes)?.1 {
+                published.new_blobs += 1;
+                published.new_bytes += bytes.len() as u64;
+            }
+        }
+        let record = record_of(&manifest, manifest_bytes.len() as u64, config);
+        self.tag_manifest(tag, &published.digest, &record)?;
+        Ok(published)
+    }
+
     /// Points `tag` at a stored manifest: the tag record first, the index last.
     fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
@@ -504,7 +566,13 @@ impl Registry {
                 tag,
                 digest,
                 tasks: record.as_ref().map(|r| r.tasks.clone()).unwrap_or_default(),
-                size: record.map(|r| r.size).unwrap_or(0),
+                size: record.as_ref().map(|r| r.size).unwrap_or(0),
+                shared: record.and_then(|r| {
+                    r.layers
+                        .iter()
+                        .find(|l| l.0 == crate::bundle::SHARED_COMPONENT)
+                        .map(|l| l.1)
+                }),
             });
         }
         Ok(out)
