@@ -165,6 +165,8 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
 pub struct TrainTiming {
     pub backbone: String,
     pub tasks: usize,
+    /// An add-task step: the shared adapter frozen.
+    pub add_task: bool,
     pub batch: usize,
     pub size: usize,
     pub steps: usize,
@@ -249,6 +251,7 @@ pub fn bench_train(
     batch: usize,
     size: usize,
     steps: usize,
+    add_task: bool,
     device: &Device,
 ) -> anyhow::Result<TrainTiming> {
     let backbone = Backbone::load(backbone, device)?;
@@ -260,7 +263,9 @@ pub fn bench_train(
         specs.clone(),
     );
     let init = crate::model::init::init_bundle(&cfg, 0);
-    let (model, mut opt) = crate::train::trainable(&cfg, &backbone, &init, 1e-4, |_| true)?;
+    let (model, mut opt) = crate::train::trainable(&cfg, &backbone, &init, 1e-4, |s| {
+        !(add_task && s.component == vmt_registry::bundle::SHARED_COMPONENT)
+    })?;
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
     let targets = random_targets(&specs, batch, size, device)?;
     let weights = vec![1.0; specs.len()];
@@ -284,6 +289,7 @@ pub fn bench_train(
     Ok(TrainTiming {
         backbone: backbone.source.clone(),
         tasks,
+        add_task,
         batch,
         size,
         steps: steps.max(1),

@@ -135,6 +135,10 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Time an add-task step instead: the shared adapter frozen, only the tasks'
+        /// KEMs and decoders trained.
+        #[arg(long)]
+        add_task: bool,
         #[arg(long)]
         json: bool,
     },
@@ -216,17 +220,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             steps,
             device,
+            add_task,
             json,
         }) => {
             let device = crate::device::parse_device(&device)?;
-            let r = crate::bench::bench_train(&backbone, tasks, batch, size, steps, &device)?;
+            let r = crate::bench::bench_train(
+                &backbone, tasks, batch, size, steps, add_task, &device,
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} {} tasks, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {}",
+                    "{} {} tasks{}, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {}",
                     r.backbone,
                     r.tasks,
+                    if r.add_task { " (add-task)" } else { "" },
                     r.batch,
                     r.size,
                     r.size,
