@@ -19,32 +19,11 @@ use vmt_registry::Registry;
 fn options(data: &Path, run_dir: &Path, steps: usize) -> TrainOptions {
     TrainOptions {
         data: data.into(),
-        tasks: ["semseg", "human_parts", "sal", "normals"]
-            .map(String::from)
-            .to_vec(),
-        backbone: "random:tiny".into(),
-        adapter: AdapterKind::Vmt,
-        reduction: 4,
-        scale: 1.0,
-        decoder_dim: 32,
-        decoder_hidden: 64,
         steps,
-        batch: 8,
-        lr: 2e-3,
-        weight_decay: 1e-4,
-        warmup: None,
-        image_size: 64,
-        loss_weights: Default::default(),
-        clip_grad: Some(1.0),
         seed: 7,
-        workers: 2,
-        checkpoint_every: 100,
-        keep_checkpoints: 2,
         run_dir: run_dir.into(),
-        resume: false,
-        stop_after: None,
         quiet: true,
-        base: None,
+        ..TrainOptions::default()
     }
 }
 
@@ -468,4 +447,56 @@ fn eval_defaults_to_the_tasks_bundle_and_dataset_share() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let alone = image::open(tmp.path().join(format!("alone/{id}.sheet.png"))).unwrap();
     assert!(alone.height() < sheet.height());
+}
+
+#[test]
+fn a_task_added_later_learns_about_as_well_as_one_trained_jointly() {
+    // human_parts trained jointly with three other tasks, against human_parts added with
+    // add-task to a bundle trained on those three: same data, steps and seed.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synthesize(&data, 160, 64, 3).unwrap();
+    let steps = 200;
+    let joint = finished(
+        train(
+            &options(&data, &tmp.path().join("joint"), steps),
+            &Device::Cpu,
+        )
+        .unwrap(),
+    );
+    let three = finished(
+        train(
+            &TrainOptions {
+                tasks: ["semseg", "sal", "normals"].map(String::from).to_vec(),
+                ..options(&data, &tmp.path().join("three"), steps)
+            },
+            &Device::Cpu,
+        )
+        .unwrap(),
+    );
+    let added = finished(
+        train(
+            &TrainOptions {
+                tasks: vec!["human_parts".into()],
+                base: Some(vmt_hub::train::Base {
+                    bundle: three,
+                    parent: None,
+                }),
+                ..options(&data, &tmp.path().join("added"), steps)
+            },
+            &Device::Cpu,
+        )
+        .unwrap(),
+    );
+    let miou = |b: &vmt_registry::bundle::BundleDir| {
+        b.config.extra["metrics"]["val"]["human_parts"]["metrics"]["mIoU"]
+            .as_f64()
+            .unwrap()
+    };
+    let (j, a) = (miou(&joint), miou(&added));
+    eprintln!(
+        "human_parts mIoU: joint {j:.2}, added later {a:.2} ({:.0}%)",
+        100.0 * a / j
+    );
+    assert!(a >= 0.9 * j, "added {a} < 90% of joint {j}");
 }

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
-use vmt_registry::bundle::AdapterKind;
 use vmt_registry::reference::TagName;
 
 use crate::data::Dataset;
@@ -109,28 +108,10 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         data: data.clone(),
         tasks,
         backbone: a.backbone.clone(),
-        adapter: AdapterKind::Vmt,
-        reduction: 4,
-        scale: 1.0,
-        decoder_dim: 32,
-        decoder_hidden: 64,
         steps: a.steps,
-        batch: 8,
-        lr: 2e-3,
-        weight_decay: 1e-4,
-        warmup: None,
         image_size: a.size,
-        loss_weights: Default::default(),
-        clip_grad: Some(1.0),
-        seed: 0,
-        workers: 2,
-        checkpoint_every: 100,
-        keep_checkpoints: 2,
         run_dir: run_dir.clone(),
-        resume: false,
-        stop_after: None,
-        quiet: false,
-        base: None,
+        ..TrainOptions::default()
     };
     println!(
         "2/4 training semseg, human_parts, sal, normals on {} ({} steps) -> {}",

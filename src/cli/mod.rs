@@ -224,9 +224,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             let device = crate::device::parse_device(&device)?;
-            let r = crate::bench::bench_train(
-                &backbone, tasks, batch, size, steps, add_task, &device,
-            )?;
+            let r =
+                crate::bench::bench_train(&backbone, tasks, batch, size, steps, add_task, &device)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -140,18 +140,12 @@ fn run_options(
         data,
         tasks,
         backbone,
-        adapter: AdapterKind::Vmt,
-        reduction: 4,
-        scale: 1.0,
-        decoder_dim: 32,
-        decoder_hidden: 64,
         steps: run.steps,
         batch: run.batch,
         lr: run.lr,
         weight_decay: run.weight_decay,
         warmup: run.warmup,
         image_size: run.image_size,
-        loss_weights: BTreeMap::new(),
         clip_grad: (run.clip_grad > 0.0).then_some(run.clip_grad),
         seed: run.seed,
         workers: run.workers,
@@ -161,7 +155,7 @@ fn run_options(
         resume: run.resume,
         stop_after: run.stop_after,
         quiet: run.quiet,
-        base: None,
+        ..TrainOptions::default()
     }
 }
 

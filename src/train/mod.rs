@@ -67,6 +67,55 @@ pub struct TrainOptions {
     pub base: Option<Base>,
 }
 
+impl Default for TrainOptions {
+    /// The command line's defaults: four PASCAL-Context tasks of `data/` on
+    /// `random:tiny`, VMT-Adapter with reduction 4, decoders 32/64, 300 steps of batch 8
+    /// at 64x64, AdamW lr 2e-3, weight decay 1e-4, clipping at 1.0, seed 0, run
+    /// directory `runs/default`. Override fields with struct update syntax:
+    ///
+    /// ```
+    /// use vmt_hub::train::TrainOptions;
+    /// let opts = TrainOptions {
+    ///     data: "my-data".into(),
+    ///     tasks: vec!["semseg".into(), "sal".into()],
+    ///     steps: 50,
+    ///     ..TrainOptions::default()
+    /// };
+    /// assert_eq!(opts.batch, 8);
+    /// ```
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data"),
+            tasks: ["semseg", "human_parts", "sal", "normals"]
+                .map(String::from)
+                .to_vec(),
+            backbone: "random:tiny".into(),
+            adapter: AdapterKind::Vmt,
+            reduction: 4,
+            scale: 1.0,
+            decoder_dim: 32,
+            decoder_hidden: 64,
+            steps: 300,
+            batch: 8,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            warmup: None,
+            image_size: 64,
+            loss_weights: BTreeMap::new(),
+            clip_grad: Some(1.0),
+            seed: 0,
+            workers: 2,
+            checkpoint_every: 100,
+            keep_checkpoints: 2,
+            run_dir: PathBuf::from("runs/default"),
+            resume: false,
+            stop_after: None,
+            quiet: false,
+            base: None,
+        }
+    }
+}
+
 /// The bundle `add-task` extends.
 #[derive(Debug, Clone)]
 pub struct Base {
