@@ -38,7 +38,7 @@ pub fn bench_forward(
         backbone.geometry_with_provenance(),
         AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
         DecoderConfig::new(32, 64),
-        crate::cli::parse_tasks(tasks)?,
+        crate::tasks::parse_tasks(tasks)?,
     );
     let tensors = from_raw(&randomized_bundle(&cfg, 0), "bench", device)?;
     let model = VmtModel::new(cfg.clone(), Arc::clone(&backbone.swin), &tensors)?;
@@ -98,7 +98,7 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
         SwinGeometry::swin_t(),
         AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
         DecoderConfig::new(32, 64),
-        crate::cli::parse_tasks("semseg,human_parts,sal,normals")?,
+        crate::tasks::parse_tasks("semseg,human_parts,sal,normals")?,
     );
     let src = dir.join("bundle");
     let tensors = randomized_bundle(&cfg, 0);
@@ -176,24 +176,7 @@ pub struct TrainTiming {
     pub peak_rss_mib: Option<f64>,
 }
 
-/// `n` tasks cycling through the PASCAL-Context kinds: semseg, human_parts, sal,
-/// normals, depth, then more segmentation tasks.
-pub fn bench_tasks(n: usize) -> Vec<vmt_registry::bundle::TaskSpec> {
-    use vmt_registry::bundle::{TaskKind, TaskSpec};
-    let base = [
-        ("semseg", TaskKind::Segmentation, 21),
-        ("human_parts", TaskKind::Segmentation, 7),
-        ("sal", TaskKind::Saliency, 1),
-        ("normals", TaskKind::Normals, 3),
-        ("depth", TaskKind::Depth, 1),
-    ];
-    (0..n)
-        .map(|i| match base.get(i) {
-            Some(&(name, kind, c)) => TaskSpec::new(name, kind, c),
-            None => TaskSpec::new(&format!("seg{i}"), TaskKind::Segmentation, 21),
-        })
-        .collect()
-}
+pub use crate::tasks::bench_tasks;
 
 /// Random targets of the right kind for each task.
 fn random_targets(
@@ -318,7 +301,7 @@ pub fn bench_transfer(
         SwinGeometry::swin_t(),
         AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
         DecoderConfig::new(32, 64),
-        crate::cli::parse_tasks("semseg,human_parts,sal,normals")?,
+        crate::tasks::parse_tasks("semseg,human_parts,sal,normals")?,
     );
     let src = Registry::open(&dir.join("src"))?;
     let (mut push_t, mut pull_t, mut bytes) = (Vec::new(), Vec::new(), 0u64);

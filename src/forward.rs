@@ -3,23 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use vmt_registry::bundle::{BundleDir, RawTensor};
+use vmt_registry::bundle::RawTensor;
 use vmt_registry::safetensors_canon::canonical_bytes;
 
 use crate::model::error::{ModelError, Result};
-use crate::model::tensors::{from_raw, to_raw, NamedTensors};
-use crate::model::{Backbone, VmtModel, VmtOutput};
-
-/// Builds the model for a bundle on a backbone, refusing a backbone whose recorded
-/// digest differs.
-pub fn load_model(bundle: &BundleDir, backbone: &Backbone, origin: &str) -> Result<VmtModel> {
-    backbone.check_matches(&bundle.config.backbone)?;
-    let tensors = from_raw(&bundle.tensors, origin, &backbone.swin.device)?;
-    VmtModel::new(bundle.config.clone(), Arc::clone(&backbone.swin), &tensors)
-}
+use crate::model::tensors::{to_raw, NamedTensors};
+use crate::model::VmtOutput;
 
 /// Reads `pixel_values` (`[B, 3, H, W]` f32) from a safetensors file.
 pub fn read_pixels(path: &Path, device: &Device) -> Result<Tensor> {

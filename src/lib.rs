@@ -7,6 +7,7 @@
 //!
 //! Formats and storage live in the `vmt-registry` crate (no candle).
 
+pub mod adapter;
 pub mod bench;
 pub mod cli;
 pub mod data;
@@ -15,6 +16,7 @@ pub mod eval;
 pub mod forward;
 pub mod model;
 pub mod predict;
+pub mod tasks;
 pub mod train;
 
 pub use vmt_registry as registry;

@@ -12,7 +12,6 @@ use vmt_hub::data::synth::synthesize;
 use vmt_hub::data::{Dataset, Label};
 use vmt_hub::eval::metrics::{NormalsMetric, SalMetric, SegMetric};
 use vmt_hub::train::{train, TrainOptions, TrainOutcome};
-use vmt_registry::bundle::AdapterKind;
 use vmt_registry::reference::TagName;
 use vmt_registry::Registry;
 

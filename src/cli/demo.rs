@@ -6,11 +6,12 @@ use std::sync::Arc;
 use clap::Args;
 use vmt_registry::reference::TagName;
 
+use crate::adapter::{build_model, Adapter, LoadedBundle};
 use crate::data::Dataset;
 use crate::device::parse_device;
 use crate::eval::evaluate;
 use crate::model::Backbone;
-use crate::predict::{predict_image, predict_sample};
+use crate::predict::predict_sample;
 use crate::train::{train, TrainOptions, TrainOutcome};
 
 #[derive(Debug, Args)]
@@ -39,12 +40,14 @@ pub struct PredictArgs {
 
 pub fn run_predict(root: Option<&Path>, a: PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
-    let (bundle, origin) = super::forward::read_bundle(root, &a.reference)?;
-    let spec = super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?;
-    let backbone = Backbone::load(&spec, &device)?;
-    let model = crate::forward::load_model(&bundle, &backbone, &origin)?;
+    let adapter = Adapter::open(
+        &super::forward::bundle_source(root, &a.reference),
+        super::forward::backbone_arg(a.backbone.as_deref())?.as_ref(),
+        &device,
+    )?;
+    let model = &adapter.model;
     for img in &a.image {
-        let files = predict_image(&model, img, &a.out)?;
+        let files = adapter.predict_image(img, &a.out)?;
         println!(
             "{} -> {} file(s) in {}",
             img.display(),
@@ -55,7 +58,7 @@ pub fn run_predict(root: Option<&Path>, a: PredictArgs) -> anyhow::Result<()> {
     if let Some(data) = &a.data {
         let dataset = Dataset::open(data)?;
         for id in dataset.split(&a.split)?.iter().take(a.count) {
-            let files = predict_sample(&model, &dataset, id, &a.out)?;
+            let files = predict_sample(model, &dataset, id, &a.out)?;
             println!(
                 "{id} (with ground truth) -> {} file(s) in {}",
                 files.len(),
@@ -129,7 +132,12 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     println!("   stored as {tag} ({digest}) in {}", registry.display());
     println!("3/4 evaluating on the validation split");
     let backbone = Backbone::load(&a.backbone, &device)?;
-    let model = crate::forward::load_model(&bundle, &backbone, "demo bundle")?;
+    let loaded = LoadedBundle {
+        bundle: *bundle,
+        origin: "demo bundle".into(),
+        digest: Some(digest),
+    };
+    let model = build_model(&loaded, &backbone)?;
     let dataset = Arc::new(Dataset::open(&data)?);
     let val = dataset.split("val")?;
     let report = evaluate(&model, Arc::clone(&dataset), "val", a.size, 8, 2)?;

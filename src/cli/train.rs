@@ -9,6 +9,7 @@ use clap::Args;
 use vmt_registry::bundle::AdapterKind;
 use vmt_registry::reference::TagName;
 
+use crate::adapter::{backbone_for, build_model, read_bundle};
 use crate::data::Dataset;
 use crate::device::parse_device;
 use crate::eval::{evaluate, read_baseline};
@@ -242,16 +243,16 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
         }
         names.push(name.to_string());
     }
-    let (bundle, _) = super::forward::read_bundle(root, &a.reference)?;
-    let parent = if Path::new(&a.reference).is_dir() {
-        None
-    } else {
-        Some(super::registry::open(root)?.resolve(&a.reference)?)
-    };
-    let backbone =
-        super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?;
-    let mut opts = run_options(&a.run, &tag, a.data, names, backbone);
-    opts.base = Some(Base { bundle, parent });
+    let loaded = read_bundle(&super::forward::bundle_source(root, &a.reference))?;
+    let backbone = backbone_for(
+        &loaded,
+        super::forward::backbone_arg(a.backbone.as_deref())?.as_ref(),
+    )?;
+    let mut opts = run_options(&a.run, &tag, a.data, names, backbone.to_string());
+    opts.base = Some(Base {
+        bundle: loaded.bundle,
+        parent: loaded.digest,
+    });
     run_and_publish(root, &opts, &tag, &a.run.device)
 }
 
@@ -286,7 +287,8 @@ pub struct EvalArgs {
 pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let dataset = Arc::new(Dataset::open(&a.data)?);
-    let (mut bundle, origin) = super::forward::read_bundle(root, &a.reference)?;
+    let mut loaded = read_bundle(&super::forward::bundle_source(root, &a.reference))?;
+    let bundle = &mut loaded.bundle;
     let in_bundle = |t: &str| bundle.config.task(t).is_some();
     let in_data = |t: &str| dataset.task(t).is_some();
     let wanted: Vec<String> = if a.tasks.is_empty() {
@@ -347,11 +349,12 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     bundle
         .tensors
         .retain(|n, _| keep.iter().any(|s| &s.name == n));
-    let backbone = Backbone::load(
-        &super::forward::backbone_spec(&bundle.config, a.backbone.as_deref(), &a.reference)?,
-        &device,
+    let spec = backbone_for(
+        &loaded,
+        super::forward::backbone_arg(a.backbone.as_deref())?.as_ref(),
     )?;
-    let model = crate::forward::load_model(&bundle, &backbone, &origin)?;
+    let backbone = Backbone::open(&spec, &device)?;
+    let model = build_model(&loaded, &backbone)?;
     let mut report = evaluate(&model, dataset, &a.split, a.image_size, a.batch, 2)?;
     if let Some(b) = &a.baseline {
         report = report.with_baseline(&read_baseline(b)?);

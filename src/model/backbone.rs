@@ -20,6 +20,86 @@ use super::tensors::{to_raw, NamedTensors};
 /// The built-in random backbones: name, geometry and seed.
 pub const RANDOM_BACKBONES: &[&str] = &["random:tiny", "random:swin-t"];
 
+/// Where a backbone comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackboneSource {
+    /// A directory with `config.json` and `model.safetensors` (or `pytorch_model.bin`).
+    Dir(PathBuf),
+    /// A Hugging Face Hub repository at a revision (a branch, tag or commit).
+    Hub { repo: String, revision: String },
+    /// A built-in seeded random Swin: `tiny` or `swin-t`.
+    Random(String),
+}
+
+impl BackboneSource {
+    /// Parses what `--backbone` takes: `random:NAME`, an existing directory, or
+    /// `owner/name[@revision]` (optionally `hf:`-prefixed).
+    ///
+    /// ```
+    /// use vmt_hub::model::BackboneSource;
+    /// assert_eq!(
+    ///     BackboneSource::parse("microsoft/swin-tiny-patch4-window7-224@main").unwrap(),
+    ///     BackboneSource::Hub {
+    ///         repo: "microsoft/swin-tiny-patch4-window7-224".into(),
+    ///         revision: "main".into()
+    ///     }
+    /// );
+    /// assert_eq!(BackboneSource::parse("random:tiny").unwrap(), BackboneSource::Random("tiny".into()));
+    /// ```
+    ///
+    /// # Errors
+    /// [`ModelError::BadInput`] when it is none of these.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Some(name) = spec.strip_prefix("random:") {
+            return Ok(Self::Random(name.into()));
+        }
+        let dir = Path::new(spec.strip_prefix("dir:").unwrap_or(spec));
+        if dir.is_dir() {
+            return Ok(Self::Dir(dir.into()));
+        }
+        if let Some(r) = HubRef::parse(spec) {
+            return Ok(Self::Hub {
+                repo: r.repo,
+                revision: r.revision,
+            });
+        }
+        Err(ModelError::bad_input(
+            format!("backbone {spec:?}"),
+            format!(
+                "not a directory with config.json and model.safetensors, a Hugging Face repo id (owner/name[@revision]), nor one of {}",
+                RANDOM_BACKBONES.join(", ")
+            ),
+        ))
+    }
+
+    /// The backbone a bundle records (its `source`, and for the Hub the commit it was
+    /// resolved to), if it names one.
+    pub fn recorded(g: &SwinGeometry) -> Option<Self> {
+        let source = g.source.as_deref()?;
+        if let Some(name) = source.strip_prefix("random:") {
+            return Some(Self::Random(name.into()));
+        }
+        if let Some(repo) = source.strip_prefix("hf:") {
+            return Some(Self::Hub {
+                repo: repo.into(),
+                revision: g.revision.clone().unwrap_or_else(|| "main".into()),
+            });
+        }
+        source.strip_prefix("dir:").map(|d| Self::Dir(d.into()))
+    }
+}
+
+impl std::fmt::Display for BackboneSource {
+    /// The form [`BackboneSource::parse`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(d) => write!(f, "{}", d.display()),
+            Self::Hub { repo, revision } => write!(f, "{repo}@{revision}"),
+            Self::Random(name) => write!(f, "random:{name}"),
+        }
+    }
+}
+
 /// A loaded backbone and where it came from.
 #[derive(Debug, Clone)]
 pub struct Backbone {
@@ -34,23 +114,27 @@ pub struct Backbone {
 impl Backbone {
     /// Loads `spec`: `random:tiny`, `random:swin-t` or a directory.
     pub fn load(spec: &str, device: &Device) -> Result<Self> {
-        if spec.starts_with("random:") {
-            return random_backbone(spec, device);
-        }
-        let dir = Path::new(spec);
-        if dir.is_dir() {
-            return load_dir(dir, device);
-        }
-        if let Some(r) = HubRef::parse(spec) {
-            return load_hub(&HubEnv::from_env(), &r, device);
-        }
-        Err(ModelError::bad_input(
-            format!("backbone {spec:?}"),
-            format!(
-                "not a directory with config.json and model.safetensors, a Hugging Face repo id (owner/name[@revision]), nor one of {}",
-                RANDOM_BACKBONES.join(", ")
+        Self::open(&BackboneSource::parse(spec)?, device)
+    }
+
+    /// Loads the backbone `source` names.
+    ///
+    /// # Errors
+    /// A directory without a Swin `config.json` and weights, a Hub repository that cannot
+    /// be fetched (or is not cached with `HF_HUB_OFFLINE=1`), an unknown random backbone.
+    pub fn open(source: &BackboneSource, device: &Device) -> Result<Self> {
+        match source {
+            BackboneSource::Random(name) => random_backbone(&format!("random:{name}"), device),
+            BackboneSource::Dir(dir) => load_dir(dir, device),
+            BackboneSource::Hub { repo, revision } => load_hub(
+                &HubEnv::from_env(),
+                &HubRef {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                },
+                device,
             ),
-        ))
+        }
     }
 
     pub fn is_random(&self) -> bool {

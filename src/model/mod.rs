@@ -12,7 +12,7 @@ pub mod swin;
 pub mod tensors;
 pub mod vmt;
 
-pub use backbone::Backbone;
+pub use backbone::{Backbone, BackboneSource};
 pub use error::ModelError;
 pub use loss::{task_loss, Target};
 pub use tensors::NamedTensors;
