@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{assert_close, fixtures};
-use vmt_hub::cli::parse_tasks;
 use vmt_hub::model::backbone::{canonical_names, random_weights};
 use vmt_hub::model::init::{init_bundle, randomized_bundle};
 use vmt_hub::model::swin::{parameter_count, Swin};
 use vmt_hub::model::tensors::from_raw;
 use vmt_hub::model::{task_loss, Backbone, NamedTensors, Target, VmtModel};
+use vmt_hub::tasks::parse_tasks;
 use vmt_hub::train::trainable;
 use vmt_registry::bundle::{
     trainable_count, AdapterConfig, AdapterKind, BundleConfig, DecoderConfig, SwinGeometry,

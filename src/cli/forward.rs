@@ -92,5 +92,3 @@ fn print_summary(backbone: &Backbone, config: &BundleConfig) {
         100.0 * trainable as f64 / frozen as f64
     );
 }
-
-pub use crate::tasks::parse_tasks;

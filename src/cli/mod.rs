@@ -4,20 +4,20 @@
 //! (`oci://HOST[:PORT]/REPO`, `[B,3,H,W]`), not rustdoc links or HTML.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
-pub mod backbone;
-pub mod compose;
-pub mod data;
+pub(crate) mod backbone;
+pub(crate) mod compose;
+pub(crate) mod data;
 mod demo;
 mod forward;
-pub mod registry;
-pub mod remote;
-pub mod train;
+pub(crate) mod registry;
+pub(crate) mod remote;
+pub(crate) mod train;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use forward::{parse_tasks, ForwardArgs};
+use forward::ForwardArgs;
 
 /// Train, store and share VMT-Adapters: multi-task adapters for a frozen Swin.
 #[derive(Debug, Parser)]
@@ -25,13 +25,13 @@ pub use forward::{parse_tasks, ForwardArgs};
 pub struct Cli {
     /// Registry root (default: $VMT_HOME, else ~/.vmt-hub).
     #[arg(long, global = true, env = "VMT_HOME")]
-    pub registry: Option<PathBuf>,
+    pub(crate) registry: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// The whole story with nothing downloaded: synthesise scenes, train four tasks on
     /// the built-in random:tiny backbone, evaluate, draw predictions.
     Demo(demo::DemoArgs),
@@ -98,7 +98,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Time the multi-task forward pass (backbone + adapters + every decoder).
     Forward {
         #[arg(long, default_value = "random:swin-t")]

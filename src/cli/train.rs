@@ -225,7 +225,7 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&a.data)?;
     let mut names = Vec::new();
     for entry in &a.tasks {
-        let spec = &super::parse_tasks(entry)
+        let spec = &crate::tasks::parse_tasks(entry)
             .ok()
             .and_then(|v| v.into_iter().next());
         let name = entry.split(':').next().unwrap_or(entry);
