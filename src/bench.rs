@@ -22,6 +22,8 @@ pub struct ForwardTiming {
     pub median_s: f64,
     pub min_s: f64,
     pub images_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; None where /proc is absent.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Times `iters` forward passes (after one warm-up) for each batch size.
@@ -67,6 +69,7 @@ pub fn bench_forward(
             median_s: median,
             min_s: times[0],
             images_per_s: batch as f64 / median,
+            peak_rss_mib: peak_rss_mib(),
         });
     }
     Ok(out)

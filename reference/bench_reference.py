@@ -1,0 +1,142 @@
+"""The PyTorch side of scripts/bench-vs-pytorch.sh: the reference model (vmt_ref.py)
+on the configuration `vmt-hub bench train` / `bench forward` use, one JSON line out.
+
+    python reference/bench_reference.py train --tasks 4 --batch 2 --size 224 --steps 3
+    python reference/bench_reference.py forward --tasks 4 --batch 2 --size 224 --iters 5
+
+Swin-T geometry with random weights (the cost of the real Swin-T), VMT-Adapter with
+reduction 4, decoders 32/64, the tasks of `vmt_hub::tasks::bench_tasks(n)`; training:
+AdamW (lr 1e-4, weight decay 1e-4) on the bundle's tensors only, the unweighted sum of
+the task losses, global-norm clipping at 1.0, a random batch; threads = --threads.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from transformers import SwinConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vmt_ref  # noqa: E402
+
+KNOWN = [
+    ("semseg", "segmentation", 21),
+    ("human_parts", "segmentation", 7),
+    ("sal", "saliency", 1),
+    ("normals", "normals", 3),
+    ("depth", "depth", 1),
+]
+
+
+def bench_tasks(n):
+    return [
+        KNOWN[i] if i < len(KNOWN) else (f"seg{i}", "segmentation", 21) for i in range(n)
+    ]
+
+
+def model_for(n_tasks):
+    config = SwinConfig(
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        drop_path_rate=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    bundle = {
+        "adapter": {"kind": "vmt", "reduction": 4, "scale": 1.0},
+        "decoder": {"dim": 32, "hidden": 64},
+        "tasks": [{"name": n, "kind": k, "channels": c} for n, k, c in bench_tasks(n_tasks)],
+    }
+    model = vmt_ref.VmtModel(config, bundle)
+    vmt_ref.randomize(model, 0)
+    return model, bundle
+
+
+def targets(bundle, b, s):
+    out = {}
+    for t in bundle["tasks"]:
+        kind, c = t["kind"], t["channels"]
+        if kind == "segmentation":
+            out[t["name"]] = torch.randint(0, c, (b, s, s), dtype=torch.uint8)
+        elif kind == "saliency":
+            out[t["name"]] = torch.randint(0, 2, (b, s, s), dtype=torch.uint8)
+        elif kind == "normals":
+            out[t["name"]] = torch.nn.functional.normalize(torch.randn(b, 3, s, s), dim=1)
+        else:
+            out[t["name"]] = torch.rand(b, 1, s, s) * 10 + 0.1
+    return out
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["train", "forward"])
+    ap.add_argument("--tasks", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model, bundle = model_for(a.tasks)
+    pixels = torch.randn(a.batch, 3, a.size, a.size)
+    if a.mode == "forward":
+        model.eval()
+        with torch.no_grad():
+            model(pixels)  # warm-up
+            times = []
+            for _ in range(max(1, a.iters)):
+                t = time.perf_counter()
+                model(pixels)
+                times.append(time.perf_counter() - t)
+        median = statistics.median(times)
+        print(json.dumps({
+            "side": "pytorch", "mode": "forward", "tasks": a.tasks, "batch": a.batch,
+            "size": a.size, "seconds": median, "peak_rss_mib": peak_rss_mib(),
+            "torch": torch.__version__, "threads": a.threads,
+        }))
+        return
+    model.train()
+    params = list(model.bundle_state().values())
+    decay = [p for n, p in model.bundle_state().items() if n.endswith("weight") and p.dim() == 2]
+    no_decay = [p for n, p in model.bundle_state().items() if not (n.endswith("weight") and p.dim() == 2)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-4,
+    )
+    tg = targets(bundle, a.batch, a.size)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = model(pixels)
+        loss = sum(vmt_ref.losses(bundle, out, tg).values())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    step()  # warm-up
+    t = time.perf_counter()
+    for _ in range(max(1, a.steps)):
+        step()
+    seconds = (time.perf_counter() - t) / max(1, a.steps)
+    print(json.dumps({
+        "side": "pytorch", "mode": "train", "tasks": a.tasks, "batch": a.batch,
+        "size": a.size, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+        "torch": torch.__version__, "threads": a.threads,
+    }))
+
+
+if __name__ == "__main__":
+    main()
