@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     // quietly, like a Unix tool killed by SIGPIPE, instead of printing a panic. SIGPIPE
     // itself stays ignored, so that a peer closing a socket is an error `serve`, `push`
     // and `pull` report, not a silent death.
+    keep_freed_memory();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !is_broken_pipe(info.payload()) {
@@ -36,4 +37,18 @@ fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
         .or_else(|| payload.downcast_ref::<&str>().copied())
         .unwrap_or("");
     msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
+}
+
+/// candle allocates a fresh buffer for every op. With glibc's defaults, buffers above a
+/// dynamic threshold come from mmap and go back to the kernel when freed, so every
+/// training step pays page faults and zeroing again; serving them from the heap, and
+/// not trimming it, keeps those pages for reuse (about 10% of a Swin-T training step,
+/// no more memory at peak: docs/benchmarks.md, "Allocator").
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
 }

@@ -314,7 +314,10 @@ fn frozen_matmul_sides_get_no_gradient() {
     // it is the right one. Stock candle-core also computes and stores w's.
     let dev = candle_core::Device::Cpu;
     let x = candle_core::Var::from_tensor(
-        &candle_core::Tensor::arange(0f32, 6., &dev).unwrap().reshape((2, 3)).unwrap(),
+        &candle_core::Tensor::arange(0f32, 6., &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap(),
     )
     .unwrap();
     let w = candle_core::Tensor::arange(0f32, 12., &dev)
