@@ -22,6 +22,10 @@ pub struct ForwardTiming {
     pub median_s: f64,
     pub min_s: f64,
     pub images_per_s: f64,
+    /// Median of the encoder alone (backbone, shared adapters, every task's KEMs).
+    pub encoder_median_s: f64,
+    /// Median of the decoders alone.
+    pub decoder_median_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB; None where /proc is absent.
     pub peak_rss_mib: Option<f64>,
 }
@@ -48,18 +52,30 @@ pub fn bench_forward(
     for &batch in batches {
         let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
         model.forward(&pixels)?; // warm-up
-        let mut times = Vec::with_capacity(iters);
+        let (mut times, mut enc_t, mut dec_t) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..iters.max(1) {
             let t = Instant::now();
-            let o = model.forward(&pixels)?;
+            let enc = model.encode(&pixels)?;
             // Force completion (CUDA is asynchronous).
+            for f in enc.task_feats.iter().flatten() {
+                f.sum_all()?.to_scalar::<f32>()?;
+            }
+            let t_enc = t.elapsed().as_secs_f64();
+            let o = model.decode(enc)?;
             for (_, t) in &o.tasks {
                 t.sum_all()?.to_scalar::<f32>()?;
             }
-            times.push(t.elapsed().as_secs_f64());
+            let total = t.elapsed().as_secs_f64();
+            times.push(total);
+            enc_t.push(t_enc);
+            dec_t.push(total - t_enc);
         }
-        times.sort_by(|a, b| a.total_cmp(b));
-        let median = times[times.len() / 2];
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let (encoder_median_s, decoder_median_s) = (median(&mut enc_t), median(&mut dec_t));
+        let median = median(&mut times);
         out.push(ForwardTiming {
             backbone: backbone.source.clone(),
             tasks: cfg.tasks.len(),
@@ -69,6 +85,8 @@ pub fn bench_forward(
             median_s: median,
             min_s: times[0],
             images_per_s: batch as f64 / median,
+            encoder_median_s,
+            decoder_median_s,
             peak_rss_mib: peak_rss_mib(),
         });
     }

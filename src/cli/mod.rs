@@ -206,8 +206,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!(
-                        "{} {} tasks, batch {}, {}x{}: median {:.1} ms, min {:.1} ms, {:.2} images/s ({} runs)",
-                        r.backbone, r.tasks, r.batch, r.size, r.size, r.median_s * 1e3, r.min_s * 1e3, r.images_per_s, r.iters
+                        "{} {} tasks, batch {}, {}x{}: median {:.1} ms (encoder {:.1} ms, decoders {:.1} ms), min {:.1} ms, {:.2} images/s ({} runs)",
+                        r.backbone, r.tasks, r.batch, r.size, r.size, r.median_s * 1e3,
+                        r.encoder_median_s * 1e3, r.decoder_median_s * 1e3, r.min_s * 1e3, r.images_per_s, r.iters
                     );
                 }
             }

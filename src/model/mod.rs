@@ -16,7 +16,7 @@ pub use backbone::{Backbone, BackboneSource};
 pub use error::ModelError;
 pub use loss::{task_loss, Target};
 pub use tensors::NamedTensors;
-pub use vmt::{VmtModel, VmtOutput};
+pub use vmt::{Encoded, VmtModel, VmtOutput};
 pub use vmt_registry::bundle::{
     AdapterConfig, AdapterKind, BundleConfig, DecoderConfig, SwinGeometry, TaskKind, TaskSpec,
 };

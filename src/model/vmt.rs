@@ -236,6 +236,12 @@ impl VmtModel {
 
     /// One backbone pass for all tasks. `pixels`: `[B, 3, H, W]` f32 (normalised).
     pub fn forward(&self, pixels: &Tensor) -> Result<VmtOutput> {
+        self.decode(self.encode(pixels)?)
+    }
+
+    /// The encoder: the backbone pass with the shared adapters, and each task's KEMs
+    /// (the part whose cost is nearly O(1) in the number of tasks).
+    pub fn encode(&self, pixels: &Tensor) -> Result<Encoded> {
         let (b, _, h_in, w_in) = pixels.dims4()?;
         let swin = &self.backbone;
         let s = self.config.adapter.scale;
@@ -274,10 +280,20 @@ impl VmtModel {
                 (h, w) = (h.div_ceil(2), w.div_ceil(2));
             }
         }
+        Ok(Encoded {
+            task_feats,
+            features,
+            size: (h_in, w_in),
+        })
+    }
+
+    /// The decoders: each task's prediction at the input's size.
+    pub fn decode(&self, enc: Encoded) -> Result<VmtOutput> {
+        let (h_in, w_in) = enc.size;
         let tasks = self
             .heads
             .iter()
-            .zip(&task_feats)
+            .zip(&enc.task_feats)
             .map(|(head, feats)| {
                 Ok((
                     head.spec.name.clone(),
@@ -285,8 +301,22 @@ impl VmtModel {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(VmtOutput { tasks, features })
+        Ok(VmtOutput {
+            tasks,
+            features: enc.features,
+        })
     }
+}
+
+/// What the encoder hands the decoders.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Per task, its stage features `[B, h_i, w_i, C_i]` (generic + its KEMs).
+    pub task_feats: Vec<Vec<Tensor>>,
+    /// Generic stage features, NCHW.
+    pub features: Vec<Tensor>,
+    /// The input's `(H, W)`.
+    pub size: (usize, usize),
 }
 
 /// Builds the model from raw bundle tensors (as read from a bundle directory or the
