@@ -27,7 +27,12 @@ use crate::model::{Backbone, BackboneSource, VmtModel, VmtOutput};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleSource {
     /// A reference (`name:tag`, digest or prefix) in the registry at `root`.
-    Registry { root: PathBuf, reference: String },
+    Registry {
+        /// The registry's folder.
+        root: PathBuf,
+        /// The reference.
+        reference: String,
+    },
     /// An exported directory (`bundle.json` + `adapter.safetensors`).
     Dir(PathBuf),
 }
@@ -58,6 +63,7 @@ impl std::fmt::Display for BundleSource {
 /// A bundle read and checked, with where it came from.
 #[derive(Debug, Clone)]
 pub struct LoadedBundle {
+    /// The bundle.
     pub bundle: BundleDir,
     /// A name for messages: the file or `reference (digest)`.
     pub origin: String,
@@ -129,8 +135,11 @@ pub fn build_model(bundle: &LoadedBundle, backbone: &Backbone) -> anyhow::Result
 
 /// A bundle with its backbone and model: what `forward`, `predict` and `eval` run.
 pub struct Adapter {
+    /// The bundle and where it came from.
     pub loaded: LoadedBundle,
+    /// Its backbone.
     pub backbone: Backbone,
+    /// The model built from both.
     pub model: VmtModel,
 }
 

@@ -1,14 +1,23 @@
+#![deny(missing_docs)]
 //! vmt-hub: train, store and share VMT-Adapters (multi-task adapters for a frozen Swin)
 //! with candle.
 //!
-//! - [`model`]: the Swin backbone, the adapters, KEMs, decoders and losses;
-//! - [`forward`]: running a bundle on an input;
-//! - [`cli`]: the `vmt-hub` command line (a thin layer over the above).
+//! - [`adapter`]: open a stored bundle on its backbone and run it ([`adapter::Adapter`]);
+//! - [`train`]: train a bundle, or add tasks to one ([`train::train`],
+//!   [`train::TrainOptions`]);
+//! - [`eval`], [`predict`]: metrics on a dataset split, pictures of predictions;
+//! - [`data`]: the dataset layout, its loader and the synthetic scenes;
+//! - [`model`]: the Swin backbone ([`model::BackboneSource`]), the adapters, KEMs,
+//!   decoders and losses;
+//! - [`tasks`]: the task table;
+//! - [`forward`]: reading inputs and writing outputs of `vmt-hub forward`;
+//! - [`cli`]: the `vmt-hub` command line (argument parsing and printing over the above).
 //!
-//! Formats and storage live in the `vmt-registry` crate (no candle).
+//! Formats, storage, composition and remotes live in the `vmt-registry` crate (no
+//! candle), re-exported as [`registry`]. `examples/` shows the main calls.
 
 pub mod adapter;
-pub mod bench;
+pub(crate) mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;

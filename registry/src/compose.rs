@@ -26,8 +26,11 @@ fn refuse(reason: String) -> Error {
 pub struct Stored {
     /// How the user named it.
     pub label: String,
+    /// Its manifest digest.
     pub digest: Digest,
+    /// Its manifest.
     pub manifest: Manifest,
+    /// Its config.
     pub config: BundleConfig,
 }
 
@@ -295,15 +298,20 @@ pub fn rename_task(
 /// One component in a [`BundleDiff`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentRef {
+    /// `shared` or `task/<name>`.
     pub component: String,
+    /// The blob.
     pub digest: Digest,
+    /// Bytes.
     pub size: u64,
 }
 
 /// What differs between two bundles.
 #[derive(Debug, Clone, Default)]
 pub struct BundleDiff {
+    /// Components only the second bundle has.
     pub added: Vec<ComponentRef>,
+    /// Components only the first bundle has.
     pub removed: Vec<ComponentRef>,
     /// `(before, after)` of a component present in both with other content.
     pub changed: Vec<(ComponentRef, ComponentRef)>,

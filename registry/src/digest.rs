@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 pub struct Digest([u8; 32]);
 
 impl Digest {
+    /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())
     }
@@ -38,10 +39,12 @@ impl Digest {
         Self(b)
     }
 
+    /// The 64 lowercase hex digits.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
     }
 
+    /// A digest from 64 lowercase hex digits.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out).ok()?;

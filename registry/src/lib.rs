@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! vmt-registry: the formats and storage of vmt-hub, with no machine learning in it.
 //!
 //! - [`bundle`]: `bundle.json`, the tensor naming scheme, exported directories;

@@ -12,19 +12,27 @@ use serde_json::Value;
 
 use crate::digest::Digest;
 
+/// OCI image manifest media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// `artifactType` of a vmt bundle.
 pub const BUNDLE_ARTIFACT_TYPE: &str = "application/vnd.vmt.bundle.v1+json";
+/// Media type of a bundle config (`bundle.json`).
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.vmt.bundle.config.v1+json";
+/// Media type of a component layer (safetensors).
 pub const COMPONENT_MEDIA_TYPE: &str = "application/vnd.vmt.component.v1.safetensors";
 /// Layer annotation holding the component name (`shared`, `task/<name>`).
 pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 /// A content descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
+    /// The content's media type.
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// The content's digest.
     pub digest: Digest,
+    /// The content's size in bytes.
     pub size: u64,
+    /// Annotations (`org.opencontainers.image.title` names a component).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -39,8 +47,10 @@ impl Descriptor {
 /// An OCI image manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always 2.
     #[serde(rename = "schemaVersion")]
     pub schema_version: u32,
+    /// The OCI image manifest media type.
     #[serde(rename = "mediaType")]
     pub media_type: String,
     #[serde(
@@ -48,9 +58,13 @@ pub struct Manifest {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// `application/vnd.vmt.bundle.v1+json` (absent in manifests that ORAS clients write).
     pub artifact_type: Option<String>,
+    /// The bundle config.
     pub config: Descriptor,
+    /// One layer per component.
     pub layers: Vec<Descriptor>,
+    /// Annotations (never a tag).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }

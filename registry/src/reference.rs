@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 /// A parsed reference, before it is resolved against an index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reference {
+    /// `name:tag`.
     Tag(TagName),
     /// `name@sha256:<hex>`: the name is informational.
     Digest(Digest),
@@ -17,7 +18,9 @@ pub enum Reference {
 /// `name:tag`, validated like OCI repository names and tags.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TagName {
+    /// The repository name (OCI grammar).
     pub name: String,
+    /// The tag.
     pub tag: String,
 }
 
@@ -118,6 +121,7 @@ impl Reference {
                     .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
     }
 
+    /// Parses any form of reference.
     pub fn parse(s: &str) -> Result<Self> {
         if let Some((name, digest)) = s.split_once('@') {
             TagName::parse(name)?;

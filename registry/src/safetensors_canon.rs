@@ -15,7 +15,9 @@ pub const METADATA: (&str, &str) = ("format", "pt");
 /// A tensor as bytes: what the registry moves around without knowing any maths.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
+    /// Element type.
     pub dtype: Dtype,
+    /// Shape.
     pub shape: Vec<usize>,
     /// Little-endian element bytes.
     pub data: Vec<u8>,
@@ -40,6 +42,7 @@ impl RawTensor {
             .collect()
     }
 
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -11,15 +11,18 @@ use super::{Label, Sample, MEAN, STD};
 /// Random choices for one training example.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AugParams {
+    /// Mirror left-right.
     pub flip: bool,
     /// Shorter side becomes `size * scale` before cropping.
     pub scale: f32,
     /// Crop offsets as fractions of the free room.
     pub crop_y: f32,
+    /// Horizontal crop offset, as a fraction of the free room.
     pub crop_x: f32,
 }
 
 impl AugParams {
+    /// Draws the choices for one example.
     pub fn sample(rng: &mut impl Rng) -> Self {
         Self {
             flip: rng.gen_bool(0.5),
@@ -33,7 +36,9 @@ impl AugParams {
 /// A fixed-size example: normalised pixels `3*s*s` and labels at `s x s`.
 #[derive(Debug, Clone)]
 pub struct Example {
+    /// Normalised pixels, channel-major `3*s*s`.
     pub pixels: Vec<f32>,
+    /// One label per task, at `s x s`.
     pub labels: Vec<Label>,
 }
 

@@ -21,8 +21,11 @@ pub type BatchPlan = Vec<(String, Option<AugParams>)>;
 /// A prepared batch, in plan order.
 #[derive(Debug)]
 pub struct Batch {
+    /// Image ids, in plan order.
     pub ids: Vec<String>,
+    /// The examples.
     pub examples: Vec<Example>,
+    /// Their side in pixels.
     pub size: usize,
 }
 
@@ -121,6 +124,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Starts `workers` threads preparing the batches of `plans`, at most `depth` ahead.
     pub fn spawn(
         dataset: Arc<Dataset>,
         tasks: Vec<TaskSpec>,

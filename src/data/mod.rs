@@ -24,16 +24,31 @@ use vmt_registry::Digest;
 /// Errors that name the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// An I/O error on a file.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the system said.
         #[source]
         source: std::io::Error,
     },
+    /// A file whose content breaks the dataset's rules.
     #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The rule it breaks.
+        reason: String,
+    },
+    /// An image or label that cannot be decoded.
     #[error("{path}: cannot decode image: {reason}")]
-    Decode { path: PathBuf, reason: String },
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's complaint.
+        reason: String,
+    },
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> DataError {
@@ -46,15 +61,19 @@ fn invalid(path: &Path, reason: impl Into<String>) -> DataError {
 /// `dataset.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetInfo {
+    /// A display name.
     #[serde(default)]
     pub name: String,
+    /// Its tasks.
     pub tasks: Vec<TaskSpec>,
 }
 
 /// A dataset directory, checked on open.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// Its folder.
     pub root: PathBuf,
+    /// Its `dataset.json`.
     pub info: DatasetInfo,
 }
 
@@ -72,14 +91,20 @@ pub enum Label {
 /// An image (RGB8, `h*w*3`) and one label per requested task.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// Image id.
     pub id: String,
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// RGB8 bytes, `h*w*3`.
     pub rgb: Vec<u8>,
+    /// One label per requested task.
     pub labels: Vec<Label>,
 }
 
 impl Dataset {
+    /// Opens and checks a dataset folder (`dataset.json`, `images/`, one folder per task).
     pub fn open(root: &Path) -> Result<Self, DataError> {
         let path = root.join("dataset.json");
         let bytes = std::fs::read(&path).map_err(|e| DataError::Io {
@@ -108,6 +133,7 @@ impl Dataset {
         })
     }
 
+    /// The task called `name`.
     pub fn task(&self, name: &str) -> Option<&TaskSpec> {
         self.info.tasks.iter().find(|t| t.name == name)
     }
@@ -295,4 +321,5 @@ fn decode_label(
 
 /// ImageNet normalisation constants.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet standard deviation per channel (RGB).
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];

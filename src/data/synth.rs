@@ -19,7 +19,9 @@ use vmt_registry::bundle::{TaskKind, TaskSpec};
 use super::loader::mix;
 use super::{DataError, DatasetInfo};
 
+/// Classes of the synthetic semseg task (background, disc, box, triangle, figure).
 pub const SEMSEG_CLASSES: usize = 5;
+/// Classes of the synthetic human-parts task (background, head, torso, legs).
 pub const PART_CLASSES: usize = 4;
 
 /// The tasks a synthetic dataset provides.
@@ -35,10 +37,15 @@ pub fn synth_tasks() -> Vec<TaskSpec> {
 
 /// One rendered scene.
 pub struct Scene {
+    /// Side in pixels.
     pub size: usize,
+    /// RGB8 bytes.
     pub rgb: Vec<u8>,
+    /// Semseg class per pixel.
     pub semseg: Vec<u8>,
+    /// Human-part class per pixel.
     pub parts: Vec<u8>,
+    /// Saliency (0/1) per pixel.
     pub sal: Vec<u8>,
     /// Unit normals, pixel-major `[n, 3]`.
     pub normals: Vec<[f32; 3]>,

@@ -21,6 +21,7 @@ pub struct SegMetric {
 }
 
 impl SegMetric {
+    /// An empty confusion matrix over `classes`.
     pub fn new(classes: usize) -> Self {
         Self {
             classes,
@@ -51,6 +52,7 @@ impl SegMetric {
             .collect()
     }
 
+    /// Mean IoU over classes present in prediction or truth, in percent.
     pub fn miou(&self) -> f64 {
         let present: Vec<f64> = self.iou().into_iter().flatten().collect();
         if present.is_empty() {
@@ -63,6 +65,7 @@ impl SegMetric {
 /// Saliency maxF and mIoU over thresholds.
 #[derive(Debug, Clone)]
 pub struct SalMetric {
+    /// The thresholds evaluated.
     pub thresholds: Vec<f32>,
     precision: Vec<f64>,
     recall: Vec<f64>,
@@ -77,6 +80,7 @@ impl Default for SalMetric {
 }
 
 impl SalMetric {
+    /// 15 thresholds evenly spaced from 0.2 to 0.9.
     pub fn new() -> Self {
         let thresholds: Vec<f32> = (0..15).map(|i| 0.2 + 0.7 * i as f32 / 14.0).collect();
         let n = thresholds.len();
@@ -135,6 +139,7 @@ impl SalMetric {
         self.images += 1;
     }
 
+    /// Maximum F-measure over thresholds, in percent.
     pub fn max_f(&self) -> f64 {
         let n = self.images.max(1) as f64;
         self.precision
@@ -147,6 +152,7 @@ impl SalMetric {
             .fold(0.0, f64::max)
     }
 
+    /// The best foreground IoU over the thresholds (averaged over images), in percent.
     pub fn miou(&self) -> f64 {
         let n = self.images.max(1) as f64;
         self.jaccard.iter().map(|j| j / n).fold(0.0, f64::max)
@@ -178,6 +184,7 @@ impl NormalsMetric {
         }
     }
 
+    /// Mean angular error in degrees.
     pub fn mean_error(&self) -> f64 {
         self.sum_deg / self.pixels.max(1) as f64
     }
@@ -191,6 +198,7 @@ pub struct DepthMetric {
 }
 
 impl DepthMetric {
+    /// Adds predictions and ground truth (0 = invalid) of one image.
     pub fn add(&mut self, pred: &[f32], gt: &[f32]) {
         for (&p, &g) in pred.iter().zip(gt) {
             if g > 0.0 {
@@ -200,6 +208,7 @@ impl DepthMetric {
         }
     }
 
+    /// Root mean squared error over valid pixels.
     pub fn rmse(&self) -> f64 {
         (self.sum_sq / self.pixels.max(1) as f64).sqrt()
     }

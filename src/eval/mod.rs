@@ -18,19 +18,26 @@ use metrics::{delta_m, DepthMetric, NormalsMetric, SalMetric, SegMetric};
 /// One task's results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskResult {
+    /// The task's kind.
     pub kind: TaskKind,
     /// The metric Δm uses.
     pub primary: String,
+    /// Metric name -> value.
     pub metrics: BTreeMap<String, f64>,
 }
 
 /// All tasks' results on a split.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// The split evaluated.
     pub split: String,
+    /// Images evaluated.
     pub images: usize,
+    /// Side they were resized to.
     pub image_size: usize,
+    /// Results per task.
     pub tasks: BTreeMap<String, TaskResult>,
+    /// Multi-task performance against the baselines, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_m: Option<f64>,
 }

@@ -26,7 +26,12 @@ pub enum BackboneSource {
     /// A directory with `config.json` and `model.safetensors` (or `pytorch_model.bin`).
     Dir(PathBuf),
     /// A Hugging Face Hub repository at a revision (a branch, tag or commit).
-    Hub { repo: String, revision: String },
+    Hub {
+        /// `owner/name`.
+        repo: String,
+        /// A branch, tag or commit.
+        revision: String,
+    },
     /// A built-in seeded random Swin: `tiny` or `swin-t`.
     Random(String),
 }
@@ -103,9 +108,11 @@ impl std::fmt::Display for BackboneSource {
 /// A loaded backbone and where it came from.
 #[derive(Debug, Clone)]
 pub struct Backbone {
+    /// The network.
     pub swin: Arc<Swin>,
     /// `dir:<path>`, `hf:<repo>` or `random:<name>`.
     pub source: String,
+    /// The commit a Hub revision resolved to.
     pub revision: Option<String>,
     /// `sha256:<hex>` of the weights file (of canonical bytes for random weights).
     pub digest: String,
@@ -137,6 +144,7 @@ impl Backbone {
         }
     }
 
+    /// Whether it is a built-in random backbone.
     pub fn is_random(&self) -> bool {
         self.source.starts_with("random:")
     }

@@ -47,6 +47,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub struct LayerNormOp {
+    /// Epsilon.
     pub eps: f64,
 }
 

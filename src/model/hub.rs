@@ -20,10 +20,15 @@ use super::error::{ModelError, Result};
 /// Where and how to reach the Hub.
 #[derive(Debug, Clone)]
 pub struct HubEnv {
+    /// `HF_ENDPOINT`.
     pub endpoint: String,
+    /// The hub cache folder.
     pub cache: PathBuf,
+    /// `HF_TOKEN`.
     pub token: Option<String>,
+    /// `HF_HUB_OFFLINE=1`: cache only.
     pub offline: bool,
+    /// Show download progress.
     pub progress: bool,
 }
 
@@ -65,7 +70,9 @@ impl HubEnv {
 /// `owner/name[@revision]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubRef {
+    /// `owner/name`.
     pub repo: String,
+    /// A branch, tag or commit.
     pub revision: String,
 }
 
@@ -101,6 +108,7 @@ impl HubRef {
 /// A backbone in the cache: its snapshot directory and what was resolved.
 #[derive(Debug, Clone)]
 pub struct HubBackbone {
+    /// `owner/name`.
     pub repo: String,
     /// The commit the revision resolved to.
     pub commit: String,
@@ -264,8 +272,11 @@ fn verify_download(path: &Path, r: &HubRef, file: &str) -> Result<()> {
 /// A cached Swin that `--backbone` accepts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CachedBackbone {
+    /// `owner/name`.
     pub repo: String,
+    /// The snapshot's commit.
     pub commit: String,
+    /// The snapshot folder.
     pub snapshot: PathBuf,
     /// `hf` (a Hugging Face `SwinConfig`) or `timm` (a timm config naming a Swin).
     pub format: &'static str,

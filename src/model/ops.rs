@@ -11,11 +11,14 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 /// A linear layer with a PyTorch-layout weight `[out, in]` and optional bias `[out]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `[out, in]`.
     pub weight: Tensor,
+    /// `[out]`.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// A linear layer.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
@@ -42,12 +45,16 @@ impl Module for Linear {
 /// LayerNorm over the last dimension, built from plain ops so that gradients flow.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    /// Scale.
     pub weight: Tensor,
+    /// Shift.
     pub bias: Tensor,
+    /// Epsilon.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// A LayerNorm over the last dimension.
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         Self { weight, bias, eps }
     }

@@ -202,10 +202,13 @@ impl WindowAttention {
 /// How a stage's blocks tile its `h x w` map into windows.
 #[derive(Debug, Clone)]
 pub struct StageLayout {
+    /// Map height.
     pub h: usize,
+    /// Map width.
     pub w: usize,
     /// Padded to whole windows.
     pub h_pad: usize,
+    /// Width padded to whole windows.
     pub w_pad: usize,
     /// Shift of the odd blocks: half a window, or 0 when the map fits one window.
     pub shift: usize,
@@ -214,6 +217,7 @@ pub struct StageLayout {
 }
 
 impl StageLayout {
+    /// The layout of an `h x w` map in windows of `window`.
     pub fn new(h: usize, w: usize, window: usize, device: &Device) -> Result<Self> {
         let shift = if h.min(w) <= window { 0 } else { window / 2 };
         let (h_pad, w_pad) = (h.div_ceil(window) * window, w.div_ceil(window) * window);
@@ -277,6 +281,7 @@ fn shifted_window_mask(
 pub struct SwinBlock {
     layernorm_before: LayerNorm,
     attention: WindowAttention,
+    /// LayerNorm before the MLP (and the adapter).
     pub layernorm_after: LayerNorm,
     intermediate: Linear,
     output: Linear,
@@ -410,7 +415,9 @@ impl PatchMerging {
 /// One stage: its blocks and the patch merging that follows (all stages but the last).
 #[derive(Debug, Clone)]
 pub struct SwinStage {
+    /// Its blocks.
     pub blocks: Vec<SwinBlock>,
+    /// Patch merging at its end.
     pub downsample: Option<PatchMerging>,
 }
 
@@ -418,10 +425,15 @@ pub struct SwinStage {
 /// not used: VMT decoders read the stage outputs.
 #[derive(Debug, Clone)]
 pub struct Swin {
+    /// Its geometry.
     pub geometry: SwinGeometry,
+    /// Patch embedding.
     pub embeddings: PatchEmbed,
+    /// The stages.
     pub stages: Vec<SwinStage>,
+    /// Final LayerNorm, when the checkpoint has one.
     pub layernorm: Option<LayerNorm>,
+    /// Where its weights live.
     pub device: Device,
 }
 

@@ -10,11 +10,14 @@ use super::error::{ModelError, Result};
 /// Tensors by name, remembering which file they came from (for error messages).
 #[derive(Debug, Clone)]
 pub struct NamedTensors {
+    /// Where they came from (for messages).
     pub origin: String,
+    /// By name.
     pub tensors: HashMap<String, Tensor>,
 }
 
 impl NamedTensors {
+    /// Named tensors from a map.
     pub fn new(origin: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
         Self {
             origin: origin.into(),
@@ -29,6 +32,7 @@ impl NamedTensors {
         Self::from_bytes(&bytes, &path.display().to_string(), device)
     }
 
+    /// Reads safetensors bytes onto `device`.
     pub fn from_bytes(bytes: &[u8], origin: &str, device: &Device) -> Result<Self> {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             ModelError::NotSafetensors {

@@ -140,6 +140,7 @@ impl Decoder {
 /// One task: its spec, its KEMs (`[stage][block]`) and its decoder.
 #[derive(Debug, Clone)]
 pub struct TaskHead {
+    /// The task.
     pub spec: TaskSpec,
     kems: Vec<Vec<Kem>>,
     decoder: Decoder,
@@ -155,6 +156,7 @@ pub struct VmtOutput {
 }
 
 impl VmtOutput {
+    /// The output of task `name`.
     pub fn task(&self, name: &str) -> Option<&Tensor> {
         self.tasks.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
@@ -163,10 +165,13 @@ impl VmtOutput {
 /// The multi-task model: a frozen Swin, the shared adapters, and the task heads.
 #[derive(Debug, Clone)]
 pub struct VmtModel {
+    /// The bundle config.
     pub config: BundleConfig,
+    /// The frozen backbone.
     pub backbone: Arc<Swin>,
     /// `[stage][block]`.
     adapters: Vec<Vec<Adapter>>,
+    /// One head per task, in config order.
     pub heads: Vec<TaskHead>,
 }
 

@@ -5,7 +5,7 @@
 //! order and augmentations are a function of (seed, step), so `--resume` restores a run
 //! exactly: a resumed run ends with the same bytes as an uninterrupted one.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod optim;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,34 +33,53 @@ use optim::{learning_rate, AdamW};
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// The dataset folder.
     pub data: PathBuf,
     /// Task names, all present in the dataset.
     pub tasks: Vec<String>,
+    /// What `Backbone::load` takes: `random:NAME`, a folder or a Hub repo.
     pub backbone: String,
+    /// VMT-Adapter or -Lite.
     pub adapter: AdapterKind,
+    /// Bottleneck reduction.
     pub reduction: usize,
+    /// Adapter scale `s`.
     pub scale: f64,
+    /// Decoder width D.
     pub decoder_dim: usize,
+    /// Decoder hidden width.
     pub decoder_hidden: usize,
+    /// Optimisation steps.
     pub steps: usize,
+    /// Images per step.
     pub batch: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// AdamW weight decay (matrices only).
     pub weight_decay: f64,
     /// Default: 5% of the steps.
     pub warmup: Option<usize>,
+    /// Training image side.
     pub image_size: usize,
     /// Per-task weights; missing tasks use [`default_loss_weight`].
     pub loss_weights: BTreeMap<String, f64>,
     /// Clip the global gradient norm to this (None: no clipping).
     pub clip_grad: Option<f64>,
+    /// Seeds initialisation, order and augmentation.
     pub seed: u64,
+    /// Loader threads.
     pub workers: usize,
+    /// Checkpoint every this many steps.
     pub checkpoint_every: usize,
+    /// Checkpoints kept.
     pub keep_checkpoints: usize,
+    /// Where checkpoints and metrics.jsonl go.
     pub run_dir: PathBuf,
+    /// Continue from the last checkpoint.
     pub resume: bool,
     /// Stop (with a checkpoint, without a bundle) once this step is reached.
     pub stop_after: Option<usize>,
+    /// No progress bar.
     pub quiet: bool,
     /// add-task: a trained bundle whose shared adapter and tasks stay frozen; `tasks`
     /// are the new tasks, and the adapter/decoder settings come from this bundle.
@@ -119,6 +138,7 @@ impl Default for TrainOptions {
 /// The bundle `add-task` extends.
 #[derive(Debug, Clone)]
 pub struct Base {
+    /// The trained bundle.
     pub bundle: BundleDir,
     /// Its manifest digest, when it came from the registry (recorded as the parent).
     pub parent: Option<vmt_registry::Digest>,

@@ -7,24 +7,36 @@ use candle_core::{Result, Tensor, Var};
 
 /// One trainable tensor and its AdamW moments (kept in f32, like the Var).
 pub struct Param {
+    /// Its bundle name.
     pub name: String,
+    /// The variable.
     pub var: Var,
+    /// First moment.
     pub m: Tensor,
+    /// Second moment.
     pub v: Tensor,
+    /// Whether weight decay applies.
     pub decays: bool,
 }
 
+/// AdamW over named variables.
 pub struct AdamW {
+    /// The variables and their moments.
     pub params: Vec<Param>,
+    /// First-moment decay.
     pub beta1: f64,
+    /// Second-moment decay.
     pub beta2: f64,
+    /// Epsilon.
     pub eps: f64,
+    /// Weight decay.
     pub weight_decay: f64,
     /// Updates applied so far (for bias correction).
     pub t: u64,
 }
 
 impl AdamW {
+    /// AdamW over `(name, var, decays)`.
     pub fn new(params: Vec<(String, Var, bool)>, weight_decay: f64) -> Result<Self> {
         let params = params
             .into_iter()

@@ -12,15 +12,23 @@ pub const BUNDLE_FORMAT: &str = "vmt-bundle/1";
 /// Geometry (and, when known, provenance) of a Swin backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwinGeometry {
+    /// Always `swin`.
     #[serde(default = "swin_family")]
     pub family: String,
+    /// Channels of stage 0 (96 for Swin-T).
     pub embed_dim: usize,
+    /// Blocks per stage.
     pub depths: Vec<usize>,
+    /// Attention heads per stage.
     pub num_heads: Vec<usize>,
+    /// Attention window side.
     pub window_size: usize,
+    /// Patch embedding stride.
     pub patch_size: usize,
+    /// MLP hidden width over channels.
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
+    /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Where the weights came from: `hf:<repo>`, `dir:<path>` or `random:<name>`.
@@ -32,6 +40,7 @@ pub struct SwinGeometry {
     /// `sha256:<hex>` of the weights file (or of the canonical bytes of random weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -124,8 +133,10 @@ impl SwinGeometry {
 /// VMT-Adapter (own up-projection) or VMT-Adapter-Lite (up = downᵀ, own bias).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdapterKind {
+    /// VMT-Adapter: its own up-projection.
     #[serde(rename = "vmt")]
     Vmt,
+    /// VMT-Adapter-Lite: up-projection tied to the down-projection.
     #[serde(rename = "vmt-lite")]
     VmtLite,
 }
@@ -155,16 +166,19 @@ impl std::str::FromStr for AdapterKind {
 /// The shared adapter's hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterConfig {
+    /// Adapter or Adapter-Lite.
     pub kind: AdapterKind,
     /// Bottleneck of stage i is `max(1, C_i / reduction)`.
     pub reduction: usize,
     /// `s` in `x = x1 + MLP(h) + s * a`.
     pub scale: f64,
+    /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl AdapterConfig {
+    /// An adapter config.
     pub fn new(kind: AdapterKind, reduction: usize, scale: f64) -> Self {
         Self {
             kind,
@@ -174,6 +188,7 @@ impl AdapterConfig {
         }
     }
 
+    /// The bottleneck width at `dim` channels.
     pub fn bottleneck(&self, dim: usize) -> usize {
         (dim / self.reduction.max(1)).max(1)
     }
@@ -186,11 +201,13 @@ pub struct DecoderConfig {
     pub dim: usize,
     /// Channels after fusing the four stages.
     pub hidden: usize,
+    /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl DecoderConfig {
+    /// A decoder config.
     pub fn new(dim: usize, hidden: usize) -> Self {
         Self {
             dim,
@@ -204,9 +221,13 @@ impl DecoderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
+    /// Per-pixel classes, cross-entropy, label 255 ignored.
     Segmentation,
+    /// One logit per pixel, balanced BCE, label 255 ignored.
     Saliency,
+    /// Three channels, L1 on the L2-normalised prediction.
     Normals,
+    /// One channel, L1 on pixels whose depth is > 0.
     Depth,
 }
 
@@ -239,19 +260,24 @@ impl std::str::FromStr for TaskKind {
 /// One task: its name, kind and output channels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    /// Its name (lowercase, in outputs, metrics and components).
     pub name: String,
+    /// What it predicts.
     pub kind: TaskKind,
+    /// Output channels (classes for segmentation).
     pub channels: usize,
     /// The name its tensors and component are stored under, when it differs from
     /// `name` (after `rename-task`, which writes no tensor): tensors stay
     /// `tasks.<stored_as>.*` in component `task/<stored_as>`. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_as: Option<String>,
+    /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl TaskSpec {
+    /// A task with no stored alias.
     pub fn new(name: &str, kind: TaskKind, channels: usize) -> Self {
         Self {
             name: name.into(),
@@ -271,16 +297,23 @@ impl TaskSpec {
 /// The whole `bundle.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleConfig {
+    /// `vmt-bundle/1`.
     pub format: String,
+    /// The frozen backbone it runs on.
     pub backbone: SwinGeometry,
+    /// The shared adapter.
     pub adapter: AdapterConfig,
+    /// The task decoders.
     pub decoder: DecoderConfig,
+    /// The tasks, in output order.
     pub tasks: Vec<TaskSpec>,
+    /// `provenance`, `metrics` and keys this version does not know.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl BundleConfig {
+    /// A config of the current format.
     pub fn new(
         backbone: SwinGeometry,
         adapter: AdapterConfig,
@@ -297,6 +330,7 @@ impl BundleConfig {
         }
     }
 
+    /// The task called `name`.
     pub fn task(&self, name: &str) -> Option<&TaskSpec> {
         self.tasks.iter().find(|t| t.name == name)
     }

@@ -12,13 +12,17 @@ use super::layout::{bundle_tensors, component_of};
 use crate::error::{Error, Result};
 use crate::safetensors_canon::{canonical_bytes, parse};
 
+/// The config file of an exported bundle.
 pub const CONFIG_FILE: &str = "bundle.json";
+/// The tensors file of an exported bundle.
 pub const TENSORS_FILE: &str = "adapter.safetensors";
 
 /// A bundle in memory: its config and every tensor, checked against each other.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BundleDir {
+    /// Its `bundle.json`.
     pub config: BundleConfig,
+    /// Every trainable tensor, by bundle name.
     pub tensors: BTreeMap<String, RawTensor>,
 }
 
@@ -123,6 +127,7 @@ impl BundleDir {
         write_file(&dir.join(TENSORS_FILE), &canonical_bytes(&self.tensors))
     }
 
+    /// `bundle.json` as written by `export`: pretty, with a final newline.
     pub fn config_json_pretty(&self) -> String {
         let mut s = serde_json::to_string_pretty(&self.config).expect("config serialises");
         s.push('\n');

@@ -16,7 +16,9 @@ pub fn task_component(name: &str) -> String {
 /// One trainable tensor: its bundle name, shape and whether weight decay applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpec {
+    /// Its bundle name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
     /// The component it is stored in: `shared` or `task/<name>`.
     pub component: String,
@@ -25,6 +27,7 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -52,7 +52,9 @@ pub fn sanitize(text: &str) -> String {
 /// Credentials for a remote. Never printed: `Debug` redacts them.
 #[derive(Clone, Default)]
 pub struct Credentials {
+    /// User name for basic auth (and the token flow).
     pub user: Option<String>,
+    /// Password for basic auth.
     pub password: Option<String>,
     /// A bearer token used as is (`VMT_REGISTRY_TOKEN`).
     pub token: Option<String>,
@@ -71,11 +73,14 @@ impl std::fmt::Debug for Credentials {
 /// A response: status, headers we need, and the body reader.
 #[derive(Debug)]
 pub struct Reply {
+    /// HTTP status.
     pub status: u16,
+    /// The response, for headers and body.
     pub response: ureq::Response,
 }
 
 impl Reply {
+    /// A response header.
     pub fn header(&self, name: &str) -> Option<String> {
         self.response.header(name).map(String::from)
     }
@@ -137,6 +142,7 @@ impl Reply {
     }
 }
 
+/// An OCI Distribution client for one registry, with one operation deadline.
 pub struct Client {
     agent: ureq::Agent,
     /// `http(s)://host:port`.
@@ -144,6 +150,7 @@ pub struct Client {
     creds: Credentials,
     /// A token obtained from the registry's token endpoint.
     bearer: Mutex<Option<String>>,
+    /// Retries on 5xx and connection errors.
     pub retries: u32,
     timeouts: Timeouts,
     /// When the whole operation must have finished.

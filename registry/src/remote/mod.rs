@@ -15,15 +15,20 @@ use crate::error::{Error, Result};
 pub struct RemoteRef {
     /// `http://host:port` or `https://host:port`.
     pub base: String,
+    /// `host[:port]`.
     pub host: String,
+    /// The repository.
     pub repo: String,
+    /// Tag or digest.
     pub reference: RemoteTarget,
 }
 
 /// A tag or a manifest digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteTarget {
+    /// A tag.
     Tag(String),
+    /// A manifest digest.
     Digest(Digest),
 }
 
@@ -39,6 +44,7 @@ impl std::fmt::Display for RemoteTarget {
 pub use crate::reference::{valid_name as valid_repo_name, valid_tag};
 
 impl RemoteRef {
+    /// Parses `oci://HOST[:PORT]/REPO[:TAG|@DIGEST]`; `insecure` uses http for any host.
     pub fn parse(s: &str, insecure: bool) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidReference {
             reference: s.into(),

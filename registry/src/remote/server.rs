@@ -52,6 +52,7 @@ pub const MAX_BLOB: u64 = 4 << 30;
 /// Options of `vmt-hub serve`.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Address to listen on (port 0: any free port).
     pub addr: SocketAddr,
     /// Require `Authorization: Bearer <token>` on every request.
     pub token: Option<String>,

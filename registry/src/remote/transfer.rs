@@ -35,8 +35,11 @@ pub fn chunk_size() -> usize {
 
 /// Progress callbacks: `start(what, total bytes)`, `advance(bytes)`, `finish()`.
 pub trait Progress {
+    /// A transfer of `total` bytes begins.
     fn start(&mut self, _what: &str, _total: u64) {}
+    /// `bytes` more went.
     fn advance(&mut self, _bytes: u64) {}
+    /// The transfer ended.
     fn finish(&mut self) {}
 }
 
@@ -44,15 +47,22 @@ pub trait Progress {
 pub struct Quiet;
 impl Progress for Quiet {}
 
+/// What a push or pull did.
 #[derive(Debug, Clone, Default)]
 pub struct TransferReport {
+    /// The manifest pushed or pulled.
     pub manifest: Option<Digest>,
+    /// Blobs uploaded.
     pub blobs_sent: usize,
+    /// Bytes uploaded.
     pub bytes_sent: u64,
+    /// Blobs the remote already had.
     pub blobs_skipped: usize,
     /// Blobs the registry copied from another of its repositories (cross-repo mount).
     pub blobs_mounted: usize,
+    /// Blobs downloaded.
     pub blobs_received: usize,
+    /// Bytes downloaded.
     pub bytes_received: u64,
 }
 

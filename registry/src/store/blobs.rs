@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
+/// The blob files of a registry: `blobs/sha256/<hex>`, written through `tmp/`.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
@@ -45,10 +46,12 @@ impl BlobStore {
         Ok(Self { dir, tmp })
     }
 
+    /// The file of blob `d`.
     pub fn path(&self, d: &Digest) -> PathBuf {
         self.dir.join(d.hex())
     }
 
+    /// Whether blob `d` is present (not re-hashed).
     pub fn contains(&self, d: &Digest) -> bool {
         self.path(d).is_file()
     }
@@ -109,6 +112,7 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Deletes blob `d` (absent is fine).
     pub fn remove(&self, d: &Digest) -> Result<()> {
         let p = self.path(d);
         match std::fs::remove_file(&p) {

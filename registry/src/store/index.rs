@@ -13,12 +13,15 @@ use crate::error::{Error, Result};
 /// What the index keeps about a manifest, so `list` and `show` need no blob reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestRecord {
+    /// Its config blob.
     pub config: Digest,
     /// `(component, digest, size)` per layer.
     pub layers: Vec<(String, Digest, u64)>,
     /// Total bytes: manifest, config and layers.
     pub size: u64,
+    /// Its task names.
     pub tasks: Vec<String>,
+    /// The bundle it was derived from.
     pub parent: Option<Digest>,
 }
 
@@ -29,6 +32,7 @@ impl ManifestRecord {
     }
 }
 
+/// The sled index of a registry.
 pub struct Index {
     db: sled::Db,
     tags: sled::Tree,
@@ -95,10 +99,12 @@ impl Index {
         })
     }
 
+    /// Its folder.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The manifest `tag` points to.
     pub fn tag(&self, tag: &str) -> Result<Option<Digest>> {
         Ok(self.tags.get(tag)?.and_then(|v| parse_digest(&v)))
     }
@@ -115,6 +121,7 @@ impl Index {
         Ok(out)
     }
 
+    /// What the index keeps about manifest `d`.
     pub fn manifest(&self, d: &Digest) -> Result<Option<ManifestRecord>> {
         match self.manifests.get(d.to_string())? {
             Some(v) => Ok(serde_json::from_slice(&v).ok()),
@@ -122,6 +129,7 @@ impl Index {
         }
     }
 
+    /// Every known manifest.
     pub fn manifests(&self) -> Result<Vec<(Digest, ManifestRecord)>> {
         let mut out = Vec::new();
         for kv in self.manifests.iter() {
@@ -133,6 +141,7 @@ impl Index {
         Ok(out)
     }
 
+    /// The parent of manifest `d`.
     pub fn parent(&self, d: &Digest) -> Result<Option<Digest>> {
         Ok(self
             .lineage

@@ -44,18 +44,24 @@ pub struct Registry {
 /// What a publish wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
+    /// The manifest digest.
     pub digest: Digest,
     /// Blob files newly written (0 when the bundle was already stored).
     pub new_blobs: usize,
+    /// Bytes newly written.
     pub new_bytes: u64,
 }
 
 /// One row of `list`.
 #[derive(Debug, Clone)]
 pub struct ListEntry {
+    /// `name:tag`.
     pub tag: String,
+    /// Its manifest.
     pub digest: Digest,
+    /// Its tasks.
     pub tasks: Vec<String>,
+    /// Bytes of its manifest, config and components.
     pub size: u64,
     /// The digest of its `shared` component: bundles with the same one form a family.
     pub shared: Option<Digest>,
@@ -64,22 +70,31 @@ pub struct ListEntry {
 /// A blob `gc` removes or keeps, and why.
 #[derive(Debug, Clone)]
 pub struct GcEntry {
+    /// The blob.
     pub digest: Digest,
+    /// Its size.
     pub size: u64,
+    /// Why it is removed or kept.
     pub reason: String,
 }
 
+/// What `gc` removed and kept.
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
+    /// Blobs removed (or that would be, in a dry run).
     pub removed: Vec<GcEntry>,
+    /// Blobs kept, with the bundles that need them.
     pub kept: Vec<GcEntry>,
     /// Abandoned upload sessions of `serve` deleted.
     pub uploads_removed: usize,
 }
 
+/// What `verify` checked and found.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
+    /// Blobs re-hashed.
     pub blobs_checked: usize,
+    /// Bytes re-hashed.
     pub bytes_checked: u64,
     /// Each problem names the bundle, the component and the digest.
     pub problems: Vec<String>,
@@ -88,6 +103,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// No problem found.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
@@ -106,12 +122,14 @@ pub fn default_root() -> PathBuf {
 
 /// Per-component layer bytes and the config bytes of a bundle.
 pub struct BundleBlobs {
+    /// `bundle.json` as canonical JSON.
     pub config: Vec<u8>,
     /// `(component, canonical safetensors bytes)` in component order.
     pub components: Vec<(String, Vec<u8>)>,
 }
 
 impl BundleBlobs {
+    /// The blobs of a bundle.
     pub fn of(bundle: &BundleDir) -> Self {
         let config =
             canonical_json(&serde_json::to_value(&bundle.config).expect("config serialises"));
@@ -268,6 +286,7 @@ impl Registry {
         Ok(record_of(&manifest, bytes.len() as u64, &config))
     }
 
+    /// The registry's folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -817,7 +836,9 @@ impl Registry {
 /// What a rebuild found.
 #[derive(Debug, Clone, Default)]
 pub struct RebuildReport {
+    /// Manifests recorded.
     pub manifests: usize,
+    /// Every tag, from the tag record.
     pub tags: Vec<(String, Digest)>,
     /// Blobs that are corrupt or manifests that could not be read: skipped.
     pub skipped: Vec<String>,
