@@ -13,13 +13,13 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
                     .strip_prefix(':')
                     .and_then(|i| i.parse::<usize>().ok())
                     .ok_or_else(|| {
-                        anyhow::anyhow!("--device {name:?}: expected cpu, cuda or cuda:<index>")
+                        anyhow::anyhow!("device {name:?}: expected cpu, cuda or cuda:<index>")
                     })?,
-                None => anyhow::bail!("--device {name:?}: expected cpu, cuda or cuda:<index>"),
+                None => anyhow::bail!("device {name:?}: expected cpu, cuda or cuda:<index>"),
             };
             if !candle_core::utils::cuda_is_available() {
                 anyhow::bail!(
-                    "--device {name}: this vmt-hub was built without CUDA (rebuild with `cargo build --release --features cuda`)"
+                    "device {name}: this vmt-hub was built without CUDA (rebuild with `cargo build --release --features cuda`)"
                 );
             }
             Ok(Device::new_cuda(ordinal)?)

@@ -322,7 +322,7 @@ pub fn synthesize(out: &Path, count: usize, size: usize, seed: u64) -> Result<()
     if count < 2 {
         return Err(DataError::Invalid {
             path: out.into(),
-            reason: "--count must be at least 2 (one training and one validation image)".into(),
+            reason: format!("{count} scenes asked for; at least 2 are needed (one training and one validation image)"),
         });
     }
     let tasks = synth_tasks();

@@ -204,7 +204,7 @@ impl Checkpoint {
             })
             .collect();
         bail!(
-            "--resume: {} was made with other settings: {}",
+            "resume: {} was made with other settings: {}",
             self.dir.display(),
             differing.join("; ")
         )

@@ -179,7 +179,12 @@ pub enum TrainOutcome {
 /// Trains a new bundle.
 pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcome> {
     if opts.steps == 0 || opts.batch == 0 || opts.image_size == 0 {
-        bail!("--steps, --batch and --image-size must be positive");
+        bail!(
+            "steps ({}), batch ({}) and image_size ({}) must be positive",
+            opts.steps,
+            opts.batch,
+            opts.image_size
+        );
     }
     let dataset = Arc::new(Dataset::open(&opts.data)?);
     let tasks: Vec<TaskSpec> = opts
@@ -238,7 +243,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     };
     if opts.resume && restored.is_none() {
         bail!(
-            "--resume: {} has no checkpoint",
+            "resume: {} has no checkpoint",
             opts.run_dir.join("checkpoints").display()
         );
     }
@@ -303,7 +308,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
         last_loss = stats.loss;
         if !last_loss.is_finite() {
-            bail!("step {step}: the loss is {last_loss} (lower --lr?)");
+            bail!("step {step}: the loss is {last_loss} (a lower learning rate may help)");
         }
         let (losses, norm) = (stats.losses, stats.grad_norm);
         let ips = batch as f64 / t0.elapsed().as_secs_f64();
