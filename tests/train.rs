@@ -196,6 +196,31 @@ fn vmt_hub(root: &Path, args: &[&str]) -> Output {
     output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
 }
 
+/// `vmt-hub train` for two steps at 32x32: enough to publish a bundle.
+fn train_two_steps(root: &Path, data: &Path, tasks: &str, run: &Path, tag: &str) -> Output {
+    vmt_hub(
+        root,
+        &[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--tasks",
+            tasks,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--tag",
+            tag,
+        ],
+    )
+}
+
 fn train_fails(root: &Path, data: &Path, run: &Path, needles: &[&str]) {
     let o = vmt_hub(
         root,
@@ -270,27 +295,7 @@ fn bad_data_is_refused_with_the_file_named_and_nothing_published() {
     // eval on a dataset with more tasks than the bundle.
     let d = fresh(&d);
     let bundle_dir = tmp.path().join("b");
-    let o = vmt_hub(
-        &root,
-        &[
-            "train",
-            "--data",
-            d.to_str().unwrap(),
-            "--tasks",
-            "semseg",
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--run-dir",
-            run.join("ok").to_str().unwrap(),
-            "--tag",
-            "ok:v1",
-        ],
-    );
+    let o = train_two_steps(&root, &d, "semseg", &run.join("ok"), "ok:v1");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
         vmt_hub(&root, &["export", "ok:v1", bundle_dir.to_str().unwrap()])
@@ -344,26 +349,12 @@ fn eval_defaults_to_the_tasks_bundle_and_dataset_share() {
     // data synth makes five tasks (with depth); train four of them.
     let data = fresh(&tmp.path().join("data"));
     assert!(Dataset::open(&data).unwrap().task("depth").is_some());
-    let o = vmt_hub(
+    let o = train_two_steps(
         &root,
-        &[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--tasks",
-            "semseg,human_parts,sal,normals",
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--run-dir",
-            tmp.path().join("run").to_str().unwrap(),
-            "--tag",
-            "four:v1",
-        ],
+        &data,
+        "semseg,human_parts,sal,normals",
+        &tmp.path().join("run"),
+        "four:v1",
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let eval = |extra: &[&str]| {
