@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::bundle::{task_component, BundleConfig, SHARED_COMPONENT};
+use crate::bundle::{task_component, BundleConfig, Provenance, TaskMetrics, SHARED_COMPONENT};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Descriptor, Manifest};
@@ -89,42 +89,32 @@ impl Stored {
     }
 
     /// `metrics.val.<task>`, if recorded.
-    fn val_metrics(&self, task: &str) -> Option<&Value> {
-        self.config.extra.get("metrics")?.get("val")?.get(task)
+    fn val_metrics(&self, task: &str) -> Option<TaskMetrics> {
+        self.config.metrics()?.val.remove(task)
     }
 }
 
 /// The provenance of a bundle made from `source` by `operation`.
-fn derived_provenance(source: &Stored, operation: &str) -> Map<String, Value> {
-    let mut p = source
-        .config
-        .extra
-        .get("provenance")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    p.insert("parent".into(), json!(source.digest.to_string()));
-    p.insert("operation".into(), json!(operation));
-    p.remove("merged_from");
-    p
+fn derived_provenance(source: &Stored, operation: &str) -> Provenance {
+    Provenance {
+        parent: Some(source.digest.to_string()),
+        operation: Some(operation.into()),
+        merged_from: None,
+        ..source.config.provenance().unwrap_or_default()
+    }
 }
 
-/// Sets `metrics.val` of `config` to `val` (dropping it when empty) and the provenance.
-fn set_extra(config: &mut BundleConfig, val: Map<String, Value>, provenance: Map<String, Value>) {
-    let metrics = config.extra.entry("metrics").or_insert_with(|| json!({}));
-    if let Some(m) = metrics.as_object_mut() {
-        if val.is_empty() {
-            m.remove("val");
-        } else {
-            m.insert("val".into(), Value::Object(val));
-        }
-    }
-    if metrics.as_object().is_some_and(Map::is_empty) {
-        config.extra.remove("metrics");
-    }
-    config
-        .extra
-        .insert("provenance".into(), Value::Object(provenance));
+/// Sets the validation metrics of `config` to `val` (keeping its other metrics) and
+/// its provenance.
+fn set_extra(
+    config: &mut BundleConfig,
+    val: BTreeMap<String, TaskMetrics>,
+    provenance: Provenance,
+) {
+    let mut metrics = config.metrics().unwrap_or_default();
+    metrics.val = val;
+    config.set_metrics(&metrics);
+    config.set_provenance(&provenance);
 }
 
 /// Merges bundles trained on the same shared adapter into one with all their tasks.
@@ -145,7 +135,7 @@ pub fn merge(reg: &Registry, references: &[&str], tag: &TagName) -> Result<Publi
     let shared = first.shared()?.clone();
     let mut config = first.config.clone();
     let mut layers = vec![shared.clone()];
-    let mut val = Map::new();
+    let mut val = BTreeMap::new();
     for s in &sources {
         let other = s.shared()?;
         if other.digest != shared.digest {
@@ -204,18 +194,12 @@ pub fn merge(reg: &Registry, references: &[&str], tag: &TagName) -> Result<Publi
             config.tasks.push(t.clone());
             layers.push(layer.clone());
             if let Some(m) = s.val_metrics(&t.name) {
-                val.insert(t.name.clone(), m.clone());
+                val.insert(t.name.clone(), m);
             }
         }
     }
     let mut provenance = derived_provenance(first, "merge");
-    provenance.insert(
-        "merged_from".into(),
-        json!(sources
-            .iter()
-            .map(|s| s.digest.to_string())
-            .collect::<Vec<_>>()),
-    );
+    provenance.merged_from = Some(sources.iter().map(|s| s.digest.to_string()).collect());
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, layers, tag)
 }
@@ -246,10 +230,10 @@ pub fn drop_task(reg: &Registry, reference: &str, task: &str, tag: &TagName) -> 
         .tasks
         .iter()
         .filter(|t| t.name != task)
-        .filter_map(|t| Some((t.name.clone(), s.val_metrics(&t.name)?.clone())))
+        .filter_map(|t| Some((t.name.clone(), s.val_metrics(&t.name)?)))
         .collect();
     let mut provenance = derived_provenance(&s, "drop-task");
-    provenance.insert("dropped".into(), json!(task));
+    provenance.dropped = Some(task.into());
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, layers, tag)
 }
@@ -286,11 +270,11 @@ pub fn rename_task(
         .iter()
         .filter_map(|t| {
             let name = if t.name == old { new } else { &t.name };
-            Some((name.to_string(), s.val_metrics(&t.name)?.clone()))
+            Some((name.to_string(), s.val_metrics(&t.name)?))
         })
         .collect();
     let mut provenance = derived_provenance(&s, "rename-task");
-    provenance.insert("renamed".into(), json!({"from": old, "to": new}));
+    provenance.renamed = Some(json!({"from": old, "to": new}));
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, s.manifest.layers.clone(), tag)
 }

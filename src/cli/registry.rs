@@ -134,11 +134,8 @@ fn print_lineage(reg: &vmt_registry::Registry, d: &vmt_registry::Digest) -> anyh
             Ok(s) => {
                 let op = s
                     .config
-                    .extra
-                    .get("provenance")
-                    .and_then(|p| p.get("operation"))
-                    .and_then(|o| o.as_str())
-                    .map(String::from)
+                    .provenance()
+                    .and_then(|p| p.operation)
                     .unwrap_or_else(|| {
                         if i == 0 {
                             "train".into()

@@ -178,13 +178,8 @@ fn run_and_publish(
         TrainOutcome::Finished(bundle) => {
             let reg = super::registry::open(root)?;
             let p = reg.publish(&bundle, tag)?;
-            if let Some(val) = bundle
-                .config
-                .extra
-                .get("metrics")
-                .and_then(|m| m.get("val"))
-            {
-                println!("validation: {val}");
+            if let Some(m) = bundle.config.metrics().filter(|m| !m.val.is_empty()) {
+                println!("validation: {}", serde_json::to_string(&m.val)?);
             }
             println!(
                 "{tag} -> {} (run directory {})",

@@ -18,7 +18,8 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 use vmt_registry::bundle::{
-    bundle_tensors, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, TaskSpec,
+    bundle_tensors, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, Metrics,
+    Provenance, TaskSpec,
 };
 
 use crate::data::loader::{train_plan, Loader};
@@ -338,17 +339,27 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     for p in &opt.params {
         tensors.insert(p.name.clone(), to_raw(p.var.as_tensor())?);
     }
-    let mut provenance = json!({
-        "code_version": concat!("vmt-hub ", env!("CARGO_PKG_VERSION")),
-        "data_digest": data_digest.to_string(),
-        "seed": opts.seed,
-        "steps": opts.steps,
-        "batch": opts.batch,
-        "lr": opts.lr,
-        "image_size": opts.image_size,
-        "loss_weights": tasks.iter().zip(&weights).map(|(t, w)| (t.name.clone(), json!(w))).collect::<serde_json::Map<_, _>>(),
-    });
-    let mut val = serde_json::Map::new();
+    let mut provenance = Provenance {
+        code_version: Some(concat!("vmt-hub ", env!("CARGO_PKG_VERSION")).into()),
+        data_digest: Some(data_digest.to_string()),
+        seed: Some(opts.seed),
+        steps: Some(opts.steps),
+        batch: Some(opts.batch),
+        lr: Some(opts.lr),
+        image_size: Some(opts.image_size),
+        loss_weights: Some(
+            tasks
+                .iter()
+                .zip(&weights)
+                .map(|(t, w)| (t.name.clone(), *w))
+                .collect(),
+        ),
+        ..Provenance::default()
+    };
+    let mut metrics = Metrics {
+        train_loss: Some(last_loss),
+        ..Metrics::default()
+    };
     if let Some(base) = &opts.base {
         // The base's tasks and shared adapter, unchanged; the new tasks after them.
         tensors.extend(base.bundle.tensors.clone());
@@ -356,22 +367,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         all.extend(tasks.clone());
         config = base.bundle.config.clone();
         config.tasks = all;
-        provenance["parent"] = json!(base.parent.map(|d| d.to_string()));
-        provenance["added_tasks"] = json!(opts.tasks);
-        if let Some(v) = base
-            .bundle
-            .config
-            .extra
-            .get("metrics")
-            .and_then(|m| m.get("val"))
-            .and_then(|v| v.as_object())
-        {
-            val = v.clone();
+        provenance.parent = base.parent.map(|d| d.to_string());
+        provenance.added_tasks = Some(opts.tasks.clone());
+        if let Some(m) = base.bundle.config.metrics() {
+            metrics.val = m.val;
         }
     }
-    config.extra.insert("provenance".into(), provenance);
-    let mut metrics_json = serde_json::Map::new();
-    metrics_json.insert("train_loss".into(), json!(last_loss));
+    config.set_provenance(&provenance);
     if has_val {
         let report = evaluate(
             &model,
@@ -382,15 +384,12 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
             opts.workers,
         )?;
         for (t, r) in report.tasks {
-            val.insert(t, serde_json::to_value(r)?);
+            metrics
+                .val
+                .insert(t, serde_json::from_value(serde_json::to_value(r)?)?);
         }
     }
-    if !val.is_empty() {
-        metrics_json.insert("val".into(), serde_json::Value::Object(val));
-    }
-    config
-        .extra
-        .insert("metrics".into(), serde_json::Value::Object(metrics_json));
+    config.set_metrics(&metrics);
     let bundle = BundleDir::new(config, tensors, &opts.run_dir)?;
     Ok(TrainOutcome::Finished(Box::new(bundle)))
 }

@@ -181,13 +181,7 @@ fn bundle_manifest(config: &[u8], layers: Vec<Descriptor>) -> Manifest {
 
 /// The parent bundle a config records (`provenance.parent`), if any.
 pub fn parent_of(config: &BundleConfig) -> Option<Digest> {
-    config
-        .extra
-        .get("provenance")?
-        .get("parent")?
-        .as_str()?
-        .parse()
-        .ok()
+    config.provenance()?.parent?.parse().ok()
 }
 
 /// The index record of a manifest whose config is `config`.
