@@ -22,7 +22,12 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map(Into::into)
         .unwrap_or_else(|| tmp.path().join("pictures"));
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too; the compile-time value is the
+    // fallback for a binary run by hand.
+    let repo = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).into());
+    let fixtures = repo.join("tests/fixtures/tiny");
 
     // A registry holding one bundle (here: the parity fixture, four tasks).
     let root = tmp.path().join("registry");

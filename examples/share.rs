@@ -18,7 +18,12 @@ use vmt_hub::registry::Registry;
 
 fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too; the compile-time value is the
+    // fallback for a binary run by hand.
+    let repo = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).into());
+    let fixtures = repo.join("tests/fixtures/tiny");
 
     // Ours: a registry with one bundle.
     let mine = Registry::open(&tmp.path().join("mine"))?;
