@@ -196,51 +196,40 @@ fn vmt_hub(root: &Path, args: &[&str]) -> Output {
     output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
 }
 
-/// `vmt-hub train` for two steps at 32x32: enough to publish a bundle.
+/// `vmt-hub train --steps STEPS` at 32x32, batch 2, quiet, with `extra` arguments.
+fn train_cli(
+    root: &Path,
+    data: &Path,
+    extra: &[&str],
+    steps: &str,
+    run: &Path,
+    tag: &str,
+) -> Output {
+    let mut args = vec!["train", "--data", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend([
+        "--steps",
+        steps,
+        "--batch",
+        "2",
+        "--image-size",
+        "32",
+        "--quiet",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--tag",
+        tag,
+    ]);
+    vmt_hub(root, &args)
+}
+
+/// Two steps: enough to publish a bundle.
 fn train_two_steps(root: &Path, data: &Path, tasks: &str, run: &Path, tag: &str) -> Output {
-    vmt_hub(
-        root,
-        &[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--tasks",
-            tasks,
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--tag",
-            tag,
-        ],
-    )
+    train_cli(root, data, &["--tasks", tasks], "2", run, tag)
 }
 
 fn train_fails(root: &Path, data: &Path, run: &Path, needles: &[&str]) {
-    let o = vmt_hub(
-        root,
-        &[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--steps",
-            "4",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--tag",
-            "bad:v1",
-        ],
-    );
+    let o = train_cli(root, data, &[], "4", run, "bad:v1");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "should fail");
     for n in needles {

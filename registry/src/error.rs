@@ -158,6 +158,17 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A remote sent more bytes than were declared or allowed (not retried: a lie, not
+    /// a broken connection).
+    #[error("{remote}: {what} is larger than the {limit} bytes expected")]
+    Oversized {
+        /// The remote.
+        remote: String,
+        /// What it sent.
+        what: String,
+        /// The bytes declared or allowed.
+        limit: u64,
+    },
     /// A remote refused the credentials (or wants some).
     #[error("{remote}: authentication failed: {reason}")]
     Auth {

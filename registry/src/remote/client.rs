@@ -94,11 +94,11 @@ impl Reply {
             .read_to_end(&mut out)
             .map_err(|e| Error::remote(remote, None, format!("reading {what}: {e}")))?;
         if out.len() as u64 > limit {
-            return Err(Error::remote(
-                remote,
-                None,
-                format!("{what} is larger than the {limit} bytes expected"),
-            ));
+            return Err(Error::Oversized {
+                remote: remote.into(),
+                what: what.into(),
+                limit,
+            });
         }
         Ok(out)
     }
@@ -126,11 +126,11 @@ impl Reply {
             }
             total += n as u64;
             if total > limit {
-                return Err(Error::remote(
-                    remote,
-                    None,
-                    format!("{what} is larger than the {limit} bytes its manifest declares"),
-                ));
+                return Err(Error::Oversized {
+                    remote: remote.into(),
+                    what: what.into(),
+                    limit,
+                });
             }
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n])

@@ -305,7 +305,8 @@ fn fetch_blob(
                 return Ok(file);
             }
             // A body longer than declared is a lie, not a broken connection.
-            Err(e) if attempt < client.retries && !e.to_string().contains("larger than") => {
+            Err(e @ Error::Oversized { .. }) => return Err(e),
+            Err(e) if attempt < client.retries => {
                 attempt += 1;
                 tracing::debug!("{e}; retrying");
                 std::thread::sleep(std::time::Duration::from_millis(200 * attempt as u64));
