@@ -6,13 +6,15 @@
 //! dataset.json              {"tasks": [{"name", "kind", "channels"}, ...]}
 //! images/<id>.jpg|png       RGB
 //! <task>/<id>.png           segmentation: class ids (255 = ignore); saliency: 0/255;
-//!                           normals: RGB, n = v/255*2-1, (0,0,0) = invalid;
+//!                           normals: RGB (8 or 16 bits), n = v/max*2-1, (0,0,0) = invalid;
 //!                           depth: 16-bit millimetres, 0 = invalid
 //! splits/train.txt, splits/val.txt   one id per line
 //! ```
 
 pub mod augment;
+pub mod benchmarks;
 pub mod loader;
+pub mod mat;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -51,7 +53,7 @@ pub enum DataError {
     },
 }
 
-fn invalid(path: &Path, reason: impl Into<String>) -> DataError {
+pub(crate) fn invalid(path: &Path, reason: impl Into<String>) -> DataError {
     DataError::Invalid {
         path: path.into(),
         reason: reason.into(),
@@ -291,16 +293,29 @@ fn decode_label(
                 .collect(),
         )),
         TaskKind::Normals => {
-            let rgb = img.to_rgb8();
-            let n = rgb.width() as usize * rgb.height() as usize;
+            // 8-bit (PASCAL-Context's distilled normals) or 16-bit RGB (NYUD-v2's, from
+            // floats): n = v / max * 2 - 1; (0, 0, 0) = invalid.
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            let (max, values): (f32, Vec<u16>) = match img {
+                image::DynamicImage::ImageRgb16(rgb) => (65535.0, rgb.as_raw().clone()),
+                _ => (
+                    255.0,
+                    img.to_rgb8()
+                        .into_raw()
+                        .into_iter()
+                        .map(u16::from)
+                        .collect(),
+                ),
+            };
+            let n = w * h;
             let mut out = vec![0f32; 3 * n];
-            for (i, p) in rgb.pixels().enumerate() {
-                let invalid = p.0 == [0, 0, 0];
+            for (i, p) in values.chunks_exact(3).enumerate() {
+                let invalid = p == [0, 0, 0];
                 for c in 0..3 {
                     out[c * n + i] = if invalid {
                         255.0
                     } else {
-                        p.0[c] as f32 / 255.0 * 2.0 - 1.0
+                        p[c] as f32 / max * 2.0 - 1.0
                     };
                 }
             }
