@@ -21,6 +21,9 @@ use crate::train::{train, Base, TrainOptions, TrainOutcome};
 pub struct RunArgs {
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
+    /// The split to train on (splits/NAME.txt), e.g. human_parts_train.
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     #[arg(long, default_value_t = 2e-3)]
@@ -141,6 +144,7 @@ fn run_options(
         data,
         tasks,
         backbone,
+        train_split: run.train_split.clone(),
         steps: run.steps,
         batch: run.batch,
         lr: run.lr,
@@ -263,9 +267,10 @@ pub struct EvalArgs {
     /// have; the others are named as skipped).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
-    /// Single-task baselines (an `eval --json` report or {"task": value}) for Δm.
+    /// Single-task baselines for Δm: pascal-swin-t-stl (MTLoRA's single-task Swin-T on
+    /// PASCAL-Context), an `eval --json` report, or a file {"task": value}.
     #[arg(long)]
-    pub baseline: Option<PathBuf>,
+    pub baseline: Option<String>,
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
     #[arg(long, default_value_t = 8)]

@@ -1,14 +1,20 @@
-//! Metrics of the PASCAL-Context multi-task protocol, accumulated over a split.
+//! Metrics of the multi-task PASCAL-Context / NYUD-v2 protocol, accumulated over a split,
+//! as MTI-Net, InvPT and MTLoRA compute them (their `evaluation/eval_*.py`):
 //!
-//! - segmentation: mIoU from a confusion matrix over all valid pixels (255 ignored);
-//!   classes that appear in neither the labels nor the predictions are left out;
-//! - saliency: at thresholds linspace(0.2, 0.9, 15), per-image precision, recall and
-//!   IoU averaged over images; `maxF` = max over thresholds of 2PR/(P+R) of the mean
-//!   precision and recall, `mIoU` = max over thresholds of the mean IoU;
-//! - normals: mean angular error in degrees over valid pixels;
-//! - depth: RMSE in metres over valid pixels;
-//! - Δm: mean relative change against single-task baselines, sign-flipped where lower is
-//!   better.
+//! - segmentation (semseg, human_parts): per class IoU = TP / max(TP + FP + FN, 1e-8) over
+//!   all valid pixels of the split (label 255 ignored), mIoU = the mean over *all* classes
+//!   (a class absent from labels and predictions counts 0);
+//! - saliency: at thresholds linspace(0.2, 0.9, 15) on the foreground probability, per-image
+//!   IoU (1 when label and prediction are both empty), precision TP / (TP + FP + 1e-12) and
+//!   recall TP / (TP + FN + 1e-12), averaged over images; `mIoU` = max over thresholds of
+//!   the mean IoU (the number Δm uses), `maxF` = max over thresholds of 2PR / (P + R) of the
+//!   mean P and R; `maxF_beta` = MTI-Net's F-measure with β² = 0.3 from pixel counts over
+//!   the split at thresholds 0.05, 0.10, ..., 0.95 (probability >= threshold);
+//! - normals: mean angle in degrees between the normalised prediction and the label over
+//!   valid pixels of the split (`mErr`; MTLoRA's "rmse" column is this number);
+//! - depth: RMSE in metres over valid pixels of the split;
+//! - Δm: mean over tasks of ±(M_t - B_t) / B_t × 100 against single-task baselines B, minus
+//!   where lower is better.
 
 use std::collections::BTreeMap;
 
@@ -52,25 +58,26 @@ impl SegMetric {
             .collect()
     }
 
-    /// Mean IoU over classes present in prediction or truth, in percent.
+    /// Mean IoU over all classes, an absent class counting 0 (the protocol's).
     pub fn miou(&self) -> f64 {
-        let present: Vec<f64> = self.iou().into_iter().flatten().collect();
-        if present.is_empty() {
-            return 0.0;
-        }
-        present.iter().sum::<f64>() / present.len() as f64
+        let iou = self.iou();
+        iou.iter().map(|i| i.unwrap_or(0.0)).sum::<f64>() / iou.len().max(1) as f64
     }
 }
 
-/// Saliency maxF and mIoU over thresholds.
+/// Saliency mIoU, maxF and maxF_beta over thresholds.
 #[derive(Debug, Clone)]
 pub struct SalMetric {
-    /// The thresholds evaluated.
+    /// The thresholds of mIoU and maxF: linspace(0.2, 0.9, 15).
     pub thresholds: Vec<f32>,
     precision: Vec<f64>,
     recall: Vec<f64>,
     jaccard: Vec<f64>,
     images: usize,
+    /// The thresholds of maxF_beta: 0.05, 0.10, ..., 0.95.
+    pub beta_thresholds: Vec<f32>,
+    /// Pixel counts over the split per beta threshold: (TP, predicted, actual).
+    beta_counts: Vec<(u64, u64, u64)>,
 }
 
 impl Default for SalMetric {
@@ -80,16 +87,28 @@ impl Default for SalMetric {
 }
 
 impl SalMetric {
-    /// 15 thresholds evenly spaced from 0.2 to 0.9.
+    /// The protocol's thresholds.
     pub fn new() -> Self {
-        let thresholds: Vec<f32> = (0..15).map(|i| 0.2 + 0.7 * i as f32 / 14.0).collect();
-        let n = thresholds.len();
+        // numpy.linspace(0.2, 0.9, 15) and torch.arange(0.05, 1, 0.05), compared in f32.
+        let thresholds: Vec<f32> = (0..15)
+            .map(|i| {
+                if i == 14 {
+                    0.9
+                } else {
+                    (0.2 + i as f64 * ((0.9 - 0.2) / 14.0)) as f32
+                }
+            })
+            .collect();
+        let beta_thresholds: Vec<f32> = (1..20).map(|i| (i as f64 * 0.05) as f32).collect();
+        let (n, nb) = (thresholds.len(), beta_thresholds.len());
         Self {
             thresholds,
             precision: vec![0.0; n],
             recall: vec![0.0; n],
             jaccard: vec![0.0; n],
             images: 0,
+            beta_thresholds,
+            beta_counts: vec![(0, 0, 0); nb],
         }
     }
 
@@ -108,38 +127,32 @@ impl SalMetric {
                     (false, false) => {}
                 }
             }
-            let ratio = |a: u64, b: u64| {
-                if b == 0 {
-                    if a == 0 {
-                        1.0
-                    } else {
-                        0.0
-                    }
-                } else {
-                    a as f64 / b as f64
-                }
-            };
-            // An image with no foreground, predicted empty, is perfect (as in the protocol).
-            self.jaccard[j] += ratio(tp, tp + fp + fn_);
-            self.precision[j] += if tp + fp == 0 {
-                if fn_ == 0 {
-                    1.0
-                } else {
-                    0.0
-                }
-            } else {
-                tp as f64 / (tp + fp) as f64
-            };
-            self.recall[j] += if tp + fn_ == 0 {
+            let (tp, fp, fn_) = (tp as f64, fp as f64, fn_ as f64);
+            // Label and prediction both empty: a perfect image (jaccard.py).
+            self.jaccard[j] += if tp + fp + fn_ == 0.0 {
                 1.0
             } else {
-                tp as f64 / (tp + fn_) as f64
+                tp / (tp + fp + fn_)
             };
+            self.precision[j] += tp / (tp + fp + 1e-12);
+            self.recall[j] += tp / (tp + fn_ + 1e-12);
+        }
+        for (j, &t) in self.beta_thresholds.iter().enumerate() {
+            let c = &mut self.beta_counts[j];
+            for (&p, &g) in prob.iter().zip(gt) {
+                if g == 255 {
+                    continue;
+                }
+                let (pred, actual) = (p >= t, g == 1);
+                c.0 += u64::from(pred && actual);
+                c.1 += u64::from(pred);
+                c.2 += u64::from(actual);
+            }
         }
         self.images += 1;
     }
 
-    /// Maximum F-measure over thresholds, in percent.
+    /// Maximum over thresholds of the F-measure of the mean precision and recall (0..1).
     pub fn max_f(&self) -> f64 {
         let n = self.images.max(1) as f64;
         self.precision
@@ -152,10 +165,28 @@ impl SalMetric {
             .fold(0.0, f64::max)
     }
 
-    /// The best foreground IoU over the thresholds (averaged over images), in percent.
+    /// Maximum over thresholds of the mean per-image IoU (0..1): the number Δm uses.
     pub fn miou(&self) -> f64 {
         let n = self.images.max(1) as f64;
         self.jaccard.iter().map(|j| j / n).fold(0.0, f64::max)
+    }
+
+    /// MTI-Net's maxF: F_β (β² = 0.3) from the split's pixel counts, best threshold (0..1).
+    pub fn max_f_beta(&self) -> f64 {
+        const BETA2: f64 = 0.3;
+        self.beta_counts
+            .iter()
+            .map(|&(tp, predicted, actual)| {
+                let p = tp as f64 / predicted as f64;
+                let r = tp as f64 / actual as f64;
+                let f = (1.0 + BETA2) * p * r / (BETA2 * p + r);
+                if f.is_nan() {
+                    0.0
+                } else {
+                    f
+                }
+            })
+            .fold(0.0, f64::max)
     }
 }
 
@@ -246,12 +277,12 @@ mod tests {
         // gt:   0 0 1 1 255   pred: 0 1 1 1 2
         m.add(&[0, 1, 1, 1, 2], &[0, 0, 1, 1, 255]);
         // class 0: tp 1, union 2 -> 0.5; class 1: tp 2, union 3 -> 2/3; class 2 absent
-        // from labels and (valid) predictions -> left out.
+        // from labels and (valid) predictions -> 0 in the mean, as in the protocol.
         let iou = m.iou();
         assert!((iou[0].unwrap() - 0.5).abs() < 1e-12);
         assert!((iou[1].unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(iou[2], None);
-        assert!((m.miou() - (0.5 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!((m.miou() - (0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
     }
 
     #[test]
@@ -260,7 +291,7 @@ mod tests {
         m.add(&[2, 2, 2], &[255, 255, 255]); // all ignored: no effect
         m.add(&[0, 2], &[0, 0]); // class 2 predicted but absent from labels: IoU 0
         assert_eq!(m.iou()[2], Some(0.0));
-        assert!((m.miou() - 0.25).abs() < 1e-12); // class 0: 1/2, class 2: 0
+        assert!((m.miou() - 0.5 / 3.0).abs() < 1e-12); // class 0: 1/2, classes 1 and 2: 0
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct EvalReport {
     /// Multi-task performance against the baselines, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta_m: Option<f64>,
+    /// The baseline values Δm was computed against, by task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BTreeMap<String, f64>>,
 }
 
 /// Accumulates one task's metric.
@@ -65,7 +68,11 @@ impl Acc {
             Acc::Seg(m) => ("mIoU", vec![("mIoU", 100.0 * m.miou())]),
             Acc::Sal(m) => (
                 "mIoU",
-                vec![("mIoU", 100.0 * m.miou()), ("maxF", 100.0 * m.max_f())],
+                vec![
+                    ("mIoU", 100.0 * m.miou()),
+                    ("maxF", 100.0 * m.max_f()),
+                    ("maxF_beta", 100.0 * m.max_f_beta()),
+                ],
             ),
             Acc::Normals(m) => ("mErr", vec![("mErr", m.mean_error())]),
             Acc::Depth(m) => ("rmse", vec![("rmse", m.rmse())]),
@@ -95,6 +102,75 @@ fn predictions(kind: TaskKind, logits: &Tensor) -> candle_core::Result<Vec<Vec<f
         .collect()
 }
 
+/// Accumulates the protocol's metrics of a set of tasks over batches of model outputs.
+pub struct Evaluator {
+    tasks: Vec<TaskSpec>,
+    accs: Vec<Acc>,
+    images: usize,
+}
+
+impl Evaluator {
+    /// An evaluator of `tasks`, with nothing seen yet.
+    pub fn new(tasks: &[TaskSpec]) -> Self {
+        Self {
+            tasks: tasks.to_vec(),
+            accs: tasks.iter().map(Acc::new).collect(),
+            images: 0,
+        }
+    }
+
+    /// Adds one batch: `outputs[t]` is task t's output `[B, C, H, W]` (logits for
+    /// segmentation and saliency, the prediction for normals and depth), `labels[i][t]`
+    /// image i's label of task t at the same size.
+    ///
+    /// # Errors
+    /// An output that is not `[B, C, H, W]` f32 with one image per label.
+    pub fn add(&mut self, outputs: &[&Tensor], labels: &[&[Label]]) -> candle_core::Result<()> {
+        for (t, (task, acc)) in self.tasks.iter().zip(&mut self.accs).enumerate() {
+            let preds = predictions(task.kind, outputs[t])?;
+            if preds.len() != labels.len() {
+                candle_core::bail!(
+                    "task {}: {} outputs for {} labels",
+                    task.name,
+                    preds.len(),
+                    labels.len()
+                );
+            }
+            for (pred, ex) in preds.iter().zip(labels) {
+                match (&mut *acc, &ex[t]) {
+                    (Acc::Seg(m), Label::Classes(gt)) => {
+                        let p: Vec<u8> = pred.iter().map(|&c| c as u8).collect();
+                        m.add(&p, gt)
+                    }
+                    (Acc::Sal(m), Label::Classes(gt)) => m.add(pred, gt),
+                    (Acc::Normals(m), Label::Normals(gt)) => m.add(pred, gt),
+                    (Acc::Depth(m), Label::Depth(gt)) => m.add(pred, gt),
+                    _ => candle_core::bail!("task {}: a label of another kind", task.name),
+                }
+            }
+        }
+        self.images += labels.len();
+        Ok(())
+    }
+
+    /// The report of everything added.
+    pub fn finish(&self, split: &str, image_size: usize) -> EvalReport {
+        EvalReport {
+            split: split.into(),
+            images: self.images,
+            image_size,
+            tasks: self
+                .tasks
+                .iter()
+                .zip(&self.accs)
+                .map(|(t, a)| (t.name.clone(), a.finish(t.kind)))
+                .collect(),
+            delta_m: None,
+            baseline: None,
+        }
+    }
+}
+
 /// Evaluates `model` on `split`, images resized to `size`.
 pub fn evaluate(
     model: &VmtModel,
@@ -121,7 +197,7 @@ pub fn evaluate(
     }
     let ids = dataset.split(split)?;
     let device = model.backbone.device.clone();
-    let mut accs: Vec<Acc> = tasks.iter().map(Acc::new).collect();
+    let mut evaluator = Evaluator::new(&tasks);
     let loader = Loader::spawn(
         dataset,
         tasks.clone(),
@@ -134,42 +210,57 @@ pub fn evaluate(
         let batch = batch?;
         let (pixels, _) = batch.tensors(&tasks, &device)?;
         let out = model.forward(&pixels)?;
-        for (t, (task, acc)) in tasks.iter().zip(&mut accs).enumerate() {
-            let preds = predictions(
-                task.kind,
-                out.task(&task.name).expect("model has every task"),
-            )?;
-            for (pred, ex) in preds.iter().zip(&batch.examples) {
-                match (&mut *acc, &ex.labels[t]) {
-                    (Acc::Seg(m), Label::Classes(gt)) => {
-                        let p: Vec<u8> = pred.iter().map(|&c| c as u8).collect();
-                        m.add(&p, gt)
-                    }
-                    (Acc::Sal(m), Label::Classes(gt)) => m.add(pred, gt),
-                    (Acc::Normals(m), Label::Normals(gt)) => m.add(pred, gt),
-                    (Acc::Depth(m), Label::Depth(gt)) => m.add(pred, gt),
-                    _ => unreachable!("labels follow the task kind"),
-                }
-            }
-        }
-    }
-    Ok(EvalReport {
-        split: split.into(),
-        images: ids.len(),
-        image_size: size,
-        tasks: tasks
+        let outputs: Vec<&Tensor> = tasks
             .iter()
-            .zip(&accs)
-            .map(|(t, a)| (t.name.clone(), a.finish(t.kind)))
-            .collect(),
-        delta_m: None,
-    })
+            .map(|t| out.task(&t.name).expect("model has every task"))
+            .collect();
+        let labels: Vec<&[Label]> = batch.examples.iter().map(|e| &e.labels[..]).collect();
+        evaluator.add(&outputs, &labels)?;
+    }
+    Ok(evaluator.finish(split, size))
 }
 
-/// Reads single-task baselines: either an `eval --json` report or `{"task": value}`.
-pub fn read_baseline(path: &Path) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+/// A named set of single-task results Δm is measured against.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    /// What `--baseline` calls it.
+    pub name: &'static str,
+    /// Where the numbers come from.
+    pub source: &'static str,
+    /// Each task's primary metric.
+    pub values: &'static [(&'static str, f64)],
+}
+
+/// The built-in baselines.
+pub const BASELINES: [Baseline; 1] = [Baseline {
+    name: "pascal-swin-t-stl",
+    source: "single-task full fine-tuning of Swin-T on PASCAL-Context at 448x448 (MTLoRA, Agiza et al., CVPR 2024, Table 1): semseg, human_parts, sal mIoU, normals mErr",
+    values: &[
+        ("semseg", 67.21),
+        ("human_parts", 61.93),
+        ("sal", 62.35),
+        ("normals", 17.97),
+    ],
+}];
+
+/// Single-task baselines: a name of [`BASELINES`], an `eval --json` report, or a JSON
+/// file `{"task": value}` (each task's primary metric).
+///
+/// # Errors
+/// An unknown name that is not a readable file of either form.
+pub fn read_baseline(spec: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    if let Some(b) = BASELINES.iter().find(|b| b.name == spec) {
+        return Ok(b.values.iter().map(|&(t, v)| (t.to_string(), v)).collect());
+    }
+    let path = Path::new(spec);
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let names: Vec<&str> = BASELINES.iter().map(|b| b.name).collect();
+        anyhow::anyhow!(
+            "{}: {e} (a baseline is a file or one of: {})",
+            path.display(),
+            names.join(", ")
+        )
+    })?;
     if let Ok(report) = serde_json::from_str::<EvalReport>(&text) {
         return Ok(report
             .tasks
@@ -194,6 +285,13 @@ impl EvalReport {
             .map(|(t, r)| (t.clone(), (r.primary.clone(), r.metrics[&r.primary])))
             .collect();
         self.delta_m = delta_m(&primary, baseline);
+        self.baseline = Some(
+            baseline
+                .iter()
+                .filter(|(t, _)| self.tasks.contains_key(*t))
+                .map(|(t, v)| (t.clone(), *v))
+                .collect(),
+        );
         self
     }
 
@@ -224,8 +322,9 @@ impl EvalReport {
                 m.join("  ")
             ));
         }
-        if let Some(d) = self.delta_m {
-            s.push_str(&format!("Δm {d:+.2}%\n"));
+        if let (Some(d), Some(b)) = (self.delta_m, &self.baseline) {
+            let against: Vec<String> = b.iter().map(|(t, v)| format!("{t} {v:.2}")).collect();
+            s.push_str(&format!("Δm {d:+.2}% (against {})\n", against.join(", ")));
         }
         s
     }

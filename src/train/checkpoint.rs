@@ -15,10 +15,16 @@ use super::optim::AdamW;
 use super::TrainOptions;
 use crate::model::tensors::to_raw;
 
+fn train_split() -> String {
+    "train".into()
+}
+
 /// What must not change between a run and its resumption.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub tasks: Vec<String>,
+    #[serde(default = "train_split")]
+    pub train_split: String,
     pub backbone_digest: String,
     pub data_digest: String,
     pub adapter: String,
@@ -43,6 +49,7 @@ impl Fingerprint {
     pub fn new(o: &TrainOptions, backbone_digest: &str, data_digest: &str) -> Self {
         Self {
             tasks: o.tasks.clone(),
+            train_split: o.train_split.clone(),
             backbone_digest: backbone_digest.into(),
             data_digest: data_digest.into(),
             adapter: o.adapter.to_string(),

@@ -38,6 +38,9 @@ pub struct TrainOptions {
     pub data: PathBuf,
     /// Task names, all present in the dataset.
     pub tasks: Vec<String>,
+    /// The split trained on (`splits/<name>.txt`), `train` unless told otherwise (e.g.
+    /// `human_parts_train`, the images of an imported PASCAL-Context with people).
+    pub train_split: String,
     /// What `Backbone::load` takes: `random:NAME`, a folder or a Hub repo.
     pub backbone: String,
     /// VMT-Adapter or -Lite.
@@ -109,6 +112,7 @@ impl Default for TrainOptions {
             tasks: ["semseg", "human_parts", "sal", "normals"]
                 .map(String::from)
                 .to_vec(),
+            train_split: "train".into(),
             backbone: "random:tiny".into(),
             adapter: AdapterKind::Vmt,
             reduction: 4,
@@ -193,7 +197,7 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         .iter()
         .map(|name| Ok(dataset.require_task(name)?.clone()))
         .collect::<anyhow::Result<_>>()?;
-    let train_ids = dataset.split("train")?;
+    let train_ids = dataset.split(&opts.train_split)?;
     let has_val = dataset.root.join("splits/val.txt").is_file();
     let data_digest = dataset.digest()?;
     let backbone = Backbone::load(&opts.backbone, device)?;
