@@ -331,3 +331,84 @@ fn frozen_matmul_sides_get_no_gradient() {
     let gx = grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(gx, vec![vec![6.0, 22.0, 38.0]; 2]);
 }
+
+/// The vendored candle-core sums over any set of dimensions in runs (vendor/PATCHES.md):
+/// every subset of the dimensions of a 4-D tensor, contiguous and transposed, against a
+/// sum written out here; and the affine map on its parallel path, against `x * a + b`.
+#[test]
+fn reductions_over_any_dims_match_a_naive_sum() {
+    let dims = [2usize, 3, 4, 5];
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
+    let x = Tensor::from_vec(values.clone(), &dims[..], &Device::Cpu).unwrap();
+    for mask in 1u32..16 {
+        let reduce: Vec<usize> = (0..4).filter(|d| mask & (1 << d) != 0).collect();
+        // The naive sum: every element into the cell with the reduced indices at 0.
+        let out_dims: Vec<usize> = (0..4)
+            .map(|d| if reduce.contains(&d) { 1 } else { dims[d] })
+            .collect();
+        let mut want = vec![0f32; out_dims.iter().product()];
+        for (i, v) in values.iter().enumerate() {
+            let idx = [i / 60, i / 20 % 3, i / 5 % 4, i % 5];
+            let mut o = 0;
+            for d in 0..4 {
+                let k = if reduce.contains(&d) { 0 } else { idx[d] };
+                o = o * out_dims[d] + k;
+            }
+            want[o] += v;
+        }
+        let got = x.sum_keepdim(reduce.clone()).unwrap();
+        assert_eq!(got.dims(), &out_dims[..]);
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3, "dims {reduce:?}: {g} vs {w}");
+        }
+        // The same through a non-contiguous layout.
+        let t = x.transpose(1, 3).unwrap();
+        let t_reduce: Vec<usize> = reduce
+            .iter()
+            .map(|&d| match d {
+                1 => 3,
+                3 => 1,
+                d => d,
+            })
+            .collect();
+        let back = t
+            .sum_keepdim(t_reduce)
+            .unwrap()
+            .transpose(1, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (g, w) in back.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 1e-3,
+                "transposed, dims {reduce:?}: {g} vs {w}"
+            );
+        }
+    }
+    // Affine, large enough for the parallel path, and strided.
+    let big = Tensor::arange(0f32, 300_000f32, &Device::Cpu).unwrap();
+    let y = big.affine(0.5, -3.0).unwrap().to_vec1::<f32>().unwrap();
+    assert!(y
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == i as f32 * 0.5 - 3.0));
+    let m = big.reshape((600, 500)).unwrap().t().unwrap();
+    let y = m.affine(2.0, 1.0).unwrap();
+    let want: Vec<f32> = m
+        .contiguous()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v * 2.0 + 1.0)
+        .collect();
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+}

@@ -1,11 +1,12 @@
-//! Fused CPU kernels for LayerNorm and softmax, with their backward passes.
+//! Fused CPU kernels for LayerNorm, softmax and GELU, with their backward passes.
 //!
 //! candle's own fused ops record no backward (DESIGN §1); the plain-op versions in
 //! [`super::ops`] do, but keep every intermediate (mean, centred, variance, ...) alive until
 //! backward. These custom ops keep only their input and output: the backward pass
 //! recomputes what it needs. CPU and f32 only; other devices use the plain-op versions.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::cpu::erf::erf_f32;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Whether `x` goes through the fused kernels: f32 on CPU, unless `VMT_FUSED=0` (kept for
@@ -157,6 +158,88 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
+/// Elements per parallel task of the elementwise kernels.
+const ELEMENTS_PER_TASK: usize = 16384;
+
+/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, the same values as candle's
+/// `gelu_erf`; its backward is one pass over the input (candle's is about a dozen
+/// tensor ops, each a pass and an allocation over the MLP's hidden activations).
+pub struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "vmt-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu input")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(x.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.detach()
+                .apply_op2_no_bwd(&grad.contiguous()?, &GeluGradOp)?,
+        ))
+    }
+}
+
+/// `grad * gelu'(x)`, `gelu'(x) = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)`.
+struct GeluGradOp;
+
+impl CustomOp2 for GeluGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "gelu backward input")?;
+        let g = f32_slice(s2, l2, "gelu backward gradient")?;
+        if x.len() != g.len() {
+            candle_core::bail!("gelu backward: {} inputs, {} gradients", x.len(), g.len())
+        }
+        // 1 / sqrt(2 pi)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(
+                x.par_chunks(ELEMENTS_PER_TASK)
+                    .zip(g.par_chunks(ELEMENTS_PER_TASK)),
+            )
+            .for_each(|(o, (x, g))| {
+                for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
+                    let cdf = 0.5 * (1. + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = (-0.5 * v * v).exp() * INV_SQRT_2PI;
+                    *o = g * (cdf + v * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Exact GELU: the fused kernel where [`enabled`], else candle's `gelu_erf`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if enabled(x) {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        x.gelu_erf()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};
@@ -234,5 +317,29 @@ mod tests {
                 gp.get(x.as_tensor()).unwrap()
             ) < 1e-5
         );
+
+        // GELU: the same values as candle's gelu_erf (same erf), the same gradient as
+        // candle's backward of it, also where the tails saturate.
+        let wide = Var::from_tensor(&(x.as_tensor() * 3.0).unwrap()).unwrap();
+        let fused = wide.as_tensor().apply_op1(super::GeluOp).unwrap();
+        let plain = wide.as_tensor().gelu_erf().unwrap();
+        assert_eq!(max_diff(&fused, &plain), 0.0);
+        let gf = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gp = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_diff(
+            gf.get(wide.as_tensor()).unwrap(),
+            gp.get(wide.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "gelu grad: {d}");
     }
 }

@@ -366,7 +366,7 @@ impl SwinBlock {
     /// The block's MLP on `h = LN_after(x1)`: `fc2(gelu(fc1(h)))` (exact, erf GELU).
     pub fn mlp(&self, h: &Tensor) -> Result<Tensor> {
         self.output
-            .forward(&self.intermediate.forward(h)?.gelu_erf()?)
+            .forward(&super::fused::gelu(&self.intermediate.forward(h)?)?)
     }
 
     /// The plain block (no adapter): `x1 + MLP(LN_after(x1))`.

@@ -344,7 +344,20 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
-                for (unstr_index, &src) in src.iter().enumerate() {
+                // vmt-hub patch (vendor/PATCHES.md): work in runs of the trailing dimensions
+                // that are all reduced (each run sums to one value) or all kept (each run
+                // adds elementwise into a contiguous run of dst), so that the index
+                // arithmetic below happens once per run instead of once per element.
+                let dims = src_l.shape().dims();
+                let last_reduced = self.reduce_dims.contains(&(dims.len() - 1));
+                let run: usize = dims
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .take_while(|(d, _)| self.reduce_dims.contains(d) == last_reduced)
+                    .map(|(_, &n)| n)
+                    .product();
+                let dst_index_of = |unstr_index: usize| {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
                     for &(dim, stride) in self.reduce_dims_and_stride.iter() {
@@ -352,7 +365,25 @@ impl ReduceSum<'_> {
                         let (pre, post) = (dst_index / stride, dst_index % stride);
                         dst_index = (pre / dim) * stride + post;
                     }
-                    dst[dst_index] += src;
+                    dst_index
+                };
+                if run > 1 {
+                    for (r, chunk) in src.chunks_exact(run).enumerate() {
+                        let base = dst_index_of(r * run);
+                        if last_reduced {
+                            let mut sum = T::zero();
+                            unsafe { T::vec_reduce_sum(chunk.as_ptr(), &mut sum, run) };
+                            dst[base] += sum;
+                        } else {
+                            for (d, &v) in dst[base..base + run].iter_mut().zip(chunk) {
+                                *d += v;
+                            }
+                        }
+                    }
+                } else {
+                    for (unstr_index, &src) in src.iter().enumerate() {
+                        dst[dst_index_of(unstr_index)] += src;
+                    }
                 }
             }
             None => {
@@ -385,7 +416,18 @@ impl Map1 for Affine {
     fn f<T: WithDType>(&self, vs: &[T], layout: &Layout) -> Result<Vec<T>> {
         let mul = T::from_f64(self.0);
         let add = T::from_f64(self.1);
-        Ok(unary_map(vs, layout, |v| v * mul + add))
+        // vmt-hub patch (vendor/PATCHES.md): on the parallel elementwise path, as the
+        // unary and binary ops are.
+        Ok(unary_map_vec_par(
+            vs,
+            layout,
+            |v| v * mul + add,
+            |xs: &[T], ys: &mut [T]| {
+                for (y, &x) in ys.iter_mut().zip(xs) {
+                    *y = x * mul + add
+                }
+            },
+        ))
     }
 }
 
