@@ -154,16 +154,7 @@ impl Dataset {
     /// The ids of a split (`train`, `val`); an empty or missing split is an error.
     pub fn split(&self, name: &str) -> Result<Vec<String>, DataError> {
         let path = self.root.join("splits").join(format!("{name}.txt"));
-        let text = std::fs::read_to_string(&path).map_err(|e| DataError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let ids: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let ids = read_id_list(&path)?;
         if ids.is_empty() {
             return Err(invalid(&path, format!("split {name:?} is empty")));
         }
@@ -261,6 +252,20 @@ impl Dataset {
         let bytes: [u8; 32] = h.finalize().into();
         Ok(Digest::of(&bytes))
     }
+}
+
+/// The ids of a list file: one per line, blank lines skipped.
+pub(crate) fn read_id_list(path: &Path) -> Result<Vec<String>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 fn decode_label(

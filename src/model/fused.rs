@@ -260,6 +260,16 @@ mod tests {
             .unwrap()
     }
 
+    /// The gradients of `sum(out * probe)`.
+    fn grads_of(out: Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+        (out * probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
     /// The fused kernels give the plain-op values and gradients (the plain ops are what
     /// other devices run, and what the parity fixtures were first matched with).
     #[test]
@@ -276,18 +286,8 @@ mod tests {
         let fused = ln.forward(x.as_tensor()).unwrap();
         let plain = layer_norm_plain(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gp = (plain * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(fused, &probe);
+        let gp = grads_of(plain, &probe);
         for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
             let d = max_diff(
                 gf.get(v.as_tensor()).unwrap(),
@@ -299,18 +299,8 @@ mod tests {
         let fused = softmax_last_dim(x.as_tensor()).unwrap();
         let plain = softmax_plain(x.as_tensor()).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-6);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gp = (plain * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(fused, &probe);
+        let gp = grads_of(plain, &probe);
         assert!(
             max_diff(
                 gf.get(x.as_tensor()).unwrap(),
@@ -324,18 +314,8 @@ mod tests {
         let fused = wide.as_tensor().apply_op1(super::GeluOp).unwrap();
         let plain = wide.as_tensor().gelu_erf().unwrap();
         assert_eq!(max_diff(&fused, &plain), 0.0);
-        let gf = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gp = (plain * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gf = grads_of(fused, &probe);
+        let gp = grads_of(plain, &probe);
         let d = max_diff(
             gf.get(wide.as_tensor()).unwrap(),
             gp.get(wide.as_tensor()).unwrap(),

@@ -138,13 +138,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
 
 /// The ids listed in a split file (one per line).
 fn read_split(path: &Path) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let ids: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
+    let ids = super::read_id_list(path)?;
     if ids.is_empty() {
         return Err(invalid(path, "the split lists no image"));
     }
