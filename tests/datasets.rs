@@ -250,6 +250,7 @@ fn an_interrupted_import_resumed_writes_what_an_uninterrupted_one_does() {
     assert!(Dataset::open(&resumed).is_err());
     // What a kill mid-write leaves: a temporary file, and a missing label.
     std::fs::write(resumed.join("semseg/.vmt-import-XyZ123"), b"half a png").unwrap();
+    std::fs::write(resumed.join(".vmt-import-AbC456"), b"half a dataset.json").unwrap();
     let _ = std::fs::remove_file(resumed.join("sal/2008_000001.png"));
 
     std::fs::write(&broken, &good).unwrap();

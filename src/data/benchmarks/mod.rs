@@ -165,8 +165,8 @@ fn run(
     ids.sort();
     ids.dedup();
     let tasks = layout.tasks();
-    for dir in std::iter::once("images")
-        .chain(["splits"])
+    for dir in ["", "images", "splits"]
+        .into_iter()
         .chain(tasks.iter().map(|t| t.name.as_str()))
     {
         let d = out.join(dir);
