@@ -5,7 +5,6 @@
 //! backward. These custom ops keep only their input and output: the backward pass
 //! recomputes what it needs. CPU and f32 only; other devices use the plain-op versions.
 
-use candle_core::cpu::erf::erf_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -158,12 +157,36 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
+/// erf(x) as a rational function of x (odd numerator of degree 13, even denominator of
+/// degree 8), x clamped to [-4, 4] where erf is ±1 in f32: only multiply-adds and one
+/// division, so loops over it vectorise (libm's `erff` is a scalar call). The
+/// coefficients are the minimax fit Eigen uses for `erf` on floats; within 5e-7 of the
+/// exact erf in f32 (tested against a 64-bit reference).
+#[inline(always)]
+fn erf_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = -2.726_142_3e-10_f32;
+    let p = p * x2 + 2.770_681_4e-8;
+    let p = p * x2 - 2.101_024e-6;
+    let p = p * x2 - 5.692_506_4e-5;
+    let p = p * x2 - 7.349_906_3e-4;
+    let p = p * x2 - 2.954_6e-3;
+    let p = p * x2 - 1.609_603_3e-2;
+    let q = -1.456_607_2e-5_f32;
+    let q = q * x2 - 2.133_740_6e-4;
+    let q = q * x2 - 1.682_827e-3;
+    let q = q * x2 - 7.373_329e-3;
+    let q = q * x2 - 1.426_473_9e-2;
+    x * p / q
+}
+
 /// Elements per parallel task of the elementwise kernels.
 const ELEMENTS_PER_TASK: usize = 16384;
 
-/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, the same values as candle's
-/// `gelu_erf`; its backward is one pass over the input (candle's is about a dozen
-/// tensor ops, each a pass and an allocation over the MLP's hidden activations).
+/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))` (erf from [`erf_fast`], within 2e-6
+/// of candle's `gelu_erf`); its backward is one pass over the input (candle's is about a
+/// dozen tensor ops, each a pass and an allocation over the MLP's hidden activations).
 pub struct GeluOp;
 
 impl CustomOp1 for GeluOp {
@@ -178,7 +201,7 @@ impl CustomOp1 for GeluOp {
             .zip(x.par_chunks(ELEMENTS_PER_TASK))
             .for_each(|(o, x)| {
                 for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
+                    *o = (erf_fast(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -222,7 +245,7 @@ impl CustomOp2 for GeluGradOp {
             )
             .for_each(|(o, (x, g))| {
                 for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1. + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                    let cdf = 0.5 * (1. + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
                     let pdf = (-0.5 * v * v).exp() * INV_SQRT_2PI;
                     *o = g * (cdf + v * pdf);
                 }
@@ -308,12 +331,12 @@ mod tests {
             ) < 1e-5
         );
 
-        // GELU: the same values as candle's gelu_erf (same erf), the same gradient as
-        // candle's backward of it, also where the tails saturate.
+        // GELU: candle's gelu_erf values and its backward's gradient, also where the tails
+        // saturate.
         let wide = Var::from_tensor(&(x.as_tensor() * 3.0).unwrap()).unwrap();
         let fused = wide.as_tensor().apply_op1(super::GeluOp).unwrap();
         let plain = wide.as_tensor().gelu_erf().unwrap();
-        assert_eq!(max_diff(&fused, &plain), 0.0);
+        assert!(max_diff(&fused, &plain) < 2e-6);
         let gf = grads_of(fused, &probe);
         let gp = grads_of(plain, &probe);
         let d = max_diff(
@@ -321,5 +344,20 @@ mod tests {
             gp.get(wide.as_tensor()).unwrap(),
         );
         assert!(d < 1e-5, "gelu grad: {d}");
+    }
+
+    /// The rational erf, evaluated in f32, against candle's f64 erf on [-7, 7].
+    #[test]
+    fn fast_erf_is_within_5e_7_of_erf() {
+        let mut worst = 0f64;
+        for i in -70_000..=70_000 {
+            let x = i as f64 / 10_000.0;
+            let exact = candle_core::cpu::erf::erf_f64(x);
+            let got = super::erf_fast(x as f32) as f64;
+            worst = worst.max((got - exact).abs());
+        }
+        assert!(worst < 5e-7, "worst error {worst}");
+        assert!((super::erf_fast(f32::INFINITY) - 1.0).abs() < 5e-7);
+        assert!((super::erf_fast(f32::NEG_INFINITY) + 1.0).abs() < 5e-7);
     }
 }
