@@ -1,4 +1,5 @@
-//! Fused CPU kernels for LayerNorm, softmax and GELU, with their backward passes.
+//! Fused CPU kernels for LayerNorm, softmax, GELU and the segmentation cross-entropy, with
+//! their backward passes.
 //!
 //! candle's own fused ops record no backward (DESIGN §1); the plain-op versions in
 //! [`super::ops`] do, but keep every intermediate (mean, centred, variance, ...) alive until
@@ -263,6 +264,157 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Pixels per block of the cross-entropy kernels: the classes of a block's pixels are
+/// walked class by class, so every inner loop runs over contiguous pixels.
+const CE_BLOCK: usize = 512;
+
+/// Per-pixel cross-entropy of logits `[B, K, H, W]` (contiguous) against labels `[B, H, W]`
+/// (f32 class ids, 255 = ignored): `logsumexp_k(x) - x[label]`, 0 where ignored. Its
+/// backward is `g * (softmax(x) - onehot(label))`, recomputed from the logits: two passes
+/// over the `[B, K, H, W]` logits instead of the dozen of the plain-op version.
+pub struct CrossEntropyOp;
+
+impl CrossEntropyOp {
+    /// For each pixel block of each image: `f(image, first pixel, logits of the block by
+    /// class [k][p], labels, per-pixel max, per-pixel log-sum-exp)`.
+    fn blocks(
+        x: &[f32],
+        labels: &[f32],
+        (b, k, hw): (usize, usize, usize),
+        f: impl Fn(usize, usize, usize, &[f32], &[f32], &[f32]) + Sync,
+    ) {
+        let blocks_per_image = hw.div_ceil(CE_BLOCK);
+        (0..b * blocks_per_image).into_par_iter().for_each(|i| {
+            let (img, blk) = (i / blocks_per_image, i % blocks_per_image);
+            let p0 = blk * CE_BLOCK;
+            let n = CE_BLOCK.min(hw - p0);
+            let class = |c: usize| &x[(img * k + c) * hw + p0..][..n];
+            let mut max = class(0).to_vec();
+            for c in 1..k {
+                for (m, &v) in max.iter_mut().zip(class(c)) {
+                    *m = m.max(v);
+                }
+            }
+            let mut sum = vec![0f32; n];
+            for c in 0..k {
+                for ((s, &v), &m) in sum.iter_mut().zip(class(c)).zip(&max) {
+                    *s += (v - m).exp();
+                }
+            }
+            let lse: Vec<f32> = sum.iter().zip(&max).map(|(s, m)| s.ln() + m).collect();
+            f(img, p0, n, &labels[img * hw + p0..][..n], &max, &lse);
+        });
+    }
+
+    fn dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize)> {
+        let (b, k, h, w) = l1.shape().dims4()?;
+        if l2.dims() != [b, h, w] {
+            candle_core::bail!(
+                "cross-entropy: labels {:?} for logits {:?}",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        Ok((b, k, h * w))
+    }
+}
+
+impl CustomOp2 for CrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "vmt-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "cross-entropy logits")?;
+        let labels = f32_slice(s2, l2, "cross-entropy labels")?;
+        let (b, k, hw) = Self::dims(l1, l2)?;
+        let mut out = vec![0f32; b * hw];
+        let out_ptr = out.as_mut_ptr() as usize;
+        Self::blocks(x, labels, (b, k, hw), |img, p0, n, labels, _max, lse| {
+            // SAFETY: each block writes its own pixels `img*hw + p0 ..+ n` only.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(img * hw + p0), n)
+            };
+            for (p, (&l, &lse)) in labels.iter().zip(lse).enumerate() {
+                if l != 255.0 {
+                    out[p] = lse - x[(img * k + l as usize) * hw + p0 + p];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.detach().apply_op3_no_bwd(
+            &labels.detach(),
+            &grad.contiguous()?,
+            &CrossEntropyGradOp,
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+/// `grad[b, p] * (softmax(x)[b, k, p] - [k == label[b, p]])`, 0 at ignored pixels.
+struct CrossEntropyGradOp;
+
+impl CustomOp3 for CrossEntropyGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "cross-entropy logits")?;
+        let labels = f32_slice(s2, l2, "cross-entropy labels")?;
+        let g = f32_slice(s3, l3, "cross-entropy gradient")?;
+        let (b, k, hw) = CrossEntropyOp::dims(l1, l2)?;
+        if g.len() != b * hw {
+            candle_core::bail!(
+                "cross-entropy backward: {} gradients for {b}x{hw} pixels",
+                g.len()
+            )
+        }
+        let mut out = vec![0f32; x.len()];
+        let out_ptr = out.as_mut_ptr() as usize;
+        CrossEntropyOp::blocks(x, labels, (b, k, hw), |img, p0, n, labels, _max, lse| {
+            let g = &g[img * hw + p0..][..n];
+            for c in 0..k {
+                let at = (img * k + c) * hw + p0;
+                // SAFETY: each block writes its own pixels of every class only.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(at), n) };
+                for p in 0..n {
+                    let l = labels[p];
+                    if l != 255.0 {
+                        let onehot = if l as usize == c { 1.0 } else { 0.0 };
+                        out[p] = g[p] * ((x[at + p] - lse[p]).exp() - onehot);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor, Var};
@@ -344,6 +496,56 @@ mod tests {
             gp.get(wide.as_tensor()).unwrap(),
         );
         assert!(d < 1e-5, "gelu grad: {d}");
+    }
+
+    /// The fused cross-entropy gives the plain ops' per-pixel losses and gradients, with
+    /// ignored pixels, a pixel count that is not a multiple of the block.
+    #[test]
+    fn fused_cross_entropy_equals_log_softmax() {
+        let dev = Device::Cpu;
+        let (b, k, h, w) = (2, 5, 23, 29);
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3f32, (b, k, h, w), &dev).unwrap()).unwrap();
+        let labels: Vec<f32> = (0..b * h * w)
+            .map(|i| {
+                if i % 7 == 3 {
+                    255.0
+                } else {
+                    (i * 31 % k) as f32
+                }
+            })
+            .collect();
+        let labels = Tensor::from_vec(labels, (b, h, w), &dev).unwrap();
+        let fused = x
+            .as_tensor()
+            .apply_op2(&labels, super::CrossEntropyOp)
+            .unwrap();
+        // Plain: -log_softmax picked by a one-hot, zero where ignored.
+        let classes = Tensor::arange(0f32, k as f32, &dev)
+            .unwrap()
+            .reshape((1, k, 1, 1))
+            .unwrap();
+        let one_hot = labels
+            .unsqueeze(1)
+            .unwrap()
+            .broadcast_eq(&classes)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        let plain = (crate::model::ops::log_softmax(x.as_tensor(), 1).unwrap() * one_hot)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .neg()
+            .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let probe = Tensor::randn(0f32, 1f32, (b, h, w), &dev).unwrap();
+        let gf = grads_of(fused, &probe);
+        let gp = grads_of(plain, &probe);
+        let d = max_diff(
+            gf.get(x.as_tensor()).unwrap(),
+            gp.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-5, "cross-entropy grad: {d}");
     }
 
     /// The rational erf, evaluated in f32, against candle's f64 erf on [-7, 7].

@@ -94,13 +94,20 @@ pub fn task_loss(
 
 /// Cross-entropy over classes (dim 1), mean over valid pixels.
 fn cross_entropy(pred: &Tensor, labels: &Tensor, valid: &Tensor, k: usize) -> Result<Tensor> {
+    let n = count(valid)?.max(1.0);
+    if super::fused::enabled(pred) {
+        // Per-pixel losses in one kernel (0 where ignored); its backward is one pass.
+        let per_pixel = pred
+            .contiguous()?
+            .apply_op2(&labels.contiguous()?, super::fused::CrossEntropyOp)?;
+        return per_pixel.sum_all()?.affine(1.0 / n as f64, 0.0);
+    }
     let classes = Tensor::arange(0f32, k as f32, pred.device())?.reshape((1, k, 1, 1))?;
     let one_hot = labels
         .unsqueeze(1)?
         .broadcast_eq(&classes)?
         .to_dtype(DType::F32)?;
     let picked = (log_softmax(pred, 1)? * one_hot)?.sum(1)?; // [B, H, W]
-    let n = count(valid)?.max(1.0);
     (picked * valid)?.sum_all()?.affine(-1.0 / n as f64, 0.0)
 }
 
