@@ -134,17 +134,12 @@ pub fn resize_bilinear_nchw(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
     let a_w = Tensor::from_vec(bilinear_matrix(out_w, w), (out_w, w), dev)?.to_dtype(x.dtype())?;
     // Along W: [B*C*h, w] · A_wᵀ -> [B*C*h, W].
     let y = x.contiguous()?.reshape((b * c * h, w))?.matmul(&a_w.t()?)?;
-    // Along H: [B*C*W, h] · A_hᵀ -> [B*C*W, H], with W and H swapped around it.
-    let y = y
-        .reshape((b * c, h, out_w))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b * c * out_w, h))?
-        .matmul(&a_h.t()?)?;
-    y.reshape((b * c, out_w, out_h))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, c, out_h, out_w))
+    // Along H: A_h [H, h] · [h, W] for each of the B*C maps (A_h broadcast over them, no
+    // transposed copies).
+    let y = a_h
+        .broadcast_as((b * c, out_h, h))?
+        .matmul(&y.reshape((b * c, h, out_w))?)?;
+    y.reshape((b, c, out_h, out_w))
 }
 
 /// A scalar f32 tensor on `dev`.
