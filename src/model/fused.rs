@@ -185,9 +185,10 @@ fn erf_fast(x: f32) -> f32 {
 /// Elements per parallel task of the elementwise kernels.
 const ELEMENTS_PER_TASK: usize = 16384;
 
-/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))` (erf from `erf_fast`, a rational function; within 2e-6
-/// of candle's `gelu_erf`); its backward is one pass over the input (candle's is about a
-/// dozen tensor ops, each a pass and an allocation over the MLP's hidden activations).
+/// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf as a rational function
+/// (`erf_fast`; within 2e-6 of candle's `gelu_erf`); its backward is one pass over the
+/// input (candle's is about a dozen tensor ops, each a pass and an allocation over the
+/// MLP's hidden activations).
 pub struct GeluOp;
 
 impl CustomOp1 for GeluOp {
