@@ -446,6 +446,25 @@ mod tests {
             .unwrap()
     }
 
+    /// `fused` and `plain` agree in value and in the gradient of `sum(out * probe)` with
+    /// respect to `var`.
+    fn assert_same(
+        what: &str,
+        (fused, plain): (Tensor, Tensor),
+        var: &Var,
+        probe: &Tensor,
+        tol: (f32, f32),
+    ) {
+        let d = max_diff(&fused, &plain);
+        assert!(d < tol.0, "{what}: values differ by {d}");
+        let (gf, gp) = (grads_of(fused, probe), grads_of(plain, probe));
+        let d = max_diff(
+            gf.get(var.as_tensor()).unwrap(),
+            gp.get(var.as_tensor()).unwrap(),
+        );
+        assert!(d < tol.1, "{what}: gradients differ by {d}");
+    }
+
     /// The fused kernels give the plain-op values and gradients (the plain ops are what
     /// other devices run, and what the parity fixtures were first matched with).
     #[test]
@@ -474,29 +493,14 @@ mod tests {
 
         let fused = softmax_last_dim(x.as_tensor()).unwrap();
         let plain = softmax_plain(x.as_tensor()).unwrap();
-        assert!(max_diff(&fused, &plain) < 1e-6);
-        let gf = grads_of(fused, &probe);
-        let gp = grads_of(plain, &probe);
-        assert!(
-            max_diff(
-                gf.get(x.as_tensor()).unwrap(),
-                gp.get(x.as_tensor()).unwrap()
-            ) < 1e-5
-        );
+        assert_same("softmax", (fused, plain), &x, &probe, (1e-6, 1e-5));
 
         // GELU: candle's gelu_erf values and its backward's gradient, also where the tails
         // saturate.
         let wide = Var::from_tensor(&(x.as_tensor() * 3.0).unwrap()).unwrap();
         let fused = wide.as_tensor().apply_op1(super::GeluOp).unwrap();
         let plain = wide.as_tensor().gelu_erf().unwrap();
-        assert!(max_diff(&fused, &plain) < 2e-6);
-        let gf = grads_of(fused, &probe);
-        let gp = grads_of(plain, &probe);
-        let d = max_diff(
-            gf.get(wide.as_tensor()).unwrap(),
-            gp.get(wide.as_tensor()).unwrap(),
-        );
-        assert!(d < 1e-5, "gelu grad: {d}");
+        assert_same("gelu", (fused, plain), &wide, &probe, (2e-6, 1e-5));
     }
 
     /// The fused cross-entropy gives the plain ops' per-pixel losses and gradients, with
@@ -538,15 +542,8 @@ mod tests {
             .unwrap()
             .neg()
             .unwrap();
-        assert!(max_diff(&fused, &plain) < 1e-5);
         let probe = Tensor::randn(0f32, 1f32, (b, h, w), &dev).unwrap();
-        let gf = grads_of(fused, &probe);
-        let gp = grads_of(plain, &probe);
-        let d = max_diff(
-            gf.get(x.as_tensor()).unwrap(),
-            gp.get(x.as_tensor()).unwrap(),
-        );
-        assert!(d < 1e-5, "cross-entropy grad: {d}");
+        assert_same("cross-entropy", (fused, plain), &x, &probe, (1e-5, 1e-5));
     }
 
     /// The rational erf, evaluated in f32, against candle's f64 erf on [-7, 7].
