@@ -6,7 +6,6 @@ fn main() -> std::process::ExitCode {
     // itself stays ignored, so that a peer closing a socket is an error `serve`, `push`
     // and `pull` report, not a silent death.
     keep_freed_memory();
-    spin_less();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if !is_broken_pipe(info.payload()) {
@@ -38,19 +37,6 @@ fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
         .or_else(|| payload.downcast_ref::<&str>().copied())
         .unwrap_or("");
     msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
-}
-
-/// candle's elementwise thread pool spins up to 25,000 times after each op before its
-/// workers sleep. Beside the rayon pool that runs the GEMMs, a spinning worker takes a
-/// core from the next matrix product: on 2 cores, 3,000 spins make a Swin-T training
-/// step 10-20% faster (docs/benchmarks.md, "Spinning"). `CANDLE_BARRIER_POOL_SPIN_LIMIT`
-/// set by the user wins.
-fn spin_less() {
-    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(VAR).is_none() {
-        // Called before any thread starts (candle reads it when its pool starts).
-        std::env::set_var(VAR, "3000");
-    }
 }
 
 /// candle allocates a fresh buffer for every op. With glibc's defaults, buffers above a

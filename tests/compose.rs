@@ -25,10 +25,16 @@ fn ok(root: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn blob_files(root: &Path) -> usize {
+/// The size of every blob file.
+fn blob_sizes(root: &Path) -> Vec<u64> {
     std::fs::read_dir(root.join("blobs/sha256"))
         .unwrap()
-        .count()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect()
+}
+
+fn blob_files(root: &Path) -> usize {
+    blob_sizes(root).len()
 }
 
 #[test]
@@ -240,10 +246,7 @@ fn outputs(
 
 /// Bytes of every blob file.
 fn store_bytes(root: &Path) -> u64 {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum()
+    blob_sizes(root).iter().sum()
 }
 
 #[test]

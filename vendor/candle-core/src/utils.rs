@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
-const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 25_000;
+// vmt-hub patch (vendor/PATCHES.md): 3,000 instead of 25,000. A worker that spins on takes
+// a core from the rayon pool running the next matrix product (2-core A/B in
+// docs/benchmarks.md, "Spinning"). CANDLE_BARRIER_POOL_SPIN_LIMIT still overrides it.
+const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 3_000;
 
 /// Per-worker control on its own 64-byte cache line to prevent false sharing.
 #[repr(C, align(64))]
