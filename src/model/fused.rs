@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::simd::{self, sum16, CE_BLOCK};
+
 /// Whether `x` goes through the fused kernels: f32 on CPU, unless `VMT_FUSED=0` (kept for
 /// comparisons in benchmarks).
 pub fn enabled(x: &Tensor) -> bool {
@@ -16,19 +18,6 @@ pub fn enabled(x: &Tensor) -> bool {
     *ON.get_or_init(|| std::env::var("VMT_FUSED").map_or(true, |v| v != "0"))
         && x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
-}
-
-/// Sum with eight independent accumulators, so that it vectorises.
-fn sum8(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = v.chunks_exact(8);
-    let rest: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] += f(c[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 /// Rows per parallel task: enough work per task that scheduling does not dominate.
@@ -79,8 +68,8 @@ impl CustomOp3 for LayerNormOp {
             .zip(x.par_chunks(step))
             .for_each(|(o, x)| {
                 for (o, row) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let mean = sum8(row, |v| v) / d as f32;
-                    let var = sum8(row, |v| (v - mean) * (v - mean)) / d as f32;
+                    let mean = sum16(row, |v| v) / d as f32;
+                    let var = sum16(row, |v| (v - mean) * (v - mean)) / d as f32;
                     let rstd = 1.0 / (var + eps).sqrt();
                     for i in 0..d {
                         o[i] = (row[i] - mean) * rstd * w[i] + b[i];
@@ -133,20 +122,7 @@ impl CustomOp1 for SoftmaxOp {
         let step = d * rows_per_task(d);
         out.par_chunks_mut(step)
             .zip(x.par_chunks(step))
-            .for_each(|(o, x)| {
-                for (o, row) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        *o = (v - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    for o in o.iter_mut() {
-                        *o *= inv;
-                    }
-                }
-            });
+            .for_each(|(o, x)| simd::softmax_rows(o, x, d));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -158,35 +134,11 @@ impl CustomOp1 for SoftmaxOp {
     }
 }
 
-/// erf(x) as a rational function of x (odd numerator of degree 13, even denominator of
-/// degree 8), x clamped to [-4, 4] where erf is ±1 in f32: only multiply-adds and one
-/// division, so loops over it vectorise (libm's `erff` is a scalar call). The
-/// coefficients are the minimax fit Eigen uses for `erf` on floats; within 5e-7 of the
-/// exact erf in f32 (tested against a 64-bit reference).
-#[inline(always)]
-fn erf_fast(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let p = -2.726_142_3e-10_f32;
-    let p = p * x2 + 2.770_681_4e-8;
-    let p = p * x2 - 2.101_024e-6;
-    let p = p * x2 - 5.692_506_4e-5;
-    let p = p * x2 - 7.349_906_3e-4;
-    let p = p * x2 - 2.954_6e-3;
-    let p = p * x2 - 1.609_603_3e-2;
-    let q = -1.456_607_2e-5_f32;
-    let q = q * x2 - 2.133_740_6e-4;
-    let q = q * x2 - 1.682_827e-3;
-    let q = q * x2 - 7.373_329e-3;
-    let q = q * x2 - 1.426_473_9e-2;
-    x * p / q
-}
-
 /// Elements per parallel task of the elementwise kernels.
 const ELEMENTS_PER_TASK: usize = 16384;
 
 /// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with erf as a rational function
-/// (`erf_fast`; within 2e-6 of candle's `gelu_erf`); its backward is one pass over the
+/// (`simd::erf_fast`; within 2e-6 of candle's `gelu_erf`); its backward is one pass over the
 /// input (candle's is about a dozen tensor ops, each a pass and an allocation over the
 /// MLP's hidden activations).
 pub struct GeluOp;
@@ -201,11 +153,7 @@ impl CustomOp1 for GeluOp {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ELEMENTS_PER_TASK)
             .zip(x.par_chunks(ELEMENTS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (erf_fast(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
-                }
-            });
+            .for_each(|(o, x)| simd::gelu(o, x));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -237,21 +185,13 @@ impl CustomOp2 for GeluGradOp {
         if x.len() != g.len() {
             candle_core::bail!("gelu backward: {} inputs, {} gradients", x.len(), g.len())
         }
-        // 1 / sqrt(2 pi)
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ELEMENTS_PER_TASK)
             .zip(
                 x.par_chunks(ELEMENTS_PER_TASK)
                     .zip(g.par_chunks(ELEMENTS_PER_TASK)),
             )
-            .for_each(|(o, (x, g))| {
-                for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1. + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
-                    let pdf = (-0.5 * v * v).exp() * INV_SQRT_2PI;
-                    *o = g * (cdf + v * pdf);
-                }
-            });
+            .for_each(|(o, (x, g))| simd::gelu_grad(o, x, g));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -265,49 +205,17 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Pixels per block of the cross-entropy kernels: the classes of a block's pixels are
-/// walked class by class, so every inner loop runs over contiguous pixels.
-const CE_BLOCK: usize = 512;
-
 /// Per-pixel cross-entropy of logits `[B, K, H, W]` (contiguous) against labels `[B, H, W]`
 /// (f32 class ids, 255 = ignored): `logsumexp_k(x) - x[label]`, 0 where ignored. Its
-/// backward is `g * (softmax(x) - onehot(label))`, recomputed from the logits: two passes
-/// over the `[B, K, H, W]` logits instead of the dozen of the plain-op version.
+/// backward is `g * (softmax(x) - onehot(label))`, with the log-sum-exp recovered from the
+/// forward's result (`loss + x[label]`): one pass over the `[B, K, H, W]` logits each way
+/// instead of the dozen of the plain-op version.
 pub struct CrossEntropyOp;
 
 impl CrossEntropyOp {
-    /// For each pixel block of each image: `f(image, first pixel, logits of the block by
-    /// class [k][p], labels, per-pixel max, per-pixel log-sum-exp)`.
-    fn blocks(
-        x: &[f32],
-        labels: &[f32],
-        (b, k, hw): (usize, usize, usize),
-        f: impl Fn(usize, usize, usize, &[f32], &[f32], &[f32]) + Sync,
-    ) {
-        let blocks_per_image = hw.div_ceil(CE_BLOCK);
-        (0..b * blocks_per_image).into_par_iter().for_each(|i| {
-            let (img, blk) = (i / blocks_per_image, i % blocks_per_image);
-            let p0 = blk * CE_BLOCK;
-            let n = CE_BLOCK.min(hw - p0);
-            let class = |c: usize| &x[(img * k + c) * hw + p0..][..n];
-            let mut max = class(0).to_vec();
-            for c in 1..k {
-                for (m, &v) in max.iter_mut().zip(class(c)) {
-                    *m = m.max(v);
-                }
-            }
-            let mut sum = vec![0f32; n];
-            for c in 0..k {
-                for ((s, &v), &m) in sum.iter_mut().zip(class(c)).zip(&max) {
-                    *s += (v - m).exp();
-                }
-            }
-            let lse: Vec<f32> = sum.iter().zip(&max).map(|(s, m)| s.ln() + m).collect();
-            f(img, p0, n, &labels[img * hw + p0..][..n], &max, &lse);
-        });
-    }
-
-    fn dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize, usize)> {
+    /// `(B, K, H*W)`, after checking that the labels fit the logits and that every label
+    /// is a class id below K or 255.
+    fn dims(l1: &Layout, l2: &Layout, labels: &[f32]) -> Result<(usize, usize, usize)> {
         let (b, k, h, w) = l1.shape().dims4()?;
         if l2.dims() != [b, h, w] {
             candle_core::bail!(
@@ -315,6 +223,12 @@ impl CrossEntropyOp {
                 l2.dims(),
                 l1.dims()
             )
+        }
+        if let Some(l) = labels
+            .iter()
+            .find(|&&l| l != 255.0 && !(l >= 0.0 && l < k as f32 && l.fract() == 0.0))
+        {
+            candle_core::bail!("cross-entropy: label {l} is not a class id below {k} or 255")
         }
         Ok((b, k, h * w))
     }
@@ -334,20 +248,18 @@ impl CustomOp2 for CrossEntropyOp {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "cross-entropy logits")?;
         let labels = f32_slice(s2, l2, "cross-entropy labels")?;
-        let (b, k, hw) = Self::dims(l1, l2)?;
+        let (b, k, hw) = Self::dims(l1, l2, labels)?;
         let mut out = vec![0f32; b * hw];
-        let out_ptr = out.as_mut_ptr() as usize;
-        Self::blocks(x, labels, (b, k, hw), |img, p0, n, labels, _max, lse| {
-            // SAFETY: each block writes its own pixels `img*hw + p0 ..+ n` only.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(img * hw + p0), n)
-            };
-            for (p, (&l, &lse)) in labels.iter().zip(lse).enumerate() {
-                if l != 255.0 {
-                    out[p] = lse - x[(img * k + l as usize) * hw + p0 + p];
-                }
-            }
-        });
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(k * hw).zip(labels.par_chunks(hw)))
+            .for_each(|(out, (x, labels))| {
+                out.par_chunks_mut(CE_BLOCK)
+                    .zip(labels.par_chunks(CE_BLOCK))
+                    .enumerate()
+                    .for_each(|(i, (out, labels))| {
+                        simd::cross_entropy_block(out, x, labels, (k, hw, i * CE_BLOCK))
+                    })
+            });
         Ok((CpuStorage::F32(out), l2.shape().clone()))
     }
 
@@ -355,19 +267,22 @@ impl CustomOp2 for CrossEntropyOp {
         &self,
         logits: &Tensor,
         labels: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The per-pixel losses and their gradients travel as one [2, B, H, W] tensor.
+        let loss_and_grad = Tensor::stack(&[res.detach(), grad.detach()], 0)?;
         let g = logits.detach().apply_op3_no_bwd(
             &labels.detach(),
-            &grad.contiguous()?,
+            &loss_and_grad,
             &CrossEntropyGradOp,
         )?;
         Ok((Some(g), None))
     }
 }
 
-/// `grad[b, p] * (softmax(x)[b, k, p] - [k == label[b, p]])`, 0 at ignored pixels.
+/// `grad[b, p] * (softmax(x)[b, k, p] - [k == label[b, p]])`, 0 at ignored pixels; the
+/// third input is the forward's per-pixel losses stacked on their gradients.
 struct CrossEntropyGradOp;
 
 impl CustomOp3 for CrossEntropyGradOp {
@@ -386,32 +301,48 @@ impl CustomOp3 for CrossEntropyGradOp {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "cross-entropy logits")?;
         let labels = f32_slice(s2, l2, "cross-entropy labels")?;
-        let g = f32_slice(s3, l3, "cross-entropy gradient")?;
-        let (b, k, hw) = CrossEntropyOp::dims(l1, l2)?;
-        if g.len() != b * hw {
+        let loss_and_grad = f32_slice(s3, l3, "cross-entropy gradient")?;
+        let (b, k, hw) = CrossEntropyOp::dims(l1, l2, labels)?;
+        if loss_and_grad.len() != 2 * b * hw {
             candle_core::bail!(
-                "cross-entropy backward: {} gradients for {b}x{hw} pixels",
-                g.len()
+                "cross-entropy backward: {} losses and gradients for 2x{b}x{hw} pixels",
+                loss_and_grad.len()
             )
         }
-        let mut out = vec![0f32; x.len()];
-        let out_ptr = out.as_mut_ptr() as usize;
-        CrossEntropyOp::blocks(x, labels, (b, k, hw), |img, p0, n, labels, _max, lse| {
-            let g = &g[img * hw + p0..][..n];
-            for c in 0..k {
-                let at = (img * k + c) * hw + p0;
-                // SAFETY: each block writes its own pixels of every class only.
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut((out_ptr as *mut f32).add(at), n) };
-                for p in 0..n {
-                    let l = labels[p];
-                    if l != 255.0 {
-                        let onehot = if l as usize == c { 1.0 } else { 0.0 };
-                        out[p] = g[p] * ((x[at + p] - lse[p]).exp() - onehot);
-                    }
+        let (loss, g) = loss_and_grad.split_at(b * hw);
+        // Per pixel: the log-sum-exp and the gradient, +inf and 0 where ignored.
+        let (mut lse, mut gv) = (vec![0f32; b * hw], vec![0f32; b * hw]);
+        (lse.par_chunks_mut(hw), gv.par_chunks_mut(hw))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(img, (lse, gv))| {
+                let x = &x[img * k * hw..][..k * hw];
+                for p in 0..hw {
+                    let at = img * hw + p;
+                    let l = labels[at];
+                    (lse[p], gv[p]) = if l == 255.0 {
+                        (f32::INFINITY, 0.0)
+                    } else {
+                        (loss[at] + x[l as usize * hw + p], g[at])
+                    };
                 }
-            }
-        });
+            });
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(row, (out, x))| {
+                let (img, class) = (row / k, row % k);
+                let at = img * hw..(img + 1) * hw;
+                simd::cross_entropy_grad_row(
+                    out,
+                    x,
+                    &labels[at.clone()],
+                    &lse[at.clone()],
+                    &gv[at],
+                    class as f32,
+                );
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -546,18 +477,15 @@ mod tests {
         assert_same("cross-entropy", (fused, plain), &x, &probe, (1e-5, 1e-5));
     }
 
-    /// The rational erf, evaluated in f32, against candle's f64 erf on [-7, 7].
+    /// A label that is neither a class id nor 255 is an error, not an out-of-bounds read.
     #[test]
-    fn fast_erf_is_within_5e_7_of_erf() {
-        let mut worst = 0f64;
-        for i in -70_000..=70_000 {
-            let x = i as f64 / 10_000.0;
-            let exact = candle_core::cpu::erf::erf_f64(x);
-            let got = super::erf_fast(x as f32) as f64;
-            worst = worst.max((got - exact).abs());
+    fn cross_entropy_rejects_a_label_outside_the_classes() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        for bad in [3.0, -1.0, 1.5] {
+            let labels = Tensor::from_vec(vec![0f32, 1.0, bad, 255.0], (1, 2, 2), &dev).unwrap();
+            let err = x.apply_op2(&labels, super::CrossEntropyOp).unwrap_err();
+            assert!(err.to_string().contains(&format!("label {bad}")), "{err}");
         }
-        assert!(worst < 5e-7, "worst error {worst}");
-        assert!((super::erf_fast(f32::INFINITY) - 1.0).abs() < 5e-7);
-        assert!((super::erf_fast(f32::NEG_INFINITY) + 1.0).abs() < 5e-7);
     }
 }

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod init;
 pub mod loss;
 pub mod ops;
+mod simd;
 pub mod swin;
 pub mod tensors;
 pub mod vmt;
