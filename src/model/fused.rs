@@ -205,6 +205,284 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Window attention from the qkv projection: `qkv` `[B*nW, N, 3C]` (queries, keys and
+/// values, each `heads` heads of `C / heads` side by side), `bias` the relative-position
+/// bias `[heads, N, N]`, `mask` `[nW, N, N]` for shifted windows (both constants of the
+/// frozen backbone: they get no gradient); the context `[B*nW, N, C]`. One kernel per
+/// window and head (`softmax(q kᵀ / sqrt(d) + bias + mask) v` with gemm on the strided
+/// heads): no copies of q, k and v, and of the four `[B*nW, heads, N, N]` score tensors
+/// the plain ops keep for backward none is kept; the backward recomputes the
+/// probabilities.
+pub fn window_attention(
+    qkv: &Tensor,
+    heads: usize,
+    bias: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let bias_mask = match mask {
+        // [nW, heads, N, N]
+        Some(mask) => bias.unsqueeze(0)?.broadcast_add(&mask.unsqueeze(1)?)?,
+        None => bias.unsqueeze(0)?,
+    };
+    if bias_mask.track_op() {
+        candle_core::bail!("fused window attention: the bias and mask must be constants")
+    }
+    qkv.contiguous()?
+        .apply_op2(&bias_mask.contiguous()?, WindowAttentionOp { heads })
+}
+
+/// See [`window_attention`]; the second input is the bias plus the mask, `[nW, heads, N, N]`.
+struct WindowAttentionOp {
+    heads: usize,
+}
+
+/// `(B*nW, N, C, head dim, nW)` of a window attention's qkv and bias-plus-mask.
+fn attention_dims(
+    heads: usize,
+    qkv: &Layout,
+    bias_mask: &Layout,
+) -> Result<(usize, usize, usize, usize, usize)> {
+    let (bw, n, c3) = qkv.shape().dims3()?;
+    let (nw, h, n1, n2) = bias_mask.shape().dims4()?;
+    let c = c3 / 3;
+    if c3 % 3 != 0 || heads == 0 || c % heads != 0 || h != heads || (n1, n2) != (n, n) {
+        candle_core::bail!(
+            "window attention: qkv {:?} and bias {:?} for {heads} heads",
+            qkv.dims(),
+            bias_mask.dims()
+        )
+    }
+    if nw == 0 || bw % nw != 0 {
+        candle_core::bail!("window attention: {bw} windows is not a multiple of {nw} masks")
+    }
+    Ok((bw, n, c, c / heads, nw))
+}
+
+/// `dst = alpha dst + beta lhs rhs` for `[m, k] x [k, n]` in row-major f32 with the given
+/// row strides (every column stride is 1 but where `*_t` says the operand is read
+/// transposed: then its row stride is 1 and its column stride the one given).
+///
+/// # Safety
+/// Every operand must cover the elements its shape and strides address.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    alpha: Option<f32>,
+    (lhs, lhs_s, lhs_t): (*const f32, usize, bool),
+    (rhs, rhs_s, rhs_t): (*const f32, usize, bool),
+    beta: f32,
+) {
+    let strides = |s: usize, t: bool| if t { (s as isize, 1) } else { (1, s as isize) };
+    let (lhs_cs, lhs_rs) = strides(lhs_s, lhs_t);
+    let (rhs_cs, rhs_rs) = strides(rhs_s, rhs_t);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        alpha.is_some(),
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        alpha.unwrap_or(0.0),
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+impl WindowAttentionOp {
+    /// For window `b` (its `[N, 3C]` qkv rows `x`) and head `h`: the scores
+    /// `q kᵀ scale + bias_mask` into `s`, their softmax into `p`.
+    #[allow(clippy::too_many_arguments)]
+    fn probabilities(
+        (n, c, hd): (usize, usize, usize),
+        x: &[f32],
+        bias_mask: &[f32],
+        h: usize,
+        s: &mut [f32],
+        p: &mut [f32],
+    ) {
+        s.copy_from_slice(&bias_mask[h * n * n..][..n * n]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        // SAFETY: q and k of head h are `n` rows of `hd` at stride 3c within x; s is n x n.
+        unsafe {
+            gemm_f32(
+                (n, n, hd),
+                (s.as_mut_ptr(), n),
+                Some(1.0),
+                (x.as_ptr().add(h * hd), 3 * c, false),
+                (x.as_ptr().add(c + h * hd), 3 * c, true),
+                scale,
+            )
+        }
+        simd::softmax_rows(p, s, n);
+    }
+}
+
+impl CustomOp2 for WindowAttentionOp {
+    fn name(&self) -> &'static str {
+        "vmt-window-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s1, l1, "window attention qkv")?;
+        let bias_mask = f32_slice(s2, l2, "window attention bias")?;
+        let (bw, n, c, hd, nw) = attention_dims(self.heads, l1, l2)?;
+        let mut out = vec![0f32; bw * n * c];
+        out.par_chunks_mut(n * c)
+            .zip(qkv.par_chunks(n * 3 * c))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; 2 * n * n],
+                |scratch, (b, (out, x))| {
+                    let (s, p) = scratch.split_at_mut(n * n);
+                    let bm = &bias_mask[(b % nw) * self.heads * n * n..];
+                    for h in 0..self.heads {
+                        Self::probabilities((n, c, hd), x, bm, h, s, p);
+                        // out[:, h*hd..] = p v; SAFETY: v of head h is n rows of hd at
+                        // stride 3c; the head's output n rows of hd at stride c.
+                        unsafe {
+                            gemm_f32(
+                                (n, hd, n),
+                                (out.as_mut_ptr().add(h * hd), c),
+                                None,
+                                (p.as_ptr(), n, false),
+                                (x.as_ptr().add(2 * c + h * hd), 3 * c, false),
+                                1.0,
+                            )
+                        }
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(out), Shape::from((bw, n, c))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        bias_mask: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = qkv.detach().apply_op3_no_bwd(
+            &bias_mask.detach(),
+            &grad.contiguous()?,
+            &WindowAttentionGradOp { heads: self.heads },
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+/// The gradient of [`WindowAttentionOp`] with respect to qkv, from qkv, the bias plus
+/// mask and the gradient of the context: per window and head, with `p` recomputed,
+/// `dv = pᵀ g`, `dp = g vᵀ`, `ds = p (dp - rowsum(p dp))`, `dq = ds k scale`,
+/// `dk = dsᵀ q scale`.
+struct WindowAttentionGradOp {
+    heads: usize,
+}
+
+impl CustomOp3 for WindowAttentionGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-window-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s1, l1, "window attention qkv")?;
+        let bias_mask = f32_slice(s2, l2, "window attention bias")?;
+        let grad = f32_slice(s3, l3, "window attention gradient")?;
+        let (bw, n, c, hd, nw) = attention_dims(self.heads, l1, l2)?;
+        if grad.len() != bw * n * c {
+            candle_core::bail!(
+                "window attention backward: {} gradients for {bw}x{n}x{c}",
+                grad.len()
+            )
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; qkv.len()];
+        out.par_chunks_mut(n * 3 * c)
+            .zip(qkv.par_chunks(n * 3 * c).zip(grad.par_chunks(n * c)))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; 2 * n * n],
+                |scratch, (b, (dx, (x, g)))| {
+                    let (s, p) = scratch.split_at_mut(n * n);
+                    let bm = &bias_mask[(b % nw) * self.heads * n * n..];
+                    for h in 0..self.heads {
+                        WindowAttentionOp::probabilities((n, c, hd), x, bm, h, s, p);
+                        let (q, k, v) = (h * hd, c + h * hd, 2 * c + h * hd);
+                        // SAFETY (every call): heads are n rows of hd at stride 3c in x and
+                        // dx, at stride c in g; s and p are n x n.
+                        unsafe {
+                            // dv = pᵀ g
+                            gemm_f32(
+                                (n, hd, n),
+                                (dx.as_mut_ptr().add(v), 3 * c),
+                                None,
+                                (p.as_ptr(), n, true),
+                                (g.as_ptr().add(h * hd), c, false),
+                                1.0,
+                            );
+                            // dp = g vᵀ (into s)
+                            gemm_f32(
+                                (n, n, hd),
+                                (s.as_mut_ptr(), n),
+                                None,
+                                (g.as_ptr().add(h * hd), c, false),
+                                (x.as_ptr().add(v), 3 * c, true),
+                                1.0,
+                            );
+                        }
+                        simd::softmax_grad_rows(s, p, n); // s = ds
+                        unsafe {
+                            // dq = ds k scale
+                            gemm_f32(
+                                (n, hd, n),
+                                (dx.as_mut_ptr().add(q), 3 * c),
+                                None,
+                                (s.as_ptr(), n, false),
+                                (x.as_ptr().add(k), 3 * c, false),
+                                scale,
+                            );
+                            // dk = dsᵀ q scale
+                            gemm_f32(
+                                (n, hd, n),
+                                (dx.as_mut_ptr().add(k), 3 * c),
+                                None,
+                                (s.as_ptr(), n, true),
+                                (x.as_ptr().add(q), 3 * c, false),
+                                scale,
+                            );
+                        }
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
 /// Per-pixel cross-entropy of logits `[B, K, H, W]` (contiguous) against labels `[B, H, W]`
 /// (f32 class ids, 255 = ignored): `logsumexp_k(x) - x[label]`, 0 where ignored. Its
 /// backward is `g * (softmax(x) - onehot(label))`, with the log-sum-exp recovered from the
@@ -486,6 +764,36 @@ mod tests {
             let labels = Tensor::from_vec(vec![0f32, 1.0, bad, 255.0], (1, 2, 2), &dev).unwrap();
             let err = x.apply_op2(&labels, super::CrossEntropyOp).unwrap_err();
             assert!(err.to_string().contains(&format!("label {bad}")), "{err}");
+        }
+    }
+
+    /// The fused window attention gives the plain ops' context and qkv gradient, with and
+    /// without a shift mask, several heads and windows (the mask cycling over them).
+    #[test]
+    fn fused_window_attention_equals_plain() {
+        let dev = Device::Cpu;
+        let (bw, n, heads, hd, nw) = (6, 9, 3, 4, 3);
+        let c = heads * hd;
+        let qkv =
+            Var::from_tensor(&Tensor::randn(0f32, 1f32, (bw, n, 3 * c), &dev).unwrap()).unwrap();
+        let bias = Tensor::randn(0f32, 1f32, (heads, n, n), &dev).unwrap();
+        let mask: Vec<f32> = (0..nw * n * n)
+            .map(|i| {
+                if (i * 7 + i / 11) % 5 == 0 {
+                    -100.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (nw, n, n), &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1f32, (bw, n, c), &dev).unwrap();
+        for mask in [None, Some(&mask)] {
+            let x = qkv.as_tensor();
+            let fused = super::window_attention(x, heads, &bias, mask).unwrap();
+            let plain = crate::model::swin::attention_plain(x, heads, &bias, mask).unwrap();
+            let what = format!("window attention, mask {}", mask.is_some());
+            assert_same(&what, (fused, plain), &qkv, &probe, (1e-5, 1e-5));
         }
     }
 }

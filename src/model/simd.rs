@@ -140,6 +140,25 @@ pub(crate) fn softmax_rows(out: &mut [f32], x: &[f32], d: usize) {
     }
 }
 
+/// Softmax backward in place, row by row: `dp` holds the gradient of the probabilities
+/// `p` and becomes that of the scores, `p * (dp - sum(p * dp))`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn softmax_grad_rows(dp: &mut [f32], p: &[f32], d: usize) {
+    for (dp, p) in dp.chunks_mut(d).zip(p.chunks(d)) {
+        let mut acc = [0f32; 16];
+        for (i, (&a, &b)) in dp.iter().zip(p).enumerate() {
+            acc[i % 16] += a * b;
+        }
+        let dot = acc.iter().sum::<f32>();
+        for (g, &p) in dp.iter_mut().zip(p) {
+            *g = p * (*g - dot);
+        }
+    }
+}
+
 /// Pixels per block of [`cross_entropy_block`]: the block's running max and sum stay in
 /// L1 while the classes are walked.
 pub(crate) const CE_BLOCK: usize = 512;

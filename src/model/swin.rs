@@ -169,34 +169,50 @@ impl WindowAttention {
 
     /// `windows`: `[B*nW, N, C]`; `mask`: `[nW, N, N]` (0 or -100) for shifted windows.
     pub fn forward(&self, windows: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (bw, n, c) = windows.dims3()?;
-        let hd = c / self.heads;
-        let qkv = self
-            .qkv
-            .forward(windows)?
-            .reshape((bw, n, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?; // [3, B*nW, heads, N, hd]
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?; // [B*nW, heads, N, N]
-        let scores = scores.broadcast_add(&self.relative_bias)?;
-        let scores = match mask {
-            Some(mask) => {
-                let nw = mask.dim(0)?;
-                scores
-                    .reshape((bw / nw, nw, self.heads, n, n))?
-                    .broadcast_add(&mask.unsqueeze(1)?)?
-                    .reshape((bw, self.heads, n, n))?
-            }
-            None => scores,
+        let qkv = self.qkv.forward(windows)?; // [B*nW, N, 3C]
+        let context = if super::fused::enabled(&qkv) {
+            super::fused::window_attention(&qkv, self.heads, &self.relative_bias, mask)?
+        } else {
+            attention_plain(&qkv, self.heads, &self.relative_bias, mask)?
         };
-        let context = softmax_last_dim(&scores)?
-            .matmul(&v)? // [B*nW, heads, N, hd]
-            .transpose(1, 2)?
-            .reshape((bw, n, c))?;
         self.proj.forward(&context)
     }
+}
+
+/// Multi-head attention within each window from plain tensor ops: `qkv` `[B*nW, N, 3C]`
+/// (queries, keys, values, each `heads` heads of `C / heads`), `bias` `[heads, N, N]`,
+/// `mask` `[nW, N, N]`; the context `[B*nW, N, C]`, heads side by side.
+pub fn attention_plain(
+    qkv: &Tensor,
+    heads: usize,
+    bias: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (bw, n, c3) = qkv.dims3()?;
+    let c = c3 / 3;
+    let hd = c / heads;
+    let qkv = qkv
+        .reshape((bw, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // [3, B*nW, heads, N, hd]
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?; // [B*nW, heads, N, N]
+    let scores = scores.broadcast_add(bias)?;
+    let scores = match mask {
+        Some(mask) => {
+            let nw = mask.dim(0)?;
+            scores
+                .reshape((bw / nw, nw, heads, n, n))?
+                .broadcast_add(&mask.unsqueeze(1)?)?
+                .reshape((bw, heads, n, n))?
+        }
+        None => scores,
+    };
+    softmax_last_dim(&scores)?
+        .matmul(&v)? // [B*nW, heads, N, hd]
+        .transpose(1, 2)?
+        .reshape((bw, n, c))
 }
 
 /// How a stage's blocks tile its `h x w` map into windows.
