@@ -483,6 +483,180 @@ impl CustomOp3 for WindowAttentionGradOp {
     }
 }
 
+/// A stage's features for one task, its knowledge-extraction modules (KEMs) applied:
+/// `x + scale * sum_j (gamma_j * a_j + beta_j)` over the stage's blocks j, from the stage
+/// output `x` (`[.., C]`), the blocks' adapter outputs stacked (`a`, `[d, .., C]`) and the
+/// task's KEM parameters (`p`: the gammas stacked on the betas, `[2, d, C]`). One pass,
+/// and one tensor kept for backward per task and stage, where the plain ops keep three
+/// per task and block.
+pub fn kem_features(x: &Tensor, a: &Tensor, p: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &p.contiguous()?, KemOp { scale })
+}
+
+struct KemOp {
+    scale: f64,
+}
+
+/// `(d, rows, C)` of a KEM's stage output, adapter outputs and parameters.
+fn kem_dims(x: &Layout, a: &Layout, p: &Layout) -> Result<(usize, usize, usize)> {
+    let c = x.dims().last().copied().unwrap_or(0);
+    let (two, d, pc) = p.shape().dims3()?;
+    let rows = if c == 0 {
+        0
+    } else {
+        x.shape().elem_count() / c
+    };
+    if two != 2 || pc != c || c == 0 || a.shape().elem_count() != d * rows * c {
+        candle_core::bail!(
+            "KEM: stage output {:?}, adapter outputs {:?}, parameters {:?}",
+            x.dims(),
+            a.dims(),
+            p.dims()
+        )
+    }
+    Ok((d, rows, c))
+}
+
+impl CustomOp3 for KemOp {
+    fn name(&self) -> &'static str {
+        "vmt-kem"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "KEM stage output")?;
+        let a = f32_slice(s2, l2, "KEM adapter outputs")?;
+        let p = f32_slice(s3, l3, "KEM parameters")?;
+        let (d, rows, c) = kem_dims(l1, l2, l3)?;
+        let s = self.scale as f32;
+        let gamma: Vec<f32> = p[..d * c].iter().map(|g| g * s).collect();
+        let mut bias = vec![0f32; c];
+        for beta in p[d * c..].chunks(c) {
+            bias.iter_mut().zip(beta).for_each(|(b, v)| *b += v * s);
+        }
+        let step = rows_per_task(c);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(step * c)
+            .zip(x.par_chunks(step * c))
+            .enumerate()
+            .for_each(|(i, (out, x))| {
+                let a: Vec<&[f32]> = (0..d)
+                    .map(|j| &a[j * rows * c + i * step * c..][..out.len()])
+                    .collect();
+                simd::kem_rows(out, x, &a, &gamma, &bias)
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        a: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // [d*rows*C + 2*d*C]: the adapter outputs' gradient, then the parameters'.
+        let all =
+            a.detach()
+                .apply_op3_no_bwd(&p.detach(), &grad, &KemGradOp { scale: self.scale })?;
+        let n = a.elem_count();
+        let grad_a = all.narrow(0, 0, n)?.reshape(a.shape())?;
+        // Copied out: a view would keep the whole buffer alive with the parameters' grads.
+        let grad_p = all
+            .narrow(0, n, p.elem_count())?
+            .reshape(p.shape())?
+            .copy()?;
+        Ok((Some(grad), Some(grad_a), Some(grad_p)))
+    }
+}
+
+/// The gradients of [`KemOp`] with respect to the adapter outputs and the parameters,
+/// from the adapter outputs, the parameters and the gradient of the features:
+/// `da_j = scale * gamma_j * g`, `dgamma_j = scale * sum_rows g * a_j`,
+/// `dbeta_j = scale * sum_rows g`.
+struct KemGradOp {
+    scale: f64,
+}
+
+impl CustomOp3 for KemGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-kem-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "KEM adapter outputs")?;
+        let p = f32_slice(s2, l2, "KEM parameters")?;
+        let g = f32_slice(s3, l3, "KEM gradient")?;
+        let (d, rows, c) = kem_dims(l3, l1, l2)?;
+        let s = self.scale as f32;
+        let mut out = vec![0f32; a.len() + 2 * d * c];
+        let (da, dp) = out.split_at_mut(a.len());
+        let step = rows_per_task(c) * c;
+        da.par_chunks_mut(rows * c).enumerate().for_each(|(j, da)| {
+            let gamma = &p[j * c..][..c];
+            da.par_chunks_mut(step)
+                .zip(g.par_chunks(step))
+                .for_each(|(da, g)| {
+                    for (da, g) in da.chunks_mut(c).zip(g.chunks(c)) {
+                        for i in 0..c {
+                            da[i] = s * gamma[i] * g[i];
+                        }
+                    }
+                })
+        });
+        // Per chunk of rows: [dgamma (d*C), dbeta (C)], summed in chunk order (so that the
+        // result does not depend on the scheduling).
+        let partial: Vec<Vec<f32>> = g
+            .par_chunks(step)
+            .enumerate()
+            .map(|(i, g)| {
+                let mut sums = vec![0f32; (d + 2) * c];
+                let (dgamma, rest) = sums.split_at_mut(d * c);
+                let (dbeta, scratch) = rest.split_at_mut(c);
+                for j in 0..d {
+                    let a = &a[j * rows * c + i * step..][..g.len()];
+                    let db = if j == 0 { &mut *dbeta } else { &mut *scratch };
+                    simd::kem_grad_sums(&mut dgamma[j * c..][..c], db, g, a);
+                }
+                sums.truncate((d + 1) * c);
+                sums
+            })
+            .collect();
+        let (dgamma, dbeta) = dp.split_at_mut(d * c);
+        for sums in &partial {
+            dgamma
+                .iter_mut()
+                .zip(&sums[..d * c])
+                .for_each(|(o, v)| *o += s * v);
+            for db in dbeta.chunks_mut(c) {
+                db.iter_mut()
+                    .zip(&sums[d * c..])
+                    .for_each(|(o, v)| *o += s * v);
+            }
+        }
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
 /// Per-pixel cross-entropy of logits `[B, K, H, W]` (contiguous) against labels `[B, H, W]`
 /// (f32 class ids, 255 = ignored): `logsumexp_k(x) - x[label]`, 0 where ignored. Its
 /// backward is `g * (softmax(x) - onehot(label))`, with the log-sum-exp recovered from the
@@ -794,6 +968,67 @@ mod tests {
             let plain = crate::model::swin::attention_plain(x, heads, &bias, mask).unwrap();
             let what = format!("window attention, mask {}", mask.is_some());
             assert_same(&what, (fused, plain), &qkv, &probe, (1e-5, 1e-5));
+        }
+    }
+
+    /// The fused KEMs give the plain ops' features and the gradients of the stage output,
+    /// every block's adapter output, gamma and beta; more rows than one parallel task takes.
+    #[test]
+    fn fused_kem_equals_plain() {
+        let dev = Device::Cpu;
+        let (d, shape, c, scale) = (3, (2, 2100, 8), 8, 0.7);
+        let var = |mean: f32, dims: &[usize]| {
+            Var::from_tensor(&Tensor::randn(mean, 1f32, dims, &dev).unwrap()).unwrap()
+        };
+        let x = var(0.0, &[shape.0, shape.1, shape.2]);
+        let a: Vec<Var> = (0..d)
+            .map(|_| var(0.0, &[shape.0, shape.1, shape.2]))
+            .collect();
+        let gammas: Vec<Var> = (0..d).map(|_| var(1.0, &[c])).collect();
+        let betas: Vec<Var> = (0..d).map(|_| var(0.0, &[c])).collect();
+        let probe = Tensor::randn(0f32, 1f32, shape, &dev).unwrap();
+        let t = |v: &[Var]| v.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>();
+        let stacked = Tensor::stack(&t(&a), 0).unwrap();
+        let p = Tensor::stack(
+            &[
+                Tensor::stack(&t(&gammas), 0).unwrap(),
+                Tensor::stack(&t(&betas), 0).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let fused = super::kem_features(x.as_tensor(), &stacked, &p, scale).unwrap();
+        let mut acc = None::<Tensor>;
+        for j in 0..d {
+            let k = a[j]
+                .as_tensor()
+                .broadcast_mul(gammas[j].as_tensor())
+                .unwrap()
+                .broadcast_add(betas[j].as_tensor())
+                .unwrap();
+            acc = Some(match acc {
+                Some(prev) => (prev + k).unwrap(),
+                None => k,
+            });
+        }
+        let plain = (x.as_tensor() + (acc.unwrap() * scale).unwrap()).unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let (gf, gp) = (grads_of(fused, &probe), grads_of(plain, &probe));
+        let all = std::iter::once(&x).chain(&a).chain(&gammas).chain(&betas);
+        for (i, v) in all.enumerate() {
+            let (f, p) = (
+                gf.get(v.as_tensor()).unwrap(),
+                gp.get(v.as_tensor()).unwrap(),
+            );
+            let scale = p
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = max_diff(f, p);
+            assert!(diff < 1e-5 * scale.max(1.0), "KEM gradient {i}: {diff}");
         }
     }
 }

@@ -159,6 +159,44 @@ pub(crate) fn softmax_grad_rows(dp: &mut [f32], p: &[f32], d: usize) {
     }
 }
 
+/// The task features of one stage for rows of `c` channels: `out = x + bias +
+/// sum_j gamma[j] * a[j]`, `a[j]` the rows of block j's adapter output (`gamma` already
+/// scaled, `bias` the scaled sum of the betas).
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn kem_rows(out: &mut [f32], x: &[f32], a: &[&[f32]], gamma: &[f32], bias: &[f32]) {
+    let c = bias.len();
+    for (r, (o, x)) in out.chunks_mut(c).zip(x.chunks(c)).enumerate() {
+        for i in 0..c {
+            o[i] = x[i] + bias[i];
+        }
+        for (j, a) in a.iter().enumerate() {
+            let (a, g) = (&a[r * c..][..c], &gamma[j * c..][..c]);
+            for i in 0..c {
+                o[i] += g[i] * a[i];
+            }
+        }
+    }
+}
+
+/// Column sums over rows of `c` channels: `dgamma[i] += sum_rows g * a`, `dbeta[i] +=
+/// sum_rows g`.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], a: &[f32]) {
+    let c = dbeta.len();
+    for (g, a) in g.chunks(c).zip(a.chunks(c)) {
+        for i in 0..c {
+            dgamma[i] += g[i] * a[i];
+            dbeta[i] += g[i];
+        }
+    }
+}
+
 /// Pixels per block of [`cross_entropy_block`]: the block's running max and sum stay in
 /// L1 while the classes are walked.
 pub(crate) const CE_BLOCK: usize = 512;

@@ -256,12 +256,19 @@ impl VmtModel {
         for (i, stage) in swin.stages.iter().enumerate() {
             let layout = StageLayout::new(h, w, swin.geometry.window_size, &swin.device)?;
             // acc_t = sum over the stage's blocks of (gamma_t*a + beta_t); scaled by s at the end.
+            // The fused kernel takes the adapter outputs of all blocks at the stage's end.
+            let fused = super::fused::enabled(&x);
             let mut acc: Vec<Option<Tensor>> = vec![None; self.heads.len()];
+            let mut adapter_outs = Vec::new();
             for (j, block) in stage.blocks.iter().enumerate() {
                 let x1 = block.attend(&x, &layout)?;
                 let hn = block.layernorm_after.forward(&x1)?;
                 let a = self.adapters[i][j].forward(&hn)?;
                 x = ((&x1 + block.mlp(&hn)?)? + (&a * s)?)?;
+                if fused {
+                    adapter_outs.push(a);
+                    continue;
+                }
                 for (t, head) in self.heads.iter().enumerate() {
                     let kem = &head.kems[i][j];
                     let k = a.broadcast_mul(&kem.gamma)?.broadcast_add(&kem.beta)?;
@@ -273,10 +280,23 @@ impl VmtModel {
             }
             let c = x.dim(2)?;
             features.push(x.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?);
+            let a = (fused && !adapter_outs.is_empty())
+                .then(|| Tensor::stack(&adapter_outs, 0))
+                .transpose()?;
             for (t, acc) in acc.into_iter().enumerate() {
-                let f = match acc {
-                    Some(acc) => (&x + (acc * s)?)?,
-                    None => x.clone(),
+                let kems = &self.heads[t].kems[i];
+                let f = match (&a, acc) {
+                    (Some(a), _) => {
+                        let gammas: Vec<&Tensor> = kems.iter().map(|k| &k.gamma).collect();
+                        let betas: Vec<&Tensor> = kems.iter().map(|k| &k.beta).collect();
+                        let p = Tensor::stack(
+                            &[Tensor::stack(&gammas, 0)?, Tensor::stack(&betas, 0)?],
+                            0,
+                        )?;
+                        super::fused::kem_features(&x, a, &p, s)?
+                    }
+                    (None, Some(acc)) => (&x + (acc * s)?)?,
+                    (None, None) => x.clone(),
                 };
                 task_feats[t].push(f.reshape((b, h, w, c))?);
             }
