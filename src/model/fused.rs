@@ -502,11 +502,7 @@ struct KemOp {
 fn kem_dims(x: &Layout, a: &Layout, p: &Layout) -> Result<(usize, usize, usize)> {
     let c = x.dims().last().copied().unwrap_or(0);
     let (two, d, pc) = p.shape().dims3()?;
-    let rows = if c == 0 {
-        0
-    } else {
-        x.shape().elem_count() / c
-    };
+    let rows = x.shape().elem_count().checked_div(c).unwrap_or(0);
     if two != 2 || pc != c || c == 0 || a.shape().elem_count() != d * rows * c {
         candle_core::bail!(
             "KEM: stage output {:?}, adapter outputs {:?}, parameters {:?}",
