@@ -142,7 +142,71 @@ pub fn resize_bilinear_nchw(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
     y.reshape((b, c, out_h, out_w))
 }
 
+/// Bilinear resize of an NHWC map `[B, h, w, C]` to `[B, H, W, C]` (same rule), with no
+/// transposed copies: along W one product per image row, along H one per image.
+pub fn resize_bilinear_nhwc(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    if (h, w) == (out_h, out_w) {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let a_h = Tensor::from_vec(bilinear_matrix(out_h, h), (out_h, h), dev)?.to_dtype(x.dtype())?;
+    let a_w = Tensor::from_vec(bilinear_matrix(out_w, w), (out_w, w), dev)?.to_dtype(x.dtype())?;
+    // Along W: A_w [W, w] · [w, C] for each of the B*h rows.
+    let y = a_w
+        .broadcast_as((b * h, out_w, w))?
+        .matmul(&x.contiguous()?.reshape((b * h, w, c))?)?;
+    // Along H: A_h [H, h] · [h, W*C] for each image.
+    let y = a_h
+        .broadcast_as((b, out_h, h))?
+        .matmul(&y.reshape((b, h, out_w * c))?)?;
+    y.reshape((b, out_h, out_w, c))
+}
+
 /// A scalar f32 tensor on `dev`.
 pub fn scalar(v: f32, dev: &Device) -> Result<Tensor> {
     Tensor::new(v, dev)?.to_dtype(DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    /// The NHWC resize is the NCHW one on the transposed map, in value and in gradient, up
+    /// and down, by uneven factors.
+    #[test]
+    fn nhwc_resize_equals_nchw_resize() {
+        let dev = Device::Cpu;
+        for (h, w, out_h, out_w) in [(7, 5, 14, 20), (9, 12, 4, 5), (3, 3, 3, 8)] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, h, w, 3), &dev).unwrap()).unwrap();
+            let probe = Tensor::randn(0f32, 1f32, (2, out_h, out_w, 3), &dev).unwrap();
+            let nhwc = super::resize_bilinear_nhwc(x.as_tensor(), out_h, out_w).unwrap();
+            let nchw = super::resize_bilinear_nchw(
+                &x.as_tensor().permute((0, 3, 1, 2)).unwrap(),
+                out_h,
+                out_w,
+            )
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(diff(&nhwc, &nchw) < 1e-6, "{h}x{w} -> {out_h}x{out_w}");
+            let grad = |y: Tensor| {
+                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(x.as_tensor()).unwrap().clone()
+            };
+            let d = diff(&grad(nhwc), &grad(nchw));
+            assert!(d < 1e-5, "gradient {h}x{w} -> {out_h}x{out_w}: {d}");
+        }
+    }
 }

@@ -16,7 +16,7 @@ use candle_core::{Module, Result, Tensor};
 use vmt_registry::bundle::{AdapterKind, BundleConfig, TaskSpec};
 
 use super::error::ModelError;
-use super::ops::{resize_bilinear_nchw, LayerNorm, Linear};
+use super::ops::{resize_bilinear_nchw, resize_bilinear_nhwc, LayerNorm, Linear};
 use super::swin::{StageLayout, Swin};
 use super::tensors::NamedTensors;
 
@@ -127,10 +127,10 @@ impl Decoder {
             .enumerate()
             .map(|(i, f)| {
                 let y = self.lateral[i].forward(&self.norms[i].forward(f)?)?;
-                resize_bilinear_nchw(&y.permute((0, 3, 1, 2))?, h1, w1)
+                resize_bilinear_nhwc(&y, h1, w1) // [B, h1, w1, D]
             })
             .collect::<Result<Vec<_>>>()?;
-        let y = Tensor::cat(&ys, 1)?.permute((0, 2, 3, 1))?; // [B, h1, w1, 4D]
+        let y = Tensor::cat(&ys, 3)?; // [B, h1, w1, 4D]
         let y = self.fuse_norm.forward(&self.fuse.forward(&y)?)?.relu()?;
         let y = self.head.forward(&y)?.permute((0, 3, 1, 2))?; // [B, K, h1, w1]
         resize_bilinear_nchw(&y, out_h, out_w)
