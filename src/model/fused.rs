@@ -653,6 +653,106 @@ impl CustomOp3 for KemGradOp {
     }
 }
 
+/// Bilinear resize (PyTorch's rule, `align_corners=False`) of a contiguous NCHW map to
+/// `out_h x out_w`, two taps per axis: the decoders' upsampling to full resolution without
+/// the dense resize matrices' products (56 multiply-adds per output and axis where two are
+/// not zero). Its backward is the transposed taps, per map.
+pub struct ResizeOp {
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+}
+
+/// Resizes every `h x w` map of `x` to `out_h x out_w` (`grad`: the transposed resize,
+/// from `out_h x out_w` maps back to `h x w`).
+fn resize_maps(
+    x: &[f32],
+    maps: usize,
+    (h, w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    grad: bool,
+) -> Vec<f32> {
+    let taps_h = super::ops::bilinear_taps(out_h, h);
+    let taps_w = super::ops::bilinear_taps(out_w, w);
+    let taps = (taps_h.as_slice(), taps_w.as_slice());
+    let (src, dst) = if grad {
+        (out_h * out_w, h * w)
+    } else {
+        (h * w, out_h * out_w)
+    };
+    let mut out = vec![0f32; maps * dst];
+    out.par_chunks_mut(dst)
+        .zip(x.par_chunks(src))
+        .for_each_init(
+            || vec![0f32; h * out_w],
+            |tmp, (out, x)| {
+                if grad {
+                    tmp.fill(0.0);
+                    simd::resize_map_grad(out, x, taps, tmp)
+                } else {
+                    simd::resize_map(out, x, taps, tmp)
+                }
+            },
+        );
+    out
+}
+
+impl CustomOp1 for ResizeOp {
+    fn name(&self) -> &'static str {
+        "vmt-resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "resize input")?;
+        let (b, c, h, w) = l.shape().dims4()?;
+        if h == 0 || w == 0 || self.out_h == 0 || self.out_w == 0 {
+            candle_core::bail!("resize: {h}x{w} to {}x{}", self.out_h, self.out_w)
+        }
+        let out = resize_maps(x, b * c, (h, w), (self.out_h, self.out_w), false);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((b, c, self.out_h, self.out_w)),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let op = ResizeGradOp {
+            in_hw: (h, w),
+            out_hw: (self.out_h, self.out_w),
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// The gradient of [`ResizeOp`]: `[B, C, out_h, out_w]` back to `[B, C, h, w]`.
+struct ResizeGradOp {
+    in_hw: (usize, usize),
+    out_hw: (usize, usize),
+}
+
+impl CustomOp1 for ResizeGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-resize-bilinear-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s, l, "resize gradient")?;
+        let (b, c, oh, ow) = l.shape().dims4()?;
+        if (oh, ow) != self.out_hw {
+            candle_core::bail!(
+                "resize backward: gradient {:?} for {:?}",
+                l.dims(),
+                self.out_hw
+            )
+        }
+        let (h, w) = self.in_hw;
+        let out = resize_maps(g, b * c, (h, w), (oh, ow), true);
+        Ok((CpuStorage::F32(out), Shape::from((b, c, h, w))))
+    }
+}
+
 /// Per-pixel cross-entropy of logits `[B, K, H, W]` (contiguous) against labels `[B, H, W]`
 /// (f32 class ids, 255 = ignored): `logsumexp_k(x) - x[label]`, 0 where ignored. Its
 /// backward is `g * (softmax(x) - onehot(label))`, with the log-sum-exp recovered from the

@@ -107,28 +107,48 @@ pub fn log_softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
     shifted.broadcast_sub(&lse)
 }
 
-/// The `[out, in]` matrix of PyTorch's bilinear resize with `align_corners=False`
-/// along one axis: `y = A · x`.
+/// The two taps of PyTorch's bilinear resize with `align_corners=False` along one axis,
+/// per output position: `y[i] = w0 * x[i0] + w1 * x[i1]` as `(i0, i1, w0, w1)`.
+pub fn bilinear_taps(out: usize, inp: usize) -> Vec<(usize, usize, f32, f32)> {
+    let scale = inp as f64 / out as f64;
+    (0..out)
+        .map(|i| {
+            let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(inp - 1);
+            let i1 = (i0 + 1).min(inp - 1);
+            let l1 = src - i0 as f64;
+            (i0, i1, (1.0 - l1) as f32, l1 as f32)
+        })
+        .collect()
+}
+
+/// The `[out, in]` matrix of the same resize: `y = A · x`.
 pub fn bilinear_matrix(out: usize, inp: usize) -> Vec<f32> {
     let mut a = vec![0f32; out * inp];
-    let scale = inp as f64 / out as f64;
-    for i in 0..out {
-        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src.floor() as usize).min(inp - 1);
-        let i1 = (i0 + 1).min(inp - 1);
-        let l1 = src - i0 as f64;
-        a[i * inp + i0] += (1.0 - l1) as f32;
-        a[i * inp + i1] += l1 as f32;
+    for (i, (i0, i1, w0, w1)) in bilinear_taps(out, inp).into_iter().enumerate() {
+        a[i * inp + i0] += w0;
+        a[i * inp + i1] += w1;
     }
     a
 }
 
 /// Bilinear resize of an NCHW map `[B, C, h, w]` to `[B, C, H, W]` (same rule).
 pub fn resize_bilinear_nchw(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
+    let (_, _, h, w) = x.dims4()?;
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
+    if super::fused::enabled(x) {
+        return x
+            .contiguous()?
+            .apply_op1(super::fused::ResizeOp { out_h, out_w });
+    }
+    resize_bilinear_nchw_plain(x, out_h, out_w)
+}
+
+/// [`resize_bilinear_nchw`] from plain ops: a matmul with the resize matrix along each axis.
+pub fn resize_bilinear_nchw_plain(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
     let dev = x.device();
     let a_h = Tensor::from_vec(bilinear_matrix(out_h, h), (out_h, h), dev)?.to_dtype(x.dtype())?;
     let a_w = Tensor::from_vec(bilinear_matrix(out_w, w), (out_w, w), dev)?.to_dtype(x.dtype())?;
@@ -206,6 +226,41 @@ mod tests {
                 g.get(x.as_tensor()).unwrap().clone()
             };
             let d = diff(&grad(nhwc), &grad(nchw));
+            assert!(d < 1e-5, "gradient {h}x{w} -> {out_h}x{out_w}: {d}");
+        }
+    }
+
+    /// The two-tap kernel is the matrix version, in value and in gradient.
+    #[test]
+    fn fused_resize_equals_matrix_resize() {
+        let dev = Device::Cpu;
+        for (h, w, out_h, out_w) in [
+            (14, 14, 56, 56),
+            (7, 5, 20, 14),
+            (9, 12, 4, 5),
+            (1, 3, 2, 3),
+        ] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1f32, (2, 3, h, w), &dev).unwrap()).unwrap();
+            let probe = Tensor::randn(0f32, 1f32, (2, 3, out_h, out_w), &dev).unwrap();
+            let fused = super::resize_bilinear_nchw(x.as_tensor(), out_h, out_w).unwrap();
+            let plain = super::resize_bilinear_nchw_plain(x.as_tensor(), out_h, out_w).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(diff(&fused, &plain) < 1e-5, "{h}x{w} -> {out_h}x{out_w}");
+            let grad = |y: Tensor| {
+                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(x.as_tensor()).unwrap().clone()
+            };
+            let d = diff(&grad(fused), &grad(plain));
             assert!(d < 1e-5, "gradient {h}x{w} -> {out_h}x{out_w}: {d}");
         }
     }

@@ -197,6 +197,63 @@ pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], a:
     }
 }
 
+/// Bilinear resize of one `h x w` map (`x`) to `H x W` (`out`) from the taps along H and
+/// W (`(i0, i1, w0, w1)` per output row and column): along W into `tmp` (`h x W`), then
+/// each output row as a weighted sum of two `tmp` rows.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn resize_map(
+    out: &mut [f32],
+    x: &[f32],
+    (taps_h, taps_w): (&[(usize, usize, f32, f32)], &[(usize, usize, f32, f32)]),
+    tmp: &mut [f32],
+) {
+    let (ow, w) = (taps_w.len(), x.len() / (tmp.len() / taps_w.len()).max(1));
+    for (t, row) in tmp.chunks_mut(ow).zip(x.chunks(w)) {
+        for (t, &(i0, i1, w0, w1)) in t.iter_mut().zip(taps_w) {
+            *t = w0 * row[i0] + w1 * row[i1];
+        }
+    }
+    for (o, &(r0, r1, v0, v1)) in out.chunks_mut(ow).zip(taps_h) {
+        let (t0, t1) = (&tmp[r0 * ow..][..ow], &tmp[r1 * ow..][..ow]);
+        for ((o, &a), &b) in o.iter_mut().zip(t0).zip(t1) {
+            *o = v0 * a + v1 * b;
+        }
+    }
+}
+
+/// The gradient of [`resize_map`]: from `g` (`H x W`) into `gx` (`h x w`, zeroed), through
+/// `tmp` (`h x W`, zeroed).
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+pub(crate) fn resize_map_grad(
+    gx: &mut [f32],
+    g: &[f32],
+    (taps_h, taps_w): (&[(usize, usize, f32, f32)], &[(usize, usize, f32, f32)]),
+    tmp: &mut [f32],
+) {
+    let ow = taps_w.len();
+    let w = gx.len() / (tmp.len() / ow).max(1);
+    for (g, &(r0, r1, v0, v1)) in g.chunks(ow).zip(taps_h) {
+        for (t, &g) in tmp[r0 * ow..][..ow].iter_mut().zip(g) {
+            *t += v0 * g;
+        }
+        for (t, &g) in tmp[r1 * ow..][..ow].iter_mut().zip(g) {
+            *t += v1 * g;
+        }
+    }
+    for (gx, t) in gx.chunks_mut(w).zip(tmp.chunks(ow)) {
+        for (&t, &(i0, i1, w0, w1)) in t.iter().zip(taps_w) {
+            gx[i0] += w0 * t;
+            gx[i1] += w1 * t;
+        }
+    }
+}
+
 /// Pixels per block of [`cross_entropy_block`]: the block's running max and sum stay in
 /// L1 while the classes are walked.
 pub(crate) const CE_BLOCK: usize = 512;
