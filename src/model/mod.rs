@@ -14,6 +14,18 @@ pub mod tensors;
 pub mod vmt;
 
 pub use backbone::{Backbone, BackboneSource};
+
+/// Runs `f` on a thread of rayon's global pool (the current one if it already is one).
+/// The CPU kernels (candle's GEMM, the fused ops) split their work over that pool: called
+/// from a thread outside it, each of them wakes the pool's threads and puts the caller to
+/// sleep until they finish; from a pool thread, the caller works alongside them. About 20%
+/// of a training step on 2 cores (docs/benchmarks.md, "Running on the pool").
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::join(f, || ()).0
+}
 pub use error::ModelError;
 pub use loss::{task_loss, Target};
 pub use tensors::NamedTensors;

@@ -197,6 +197,10 @@ pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], a:
     }
 }
 
+/// One output position of a bilinear resize along an axis: `(i0, i1, w0, w1)`,
+/// `y = w0 * x[i0] + w1 * x[i1]`.
+pub(crate) type Tap = (usize, usize, f32, f32);
+
 /// Bilinear resize of one `h x w` map (`x`) to `H x W` (`out`) from the taps along H and
 /// W (`(i0, i1, w0, w1)` per output row and column): along W into `tmp` (`h x W`), then
 /// each output row as a weighted sum of two `tmp` rows.
@@ -207,7 +211,7 @@ pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], a:
 pub(crate) fn resize_map(
     out: &mut [f32],
     x: &[f32],
-    (taps_h, taps_w): (&[(usize, usize, f32, f32)], &[(usize, usize, f32, f32)]),
+    (taps_h, taps_w): (&[Tap], &[Tap]),
     tmp: &mut [f32],
 ) {
     let (ow, w) = (taps_w.len(), x.len() / (tmp.len() / taps_w.len()).max(1));
@@ -233,7 +237,7 @@ pub(crate) fn resize_map(
 pub(crate) fn resize_map_grad(
     gx: &mut [f32],
     g: &[f32],
-    (taps_h, taps_w): (&[(usize, usize, f32, f32)], &[(usize, usize, f32, f32)]),
+    (taps_h, taps_w): (&[Tap], &[Tap]),
     tmp: &mut [f32],
 ) {
     let ow = taps_w.len();

@@ -247,6 +247,10 @@ impl VmtModel {
     /// The encoder: the backbone pass with the shared adapters, and each task's KEMs
     /// (the part whose cost is nearly O(1) in the number of tasks).
     pub fn encode(&self, pixels: &Tensor) -> Result<Encoded> {
+        super::on_pool(|| self.encode_on_pool(pixels))
+    }
+
+    fn encode_on_pool(&self, pixels: &Tensor) -> Result<Encoded> {
         let (b, _, h_in, w_in) = pixels.dims4()?;
         let swin = &self.backbone;
         let s = self.config.adapter.scale;
@@ -314,6 +318,10 @@ impl VmtModel {
 
     /// The decoders: each task's prediction at the input's size.
     pub fn decode(&self, enc: Encoded) -> Result<VmtOutput> {
+        super::on_pool(|| self.decode_on_pool(enc))
+    }
+
+    fn decode_on_pool(&self, enc: Encoded) -> Result<VmtOutput> {
         let (h_in, w_in) = enc.size;
         let tasks = self
             .heads

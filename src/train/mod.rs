@@ -452,6 +452,19 @@ pub fn train_step(
     lr: f64,
     clip_grad: Option<f64>,
 ) -> anyhow::Result<StepStats> {
+    // The backward pass too runs on rayon's pool (see `model::on_pool`).
+    crate::model::on_pool(|| step_on_pool(model, opt, pixels, targets, weights, lr, clip_grad))
+}
+
+fn step_on_pool(
+    model: &VmtModel,
+    opt: &mut AdamW,
+    pixels: &Tensor,
+    targets: &[crate::model::Target],
+    weights: &[f64],
+    lr: f64,
+    clip_grad: Option<f64>,
+) -> anyhow::Result<StepStats> {
     let out = model.forward(pixels)?;
     let mut total = Tensor::zeros((), DType::F32, pixels.device())?;
     let mut losses = serde_json::Map::new();
