@@ -3,6 +3,7 @@ on the configuration `vmt-hub bench train` / `bench forward` use, one JSON line 
 
     python reference/bench_reference.py train --tasks 4 --batch 2 --size 224 --steps 3
     python reference/bench_reference.py forward --tasks 4 --batch 2 --size 224 --iters 5
+    python reference/bench_reference.py train --tasks 8 --batch 32 --size 448 --device cuda
 
 Swin-T geometry with random weights (the cost of the real Swin-T), VMT-Adapter with
 reduction 4, decoders 32/64, the tasks of `vmt_hub::tasks::bench_tasks(n)`; training:
@@ -87,26 +88,41 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
     model, bundle = model_for(a.tasks)
-    pixels = torch.randn(a.batch, 3, a.size, a.size)
+    model.to(dev)
+    pixels = torch.randn(a.batch, 3, a.size, a.size, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def report(mode, seconds):
+        r = {
+            "side": "pytorch", "mode": mode, "tasks": a.tasks, "batch": a.batch,
+            "size": a.size, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+            "torch": torch.__version__, "threads": a.threads, "device": a.device,
+        }
+        if dev.type == "cuda":
+            r["gpu"] = torch.cuda.get_device_name(dev)
+            r["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        print(json.dumps(r))
     if a.mode == "forward":
         model.eval()
         with torch.no_grad():
             model(pixels)  # warm-up
+            sync()
             times = []
             for _ in range(max(1, a.iters)):
                 t = time.perf_counter()
                 model(pixels)
+                sync()
                 times.append(time.perf_counter() - t)
-        median = statistics.median(times)
-        print(json.dumps({
-            "side": "pytorch", "mode": "forward", "tasks": a.tasks, "batch": a.batch,
-            "size": a.size, "seconds": median, "peak_rss_mib": peak_rss_mib(),
-            "torch": torch.__version__, "threads": a.threads,
-        }))
+        report("forward", statistics.median(times))
         return
     model.train()
     params = list(model.bundle_state().values())
@@ -116,7 +132,7 @@ def main():
         [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-4,
     )
-    tg = targets(bundle, a.batch, a.size)
+    tg = {k: v.to(dev) for k, v in targets(bundle, a.batch, a.size).items()}
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -127,15 +143,12 @@ def main():
         opt.step()
 
     step()  # warm-up
+    sync()
     t = time.perf_counter()
     for _ in range(max(1, a.steps)):
         step()
-    seconds = (time.perf_counter() - t) / max(1, a.steps)
-    print(json.dumps({
-        "side": "pytorch", "mode": "train", "tasks": a.tasks, "batch": a.batch,
-        "size": a.size, "seconds": seconds, "peak_rss_mib": peak_rss_mib(),
-        "torch": torch.__version__, "threads": a.threads,
-    }))
+    sync()
+    report("train", (time.perf_counter() - t) / max(1, a.steps))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 # why each piece is pinned: docs/cuda.md.
 #
 #   scripts/check-cuda-build.sh            # about 10 minutes on 2 cores the first time
+#   scripts/check-cuda-build.sh --release  # the binary to carry to a GPU machine: release,
+#                                          # no debug info, stripped, gzipped into target/gpu
 #
 # Env: VMT_CUDA_TOOLKIT (where the pip packages go), CARGO_TARGET_DIR (default
 # target/cuda, apart from the CPU build so that neither invalidates the other).
@@ -37,18 +39,31 @@ done
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 export RUSTFLAGS="-L $stubs -C link-arg=-Wl,--unresolved-symbols=ignore-all"
-cargo build --features cuda --lib
+profile=debug
+flags=()
+if [ "${1:-}" = --release ]; then
+  profile=release
+  flags=(--release)
+  export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true
+fi
+cargo build "${flags[@]}" --features cuda --lib
 # The binary keeps the driver and the runtime in its needed list (the stubs resolve no
 # symbol, so the linker's --as-needed would otherwise drop them): the real ones load
 # where it runs. Passed to the binary alone, so the dependencies' build is reused.
-cargo rustc --features cuda --bin vmt-hub -- \
+cargo rustc "${flags[@]}" --features cuda --bin vmt-hub -- \
   -C link-arg=-Wl,--push-state,--no-as-needed -C link-arg=-lcuda -C link-arg=-lcudart \
   -C link-arg=-lcublas -C link-arg=-lcublasLt -C link-arg=-lcurand -C link-arg=-lnvrtc \
   -C link-arg=-Wl,--pop-state
-bin=$CARGO_TARGET_DIR/debug/vmt-hub
+bin=$CARGO_TARGET_DIR/$profile/vmt-hub
 # The binary asks for the real driver and runtime by name.
 readelf -d "$bin" | grep -E 'NEEDED.*(libcuda|libcudart)' || {
   echo "$bin does not link the CUDA driver and runtime" >&2
   exit 1
 }
 echo "cuda build: ok ($bin)"
+if [ "$profile" = release ]; then
+  mkdir -p "$root/target/gpu"
+  gzip -9 -c "$bin" >"$root/target/gpu/vmt-hub.gz"
+  echo "to carry: target/gpu/vmt-hub.gz ($(du -h "$root/target/gpu/vmt-hub.gz" | cut -f1));" \
+    "there: gunzip -c target/gpu/vmt-hub.gz > vmt-hub && chmod +x vmt-hub"
+fi

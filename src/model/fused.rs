@@ -1,10 +1,14 @@
-//! Fused CPU kernels for LayerNorm, softmax, GELU and the segmentation cross-entropy, with
-//! their backward passes.
+//! Fused CPU kernels with their backward passes: LayerNorm, softmax, GELU, window
+//! attention, the KEMs of a stage, the bilinear upsampling and the segmentation
+//! cross-entropy.
 //!
-//! candle's own fused ops record no backward (DESIGN §1); the plain-op versions in
-//! [`super::ops`] do, but keep every intermediate (mean, centred, variance, ...) alive until
-//! backward. These custom ops keep only their input and output: the backward pass
-//! recomputes what it needs. CPU and f32 only; other devices use the plain-op versions.
+//! candle's own fused ops record no backward; the plain-op versions (in [`super::ops`],
+//! [`super::swin::attention_plain`], the KEM loop in [`super::vmt`]) do, but keep every
+//! intermediate alive until backward. These custom ops keep only their inputs and output:
+//! the backward pass recomputes what it needs. CPU and f32 only; other devices use the
+//! plain-op versions, and `VMT_FUSED=0` selects them on CPU too (for A/B runs). Each
+//! kernel is tested against its plain-op version, values and gradients (tests below); the
+//! inner loops are in `src/model/simd.rs`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;

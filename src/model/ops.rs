@@ -192,6 +192,23 @@ pub fn scalar(v: f32, dev: &Device) -> Result<Tensor> {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
+    fn diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The gradient of `sum(y * probe)` with respect to `x`.
+    fn grad(y: Tensor, probe: &Tensor, x: &Var) -> Tensor {
+        let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(x.as_tensor()).unwrap().clone()
+    }
+
     /// The NHWC resize is the NCHW one on the transposed map, in value and in gradient, up
     /// and down, by uneven factors.
     #[test]
@@ -210,22 +227,8 @@ mod tests {
             .unwrap()
             .permute((0, 2, 3, 1))
             .unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
             assert!(diff(&nhwc, &nchw) < 1e-6, "{h}x{w} -> {out_h}x{out_w}");
-            let grad = |y: Tensor| {
-                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                g.get(x.as_tensor()).unwrap().clone()
-            };
-            let d = diff(&grad(nhwc), &grad(nchw));
+            let d = diff(&grad(nhwc, &probe, &x), &grad(nchw, &probe, &x));
             assert!(d < 1e-5, "gradient {h}x{w} -> {out_h}x{out_w}: {d}");
         }
     }
@@ -245,22 +248,8 @@ mod tests {
             let probe = Tensor::randn(0f32, 1f32, (2, 3, out_h, out_w), &dev).unwrap();
             let fused = super::resize_bilinear_nchw(x.as_tensor(), out_h, out_w).unwrap();
             let plain = super::resize_bilinear_nchw_plain(x.as_tensor(), out_h, out_w).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
             assert!(diff(&fused, &plain) < 1e-5, "{h}x{w} -> {out_h}x{out_w}");
-            let grad = |y: Tensor| {
-                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                g.get(x.as_tensor()).unwrap().clone()
-            };
-            let d = diff(&grad(fused), &grad(plain));
+            let d = diff(&grad(fused, &probe, &x), &grad(plain, &probe, &x));
             assert!(d < 1e-5, "gradient {h}x{w} -> {out_h}x{out_w}: {d}");
         }
     }
