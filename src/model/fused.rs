@@ -1,6 +1,6 @@
-//! Fused CPU kernels with their backward passes: LayerNorm, softmax, GELU, window
-//! attention, the KEMs of a stage, the bilinear upsampling and the segmentation
-//! cross-entropy.
+//! Fused CPU kernels with their backward passes: linear layers with bias, LayerNorm,
+//! softmax, GELU, window attention, the KEMs of a stage, the bilinear upsampling and the
+//! segmentation cross-entropy.
 //!
 //! candle's own fused ops record no backward; the plain-op versions (in [`super::ops`],
 //! [`super::swin::attention_plain`], the KEM loop in [`super::vmt`]) do, but keep every
@@ -206,6 +206,92 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(GeluOp)
     } else {
         x.gelu_erf()
+    }
+}
+
+/// A linear layer with bias, `x Wᵀ + b` for `x` `[rows, in]`, `W` `[out, in]`, `b`
+/// `[out]` (all contiguous): one GEMM into rows that start as the bias, so the product
+/// before the bias is never a tensor of its own (the plain ops keep both it and the sum
+/// for backward). Gradients only for the inputs that track one (a frozen backbone's
+/// weights get none).
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.apply_op3(w, b, LinearOp)
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vmt-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear input")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        let b = f32_slice(s3, l3, "linear bias")?;
+        let (rows, inp) = l1.shape().dims2()?;
+        let (out, inp_w) = l2.shape().dims2()?;
+        if inp != inp_w || b.len() != out || out == 0 {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let mut y = vec![0f32; rows * out];
+        y.par_chunks_mut(out * rows_per_task(out))
+            .for_each(|y| y.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
+        // y += x Wᵀ; SAFETY: x is rows x inp, W is out x inp (read transposed), y rows x out.
+        unsafe {
+            gemm::gemm(
+                rows,
+                out,
+                inp,
+                y.as_mut_ptr(),
+                1,
+                out as isize,
+                true,
+                x.as_ptr(),
+                1,
+                inp as isize,
+                w.as_ptr(),
+                inp as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_x = x.track_op().then(|| grad.matmul(&w.detach())).transpose()?;
+        let grad_w = w
+            .track_op()
+            .then(|| grad.t()?.matmul(&x.detach()))
+            .transpose()?;
+        let grad_b = b.track_op().then(|| grad.sum(0)).transpose()?;
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 
@@ -1130,5 +1216,39 @@ mod tests {
             let diff = max_diff(f, p);
             assert!(diff < 1e-5 * scale.max(1.0), "KEM gradient {i}: {diff}");
         }
+    }
+
+    /// The fused linear layer gives the plain ops' output and the gradients of its input,
+    /// weight and bias; a frozen (constant) weight and bias get none.
+    #[test]
+    fn fused_linear_equals_plain() {
+        let dev = Device::Cpu;
+        let (rows, inp, out) = (301, 37, 19);
+        let var = |dims: (usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 1f32, dims, &dev).unwrap()).unwrap()
+        };
+        let (x, w) = (var((rows, inp)), var((out, inp)));
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1f32, out, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1f32, (rows, out), &dev).unwrap();
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let fused = super::linear(xt, wt, bt).unwrap();
+        let plain = xt
+            .matmul(&wt.t().unwrap())
+            .unwrap()
+            .broadcast_add(bt)
+            .unwrap();
+        assert!(max_diff(&fused, &plain) < 1e-5);
+        let (gf, gp) = (grads_of(fused, &probe), grads_of(plain, &probe));
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let d = max_diff(
+                gf.get(v.as_tensor()).unwrap(),
+                gp.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "linear gradient of {name}: {d}");
+        }
+        let (w0, b0) = (wt.detach(), bt.detach());
+        let g = grads_of(super::linear(xt, &w0, &b0).unwrap(), &probe);
+        assert!(g.get(xt).is_some());
+        assert!(g.get(&w0).is_none() && g.get(&b0).is_none());
     }
 }

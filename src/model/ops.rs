@@ -1,10 +1,11 @@
 //! Differentiable building blocks.
 //!
 //! candle's fused `layer_norm`, `softmax_last_dim` and `upsample_bilinear2d` record no
-//! backward op (DESIGN §1): a gradient through them silently vanishes. Everything on
-//! the training path uses these versions instead: LayerNorm and softmax run as our own
-//! fused CPU kernels with backward passes ([`super::fused`]) and as plain tensor ops on
-//! other devices; bilinear resizing is two fixed interpolation matrices.
+//! backward op: a gradient through them silently vanishes. Everything on the training
+//! path uses these versions instead: linear layers, LayerNorm, softmax and the bilinear
+//! upsampling run as our own fused CPU kernels with backward passes ([`super::fused`])
+//! and as plain tensor ops on other devices (bilinear resizing as two fixed
+//! interpolation matrices).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
@@ -31,10 +32,13 @@ impl Module for Linear {
         let (lead, inp) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
         let out = self.weight.dim(0)?;
-        let y = x.reshape((rows, inp[0]))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, inp[0]))?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if super::fused::enabled(&x) && self.weight.is_contiguous() => {
+                super::fused::linear(&x.contiguous()?, &self.weight, &b.contiguous()?)?
+            }
+            Some(b) => x.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            None => x.matmul(&self.weight.t()?)?,
         };
         let mut shape = lead.to_vec();
         shape.push(out);
