@@ -714,15 +714,13 @@ impl CustomOp3 for KemGradOp {
             .par_chunks(step)
             .enumerate()
             .map(|(i, g)| {
-                let mut sums = vec![0f32; (d + 2) * c];
-                let (dgamma, rest) = sums.split_at_mut(d * c);
-                let (dbeta, scratch) = rest.split_at_mut(c);
+                let mut sums = vec![0f32; (d + 1) * c];
+                let (dgamma, dbeta) = sums.split_at_mut(d * c);
+                let mut dbeta = Some(dbeta); // the same for every block: summed once
                 for j in 0..d {
                     let a = &a[j * rows * c + i * step..][..g.len()];
-                    let db = if j == 0 { &mut *dbeta } else { &mut *scratch };
-                    simd::kem_grad_sums(&mut dgamma[j * c..][..c], db, g, a);
+                    simd::kem_grad_sums(&mut dgamma[j * c..][..c], dbeta.take(), g, a);
                 }
-                sums.truncate((d + 1) * c);
                 sums
             })
             .collect();

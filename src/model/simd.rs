@@ -181,18 +181,24 @@ pub(crate) fn kem_rows(out: &mut [f32], x: &[f32], a: &[&[f32]], gamma: &[f32], 
     }
 }
 
-/// Column sums over rows of `c` channels: `dgamma[i] += sum_rows g * a`, `dbeta[i] +=
-/// sum_rows g`.
+/// Column sums over rows of `c` channels: `dgamma[i] += sum_rows g * a`, and where asked
+/// `dbeta[i] += sum_rows g`.
 #[multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2+fma",
     "x86_64+avx2+fma"
 ))]
-pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], a: &[f32]) {
-    let c = dbeta.len();
+pub(crate) fn kem_grad_sums(dgamma: &mut [f32], dbeta: Option<&mut [f32]>, g: &[f32], a: &[f32]) {
+    let c = dgamma.len();
     for (g, a) in g.chunks(c).zip(a.chunks(c)) {
         for i in 0..c {
             dgamma[i] += g[i] * a[i];
-            dbeta[i] += g[i];
+        }
+    }
+    if let Some(dbeta) = dbeta {
+        for g in g.chunks(c) {
+            for i in 0..c {
+                dbeta[i] += g[i];
+            }
         }
     }
 }

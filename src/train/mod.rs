@@ -453,39 +453,29 @@ pub fn train_step(
     clip_grad: Option<f64>,
 ) -> anyhow::Result<StepStats> {
     // The backward pass too runs on rayon's pool (see `model::on_pool`).
-    crate::model::on_pool(|| step_on_pool(model, opt, pixels, targets, weights, lr, clip_grad))
-}
-
-fn step_on_pool(
-    model: &VmtModel,
-    opt: &mut AdamW,
-    pixels: &Tensor,
-    targets: &[crate::model::Target],
-    weights: &[f64],
-    lr: f64,
-    clip_grad: Option<f64>,
-) -> anyhow::Result<StepStats> {
-    let out = model.forward(pixels)?;
-    let mut total = Tensor::zeros((), DType::F32, pixels.device())?;
-    let mut losses = serde_json::Map::new();
-    for ((head, target), w) in model.heads.iter().zip(targets).zip(weights) {
-        let task = &head.spec;
-        let pred = out.task(&task.name).expect("model has every task");
-        let l = task_loss(task.kind, &task.name, pred, target)?;
-        losses.insert(task.name.clone(), json!(l.to_scalar::<f32>()?));
-        total = (total + (l * *w)?)?;
-    }
-    let grads = total.backward()?;
-    let grad_norm = opt.grad_norm(&grads)?;
-    let scale = match clip_grad {
-        Some(c) if grad_norm > c => c / (grad_norm + 1e-6),
-        _ => 1.0,
-    };
-    opt.step(&grads, lr, scale)?;
-    Ok(StepStats {
-        loss: total.to_scalar::<f32>()? as f64,
-        losses,
-        grad_norm,
+    crate::model::on_pool(|| {
+        let out = model.forward(pixels)?;
+        let mut total = Tensor::zeros((), DType::F32, pixels.device())?;
+        let mut losses = serde_json::Map::new();
+        for ((head, target), w) in model.heads.iter().zip(targets).zip(weights) {
+            let task = &head.spec;
+            let pred = out.task(&task.name).expect("model has every task");
+            let l = task_loss(task.kind, &task.name, pred, target)?;
+            losses.insert(task.name.clone(), json!(l.to_scalar::<f32>()?));
+            total = (total + (l * *w)?)?;
+        }
+        let grads = total.backward()?;
+        let grad_norm = opt.grad_norm(&grads)?;
+        let scale = match clip_grad {
+            Some(c) if grad_norm > c => c / (grad_norm + 1e-6),
+            _ => 1.0,
+        };
+        opt.step(&grads, lr, scale)?;
+        Ok(StepStats {
+            loss: total.to_scalar::<f32>()? as f64,
+            losses,
+            grad_norm,
+        })
     })
 }
 
