@@ -6,15 +6,25 @@ fn main() -> std::process::ExitCode {
     // itself stays ignored, so that a peer closing a socket is an error `serve`, `push`
     // and `pull` report, not a silent death.
     keep_freed_memory();
+    // Any other failure to write standard output (`show x > /dev/full`) is an error
+    // message and exit status 1, not a backtrace.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !is_broken_pipe(info.payload()) {
+        if stdout_failure(info.payload()).is_none() {
             default_hook(info)
         }
     }));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMT_LOG"))
+        // Warnings (a retried request, a skipped history line) show unless VMT_LOG says
+        // otherwise.
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing::Level::WARN.into())
+                .with_env_var("VMT_LOG")
+                .from_env_lossy(),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = vmt_hub::cli::Cli::parse();
     match std::panic::catch_unwind(move || vmt_hub::cli::run(cli)) {
@@ -24,19 +34,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         // 128 + SIGPIPE, what a shell reports for a tool the signal ended.
-        Err(p) if is_broken_pipe(&*p) => std::process::ExitCode::from(141),
-        Err(p) => std::panic::resume_unwind(p),
+        Err(p) => match stdout_failure(&*p) {
+            Some(msg) if msg.contains("Broken pipe") => std::process::ExitCode::from(141),
+            Some(msg) => {
+                let why = msg.trim_start_matches("failed printing to stdout: ");
+                eprintln!("error: cannot write to standard output: {why}");
+                std::process::ExitCode::FAILURE
+            }
+            None => std::panic::resume_unwind(p),
+        },
     }
 }
 
-/// Whether a panic is `println!` meeting a closed stdout.
-fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+/// The message of a panic that is `println!` failing to write standard output.
+fn stdout_failure(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
     let msg = payload
         .downcast_ref::<String>()
         .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
+        .or_else(|| payload.downcast_ref::<&str>().copied())?;
+    msg.starts_with("failed printing to stdout").then_some(msg)
 }
 
 /// candle allocates a fresh buffer for every op. With glibc's defaults, buffers above a

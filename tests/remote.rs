@@ -471,17 +471,17 @@ fn tampered_blob_cut_connections_and_malformed_manifests_are_refused() {
 
         // A chunked upload whose connection breaks after a PATCH resumes where the
         // registry says it is, and the bundle arrives intact.
-        std::env::set_var("VMT_PUSH_CHUNK_BYTES", "65536");
         let p = proxy_with(server.port, None, Some((b"PATCH /", 2)));
+        let mut chunked = client(p.port);
+        chunked.chunk_size = 65536;
         push(
             &src,
             "m:v1",
             &remote(p.port, "chunked/vmt:v1"),
-            &client(p.port),
+            &chunked,
             &mut Quiet,
         )
         .unwrap();
-        std::env::remove_var("VMT_PUSH_CHUNK_BYTES");
         let check = Registry::open(&tmp.path().join(format!("chunked-{:?}", server.kind))).unwrap();
         pull(
             &check,

@@ -19,9 +19,11 @@ impl Digest {
         Self(Sha256::digest(bytes).into())
     }
 
-    /// Hashes a file while streaming it (constant memory).
+    /// Hashes a regular file while streaming it (constant memory); a FIFO or device is
+    /// refused, and no more than the size it had when opened is read.
     pub fn of_file(path: &Path) -> Result<Self> {
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let (f, size) = crate::file::open_regular(path).map_err(|e| Error::io(path, e))?;
+        let mut f = f.take(size);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {

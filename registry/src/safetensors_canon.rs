@@ -71,8 +71,24 @@ pub fn canonical_bytes(tensors: &BTreeMap<String, RawTensor>) -> Vec<u8> {
         .expect("serialising tensors whose lengths match their shapes")
 }
 
+/// The largest safetensors header (the JSON table of tensors) accepted: far more than a
+/// bundle of the largest geometry needs (a tensor's entry is about 100 bytes).
+pub const MAX_HEADER_BYTES: u64 = 8 << 20;
+
 /// Parses safetensors bytes into raw tensors; `origin` names the file in errors.
+/// A header over [`MAX_HEADER_BYTES`] is refused before it is read.
 pub fn parse(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, RawTensor>> {
+    if let Some(len) = bytes.get(..8) {
+        let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        if len > MAX_HEADER_BYTES {
+            return Err(Error::NotSafetensors {
+                path: origin.into(),
+                reason: format!(
+                    "its header declares {len} bytes; at most {MAX_HEADER_BYTES} are accepted"
+                ),
+            });
+        }
+    }
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::NotSafetensors {
         path: origin.into(),
         reason: e.to_string(),

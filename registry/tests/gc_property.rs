@@ -80,7 +80,7 @@ proptest! {
                     prop_assert_eq!(r.is_ok(), model.remove(&tag).is_some());
                 }
                 Op::Gc => {
-                    reg.gc(false).unwrap();
+                    reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
                     let on_disk: BTreeSet<Digest> = reg.blob_digests().unwrap().into_iter().collect();
                     prop_assert_eq!(on_disk, needed(&model, &pool));
                 }

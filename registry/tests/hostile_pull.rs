@@ -81,6 +81,7 @@ fn client(h: &hostile::Hostile) -> Client {
             connect: Duration::from_secs(1),
             read: Duration::from_secs(1),
             total: Duration::from_secs(4),
+            min_rate: 1024,
         },
     )
 }

@@ -59,7 +59,7 @@ fn lost_index_then_gc_then_rebuild_loses_nothing() {
         assert_eq!(listed, want, "list after the index was lost");
         let report = reg.verify(None).unwrap();
         assert!(report.ok() && report.unreferenced.is_empty(), "{report:?}");
-        let gc = reg.gc(false).unwrap();
+        let gc = reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
         assert!(gc.removed.is_empty(), "gc deleted {:?}", gc.removed);
     }
     assert_eq!(blob_files(root), blobs);
@@ -81,7 +81,10 @@ fn gc_deletes_nothing_when_a_tagged_manifest_is_unreadable() {
     // The manifest of a:v1 is lost: what it references is unknown.
     std::fs::remove_file(root.join("blobs/sha256").join(want["a:v1"].hex())).unwrap();
     let reg = Registry::open(root).unwrap();
-    let err = reg.gc(false).unwrap_err().to_string();
+    let err = reg
+        .gc(&vmt_registry::store::GcOptions::now())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("a:v1") && err.contains("deletes nothing"),
         "{err}"
@@ -89,7 +92,7 @@ fn gc_deletes_nothing_when_a_tagged_manifest_is_unreadable() {
     assert_eq!(blob_files(root), blobs - 1);
     // Giving the bundle up lets gc run again.
     reg.remove("a:v1").unwrap();
-    reg.gc(false).unwrap();
+    reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
 }
 
 #[test]
@@ -109,7 +112,7 @@ fn one_content_has_one_digest_under_every_name() {
     assert_eq!(tags, ["team/y:v2", "x:v1", "z:prod"]);
     // Removing one name leaves the others and the content.
     reg.remove("x:v1").unwrap();
-    reg.gc(false).unwrap();
+    reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
     assert_eq!(reg.resolve("z:prod").unwrap(), d1.digest);
     reg.load(&d1.digest).unwrap();
 }

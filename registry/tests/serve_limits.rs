@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::micro_bundle;
+use ureq2 as ureq;
 use vmt_registry::bundle::RawTensor;
 use vmt_registry::oci::{Manifest, MANIFEST_MEDIA_TYPE};
 use vmt_registry::reference::TagName;
@@ -310,7 +311,12 @@ fn upload_sessions_are_bounded_checked_expire_and_are_cleaned() {
     let reg = Registry::open(tmp.path()).unwrap();
     assert_eq!(uploads_on_disk(tmp.path()), 0, "open cleans them as well");
     std::fs::write(tmp.path().join("tmp/uploads/left"), b"x").unwrap();
-    assert_eq!(reg.gc(false).unwrap().uploads_removed, 1);
+    assert_eq!(
+        reg.gc(&vmt_registry::store::GcOptions::now())
+            .unwrap()
+            .uploads_removed,
+        1
+    );
 }
 
 #[test]
@@ -477,4 +483,117 @@ fn a_manifest_without_artifact_type_is_stored_and_pulls() {
     pull(&local, &remote, &client, None, &mut Quiet).unwrap();
     assert_eq!(local.resolve("x:v1").unwrap(), Digest::of(&bytes));
     local.load(&Digest::of(&bytes)).unwrap();
+}
+
+#[test]
+fn a_refused_chunk_leaves_the_session_as_it_was() {
+    // A chunk over --max-body gets 413; the session keeps its old end, and the right
+    // chunks then finish the blob with its digest (repeated: the refused bytes were
+    // once written by a background write that could land after the truncate).
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path(), |o| o.max_body = 64 << 10);
+    let base = s.base();
+    for round in 0..20u8 {
+        let blob: Vec<u8> = (0..20u8).map(|i| i.wrapping_add(round)).collect();
+        let (code, loc) = new_session(&base);
+        assert_eq!(code, 202);
+        let url = format!("{base}{loc}");
+        let patch = |range: &str, body: &[u8]| {
+            status(
+                ureq::request("PATCH", &url)
+                    .set("Content-Range", range)
+                    .send_bytes(body),
+            )
+            .0
+        };
+        assert_eq!(patch("0-9", &blob[..10]), 202);
+        let huge = vec![7u8; 256 << 10];
+        assert_eq!(patch(&format!("10-{}", 10 + huge.len() - 1), &huge), 413);
+        let r = ureq::get(&url).call().unwrap();
+        assert_eq!(r.header("Range"), Some("0-9"), "round {round}");
+        assert_eq!(patch("10-19", &blob[10..]), 202, "round {round}");
+        let d = Digest::of(&blob);
+        let (code, body) = status(ureq::put(&format!("{url}?digest={d}")).send_bytes(&[]));
+        assert_eq!(code, 201, "round {round}: {body}");
+    }
+}
+
+#[test]
+fn an_empty_page_has_no_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("server"), |_| {});
+    let local = local_with_m_v1(&tmp.path().join("local"));
+    let remote = RemoteRef::parse(&format!("oci://{}/m:v1", s.addr), false).unwrap();
+    push(
+        &local,
+        "m:v1",
+        &remote,
+        &Client::new(&s.base(), Credentials::default()),
+        &mut Quiet,
+    )
+    .unwrap();
+    for (path, key) in [
+        ("/v2/_catalog?n=0", "repositories"),
+        ("/v2/m/tags/list?n=0", "tags"),
+    ] {
+        let r = ureq::get(&format!("{}{path}", s.base())).call().unwrap();
+        assert!(r.header("Link").is_none(), "{path}: a Link to itself loops");
+        let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+        assert_eq!(v[key], serde_json::json!([]), "{path}");
+    }
+}
+
+/// Restarts `serve` (same address, same registry) at the `at`-th progress step.
+struct RestartAt {
+    serve: Option<Serve>,
+    at: usize,
+    calls: usize,
+    restarted: bool,
+}
+
+impl vmt_registry::remote::transfer::Progress for RestartAt {
+    fn advance(&mut self, _bytes: u64) {
+        self.calls += 1;
+        if self.calls == self.at {
+            let old = self.serve.take().unwrap();
+            let (root, addr) = (old.root.clone(), old.addr);
+            drop(old);
+            self.serve = Some(start(&root, |o| {
+                o.addr = addr;
+                o.header_timeout = Duration::from_millis(300);
+            }));
+            self.restarted = true;
+        }
+    }
+}
+
+#[test]
+fn a_push_survives_a_serve_restart_between_chunks_and_the_final_put() {
+    // The first blob goes up in two PATCH chunks; the server restarts after the second,
+    // so the final PUT meets a session it no longer knows (404 BLOB_UPLOAD_UNKNOWN):
+    // the client starts that blob again, and the push completes.
+    let tmp = tempfile::tempdir().unwrap();
+    let server_root = tmp.path().join("server");
+    let s = start(&server_root, |o| {
+        o.header_timeout = Duration::from_millis(300)
+    });
+    let local = local_with_m_v1(&tmp.path().join("local"));
+    let d = local.resolve("m:v1").unwrap();
+    let first = local.manifest(&d).unwrap().blobs().next().unwrap().size as usize;
+    let remote = RemoteRef::parse(&format!("oci://{}/m:v1", s.addr), false).unwrap();
+    let mut client = Client::new(&s.base(), Credentials::default());
+    client.chunk_size = first.div_ceil(2);
+    let mut progress = RestartAt {
+        serve: Some(s),
+        at: 2,
+        calls: 0,
+        restarted: false,
+    };
+    let report = push(&local, "m:v1", &remote, &client, &mut progress).unwrap();
+    assert!(progress.restarted);
+    assert_eq!(report.manifest, Some(d));
+    drop(progress);
+    let reg = Registry::open(&server_root).unwrap();
+    assert_eq!(reg.resolve("m:v1").unwrap(), d);
+    assert!(reg.verify(None).unwrap().ok());
 }

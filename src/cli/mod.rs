@@ -74,16 +74,21 @@ pub(crate) enum Command {
     },
     /// A bundle's config, components (sizes, digests, parameters) and lineage.
     Show { reference: String },
-    /// Give a stored bundle another NAME:TAG.
-    Tag { reference: String, new_tag: String },
-    /// Remove a tag (or every tag of a digest); blobs go at the next `gc`.
-    Rm { reference: String },
-    /// Delete blobs that no tagged bundle needs.
-    Gc {
-        /// List what would be deleted and why the rest is kept.
-        #[arg(long)]
-        dry_run: bool,
+    /// Give a stored bundle another NAME:TAG, or `--restore NAME:TAG` from the history.
+    Tag(registry::TagArgs),
+    /// Remove a tag (or every tag of a digest); blobs go at a `gc` after the grace period.
+    Rm {
+        /// NAME:TAG, digest or prefix.
+        reference: String,
     },
+    /// The history of every tag (or of one): when it pointed where, and what changed it.
+    Log {
+        /// NAME:TAG (default: every tag).
+        tag: Option<String>,
+    },
+    /// Delete blobs that no tagged bundle needs and no tag pointed to within the grace
+    /// period.
+    Gc(registry::GcArgs),
     /// Re-hash blobs and check bundles; `--rebuild-index` recovers a lost index.
     Verify(registry::VerifyArgs),
     /// Send a bundle to an OCI registry (or `vmt-hub serve`): only missing blobs travel.
@@ -182,9 +187,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RenameTask(args) => compose::rename_task(root, args),
         Command::Diff { a, b } => compose::diff(root, &a, &b),
         Command::Show { reference } => registry::show(root, &reference),
-        Command::Tag { reference, new_tag } => registry::tag(root, &reference, &new_tag),
+        Command::Tag(args) => registry::tag(root, args),
         Command::Rm { reference } => registry::rm(root, &reference),
-        Command::Gc { dry_run } => registry::gc(root, dry_run),
+        Command::Log { tag } => registry::log(root, tag.as_deref()),
+        Command::Gc(args) => registry::gc(root, args),
         Command::Verify(args) => registry::verify(root, args),
         Command::Forward(args) => forward::forward(root, args),
         Command::Demo(args) => demo::run_demo(root, args),

@@ -72,6 +72,13 @@ pub fn export(root: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
 pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
     let reg = open(root)?;
     let rows = reg.list()?;
+    for (tag, d) in reg.vanished_tags()? {
+        eprintln!(
+            "warning: tag {tag} (-> {}) vanished from the tag record without `vmt-hub rm`; \
+             `vmt-hub tag --restore {tag}` brings it back",
+            d.short()
+        );
+    }
     let line = |r: &vmt_registry::store::ListEntry, indent: &str| {
         println!(
             "{indent}{:<32} {:<14} {:>10}  {}",
@@ -237,10 +244,47 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn tag(root: Option<&Path>, reference: &str, new_tag: &str) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The bundle (NAME:TAG, digest or prefix); with --restore, the tag to bring back.
+    pub reference: String,
+    /// The new NAME:TAG.
+    #[arg(required_unless_present = "restore")]
+    pub new_tag: Option<String>,
+    /// Point REFERENCE (a NAME:TAG) again at what the tag history last says it pointed
+    /// to: a tag whose file vanished, or one removed with `rm`.
+    #[arg(long, conflicts_with = "new_tag")]
+    pub restore: bool,
+}
+
+pub fn tag(root: Option<&Path>, args: TagArgs) -> anyhow::Result<()> {
     let reg = open(root)?;
-    let p = reg.tag(reference, new_tag)?;
-    println!("{new_tag} -> {}", p.digest);
+    match args.new_tag {
+        Some(new_tag) if !args.restore => {
+            let p = reg.tag(&args.reference, &new_tag)?;
+            println!("{new_tag} -> {}", p.digest);
+        }
+        _ => {
+            let d = reg.restore_tag(&args.reference)?;
+            println!("restored {} -> {d}", args.reference);
+        }
+    }
+    Ok(())
+}
+
+pub fn log(root: Option<&Path>, tag: Option<&str>) -> anyhow::Result<()> {
+    let reg = open(root)?;
+    let short = |d: &Option<vmt_registry::Digest>| d.map_or("-".to_string(), |d| d.short());
+    for e in reg.tag_history(tag)? {
+        println!(
+            "{} {:<8} {:<32} {} -> {}",
+            e.time,
+            e.op,
+            e.tag,
+            short(&e.old),
+            short(&e.new)
+        );
+    }
     Ok(())
 }
 
@@ -253,9 +297,45 @@ pub fn rm(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn gc(root: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be deleted and why the rest is kept.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep what any tag pointed to within this long (`14d`, `12h`, `30m`, `0s`).
+    #[arg(long, value_parser = parse_duration, default_value = "14d")]
+    pub prune_older_than: std::time::Duration,
+    /// Ignore the tag history: delete everything no current tag needs.
+    #[arg(long, conflicts_with = "prune_older_than")]
+    pub now: bool,
+}
+
+/// `14d`, `12h`, `30m`, `45s` (or a plain number of seconds).
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and a unit, such as 14d, 12h, 30m, 45s"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("{s:?}: the unit is one of s, m, h, d, w")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
+pub fn gc(root: Option<&Path>, args: GcArgs) -> anyhow::Result<()> {
     let reg = open(root)?;
-    let report = reg.gc(dry_run)?;
+    let dry_run = args.dry_run;
+    let report = reg.gc(&vmt_registry::store::GcOptions {
+        dry_run,
+        grace: (!args.now).then_some(args.prune_older_than),
+    })?;
     let verb = if dry_run { "would delete" } else { "deleted" };
     let freed: u64 = report.removed.iter().map(|e| e.size).sum();
     for e in &report.removed {

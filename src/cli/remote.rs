@@ -28,9 +28,14 @@ pub struct AuthArgs {
     /// Seconds the whole push or pull may take, retries included.
     #[arg(long, env = "VMT_REMOTE_TIMEOUT", default_value_t = 1800.0)]
     pub timeout: f64,
-    /// Seconds to wait for any byte from the remote before giving up on a request.
+    /// Seconds any read or write may wait on the remote (also the time a response's
+    /// headers may take, and the window of --min-rate).
     #[arg(long, env = "VMT_REMOTE_READ_TIMEOUT", default_value_t = 30.0)]
     pub read_timeout: f64,
+    /// The slowest transfer accepted, in bytes per second over each --read-timeout
+    /// window (curl's --speed-limit); 0 accepts any rate.
+    #[arg(long, env = "VMT_REMOTE_MIN_RATE", default_value_t = 1024)]
+    pub min_rate: u64,
 }
 
 /// A positive number of seconds from flag `--{flag}`.
@@ -48,6 +53,7 @@ impl AuthArgs {
             connect: secs(self.read_timeout.min(10.0), "read-timeout")?,
             read: secs(self.read_timeout, "read-timeout")?,
             total: secs(self.timeout, "timeout")?,
+            min_rate: self.min_rate,
         })
     }
 }
@@ -111,9 +117,14 @@ fn credentials(a: &AuthArgs) -> anyhow::Result<Credentials> {
     let password = match &a.user {
         Some(user) => match std::env::var("VMT_REGISTRY_PASSWORD") {
             Ok(p) => Some(p),
-            Err(_) => Some(rpassword::prompt_password(format!(
-                "password for {user}: "
-            ))?),
+            Err(_) => Some(
+                rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--user {user}: no password: VMT_REGISTRY_PASSWORD is not set and \
+                         there is no terminal to ask on ({e})"
+                    )
+                })?,
+            ),
         },
         None => None,
     };
@@ -159,7 +170,14 @@ impl Progress for Bar {
 
 pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
-    let client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
+    let mut client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
+    if let Some(n) = std::env::var("VMT_PUSH_CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+    {
+        client.chunk_size = n;
+    }
     let reg = super::registry::open(root)?;
     let r = push(
         &reg,

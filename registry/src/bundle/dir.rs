@@ -43,16 +43,19 @@ pub fn read_config(path: &Path) -> Result<BundleConfig> {
     parse_config(&bytes, path)
 }
 
-/// Reads at most `max` bytes of a file; a longer file is `FileTooLarge` (never read whole).
+/// Reads a regular file of at most `max` bytes (see [`crate::file::read_limited`]).
 pub(crate) fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path)?;
-    let mut out = Vec::new();
-    f.take(max + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > max {
-        return Err(std::io::ErrorKind::FileTooLarge.into());
-    }
-    Ok(out)
+    crate::file::read_limited(path, max)
+}
+
+/// The largest `adapter.safetensors` a config allows: its tensors' bytes plus the
+/// largest header we accept.
+fn max_tensors_file(config: &BundleConfig) -> u64 {
+    let data: u64 = bundle_tensors(config)
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>() as u64 * 4)
+        .sum();
+    8 + crate::safetensors_canon::MAX_HEADER_BYTES + data
 }
 
 /// Parses and validates bundle.json bytes; `origin` names the file in errors.
@@ -108,10 +111,17 @@ impl BundleDir {
         }
         let config = read_config(&dir.join(CONFIG_FILE))?;
         let tpath = dir.join(TENSORS_FILE);
-        let bytes = std::fs::read(&tpath).map_err(|e| match e.kind() {
+        let max = max_tensors_file(&config);
+        let bytes = read_bounded(&tpath, max).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::MissingFile {
                 path: tpath.clone(),
                 what: "a bundle directory needs adapter.safetensors",
+            },
+            std::io::ErrorKind::FileTooLarge => Error::BadBundle {
+                path: tpath.clone(),
+                reason: format!(
+                    "larger than the {max} bytes bundle.json's tensors and a header take ({e})"
+                ),
             },
             _ => Error::io(&tpath, e),
         })?;
@@ -119,7 +129,9 @@ impl BundleDir {
         Self::new(config, tensors, &tpath)
     }
 
-    /// Writes `bundle.json` (pretty, stable key order) and canonical `adapter.safetensors`.
+    /// Writes `bundle.json` (pretty, stable key order) and canonical `adapter.safetensors`,
+    /// each by temp file and rename: a symlink or FIFO in their place is replaced,
+    /// never written through.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let json = self.config_json_pretty();
@@ -157,7 +169,7 @@ impl BundleDir {
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::file::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Refuses NaN and infinite weights (they would make every prediction NaN).

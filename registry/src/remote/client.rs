@@ -1,6 +1,16 @@
 //! An OCI Distribution HTTP client: authentication (basic, static bearer token, and the
 //! token flow a registry announces in `WWW-Authenticate`), retries with backoff on 5xx
 //! and connection errors, and OCI error bodies turned into messages.
+//!
+//! Every wait on the peer is bounded on its own (ureq 3's per-phase timeouts):
+//! connecting by [`Timeouts::connect`]; every read and every write by
+//! [`Timeouts::read`]; the response headers must all arrive within [`Timeouts::read`]
+//! (a server that trickles its headers is cut there); a request body must go at
+//! [`Timeouts::min_rate`] on average; a response body is read through [`Paced`], which
+//! ends a transfer slower than `min_rate` over any window of [`Timeouts::read`]; and
+//! the whole operation, retries included, by [`Timeouts::total`]. A timeout is retried
+//! once, a refused connection or a 5xx up to [`Client::retries`] times; each retry is
+//! logged at `warn` with the host and the reason.
 
 use std::io::{Read, Write};
 use std::sync::Mutex;
@@ -9,6 +19,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest as _;
 
 use base64::Engine;
+use ureq::RequestExt as _;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -18,19 +29,24 @@ use crate::error::{Error, Result};
 pub struct Timeouts {
     /// Connecting to the host.
     pub connect: Duration,
-    /// Waiting for any byte (a server that stops answering).
+    /// Any single read or write (a server that stops answering); also the time the
+    /// response headers may take, and the window over which `min_rate` is measured.
     pub read: Duration,
-    /// The whole operation (a push or a pull), retries included (a server that drips).
+    /// The whole operation (a push or a pull), retries included.
     pub total: Duration,
+    /// The slowest transfer accepted, in bytes per second, averaged over each window
+    /// of `read` (curl's `--speed-limit` over `--speed-time`); 0 accepts any rate.
+    pub min_rate: u64,
 }
 
 impl Default for Timeouts {
-    /// 10 s to connect, 30 s between bytes, 30 minutes in all.
+    /// 10 s to connect, 30 s for any read or write, 1 KiB/s at least, 30 minutes in all.
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(10),
             read: Duration::from_secs(30),
             total: Duration::from_secs(30 * 60),
+            min_rate: 1024,
         }
     }
 }
@@ -70,29 +86,91 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// A response: status, headers we need, and the body reader.
+/// A reader that fails when fewer than `min_rate` bytes per second arrive over a
+/// window (curl's `--speed-limit`/`--speed-time`): each read is already bounded by the
+/// transport's read timeout, so a server that trickles a byte now and then is cut
+/// after one window.
+pub struct Paced<R> {
+    inner: R,
+    min_bytes: u64,
+    window: Duration,
+    started: Instant,
+    got: u64,
+}
+
+impl<R: Read> Paced<R> {
+    /// `inner`, required to deliver `min_rate` bytes per second over each `window`.
+    pub fn new(inner: R, min_rate: u64, window: Duration) -> Self {
+        Self {
+            inner,
+            min_bytes: (min_rate as f64 * window.as_secs_f64()) as u64,
+            window,
+            started: Instant::now(),
+            got: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.got += n as u64;
+        if n > 0 && self.started.elapsed() >= self.window {
+            if self.got < self.min_bytes {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} byte(s) in {:.0} s, below the minimum rate of {} bytes/s \
+                         (--min-rate)",
+                        self.got,
+                        self.started.elapsed().as_secs_f64(),
+                        self.min_bytes as f64 / self.window.as_secs_f64()
+                    ),
+                ));
+            }
+            self.started = Instant::now();
+            self.got = 0;
+        }
+        Ok(n)
+    }
+}
+
+/// A response: status, headers, and the body reader.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
     /// The response, for headers and body.
-    pub response: ureq::Response,
+    pub response: ureq::http::Response<ureq::Body>,
+    timeouts: Timeouts,
 }
 
 impl Reply {
     /// A response header.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.response.header(name).map(String::from)
+        self.response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    }
+
+    /// The body, paced (see [`Paced`]).
+    fn reader(self) -> Paced<ureq::BodyReader<'static>> {
+        let t = self.timeouts;
+        Paced::new(self.response.into_body().into_reader(), t.min_rate, t.read)
     }
 
     /// The body, refusing more than `limit` bytes.
     pub fn body(self, limit: u64, what: &str, remote: &str) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.response
-            .into_reader()
+        let t = self.timeouts;
+        self.reader()
             .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|e| Error::remote(remote, None, format!("reading {what}: {e}")))?;
+            .map_err(|e| {
+                Error::remote(remote, None, format!("reading {what}: {}", io_text(&e, &t)))
+            })?;
         if out.len() as u64 > limit {
             return Err(Error::Oversized {
                 remote: remote.into(),
@@ -113,14 +191,15 @@ impl Reply {
         remote: &str,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(u64, Digest)> {
-        let mut reader = self.response.into_reader().take(limit + 1);
+        let t = self.timeouts;
+        let mut reader = self.reader().take(limit + 1);
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; 64 << 10];
         let mut total = 0u64;
         loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| Error::remote(remote, None, format!("reading {what}: {e}")))?;
+            let n = reader.read(&mut buf).map_err(|e| {
+                Error::remote(remote, None, format!("reading {what}: {}", io_text(&e, &t)))
+            })?;
             if n == 0 {
                 break;
             }
@@ -140,7 +219,56 @@ impl Reply {
         let digest: [u8; 32] = hasher.finalize().into();
         Ok((total, Digest::from_bytes(digest)))
     }
+
+    /// Up to `limit` bytes of the body as text, for an error message (errors ignored).
+    fn text(self, limit: u64) -> String {
+        let mut body = String::new();
+        let _ = self.reader().take(limit).read_to_string(&mut body);
+        body
+    }
 }
+
+/// What a ureq error means, in the words of our flags.
+fn describe(e: &ureq::Error, t: &Timeouts) -> String {
+    use ureq::Timeout as T;
+    let secs = |d: Duration| d.as_secs_f64();
+    match e {
+        ureq::Error::Timeout(T::PerRead) => {
+            format!("no byte for {} s (--read-timeout)", secs(t.read))
+        }
+        ureq::Error::Timeout(T::PerWrite) => {
+            format!("could not send for {} s (--read-timeout)", secs(t.read))
+        }
+        ureq::Error::Timeout(T::RecvResponse) => format!(
+            "the response headers did not arrive within {} s (--read-timeout)",
+            secs(t.read)
+        ),
+        ureq::Error::Timeout(T::SendBody) => format!(
+            "the request body went slower than {} bytes/s (--min-rate)",
+            t.min_rate
+        ),
+        ureq::Error::Timeout(T::Connect | T::Resolve) => {
+            format!("could not connect within {} s", secs(t.connect))
+        }
+        ureq::Error::Timeout(_) => format!(
+            "not finished within the {} s deadline (--timeout)",
+            secs(t.total)
+        ),
+        ureq::Error::Io(io) => io_text(io, t),
+        other => sanitize(&other.to_string()),
+    }
+}
+
+/// An I/O error from a body reader, with a ureq error inside described as such.
+fn io_text(e: &std::io::Error, t: &Timeouts) -> String {
+    match e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
+        Some(inner) => describe(inner, t),
+        None => sanitize(&e.to_string()),
+    }
+}
+
+/// The default size of a push's PATCH chunks: 8 MiB.
+pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
 
 /// An OCI Distribution client for one registry, with one operation deadline.
 pub struct Client {
@@ -150,8 +278,11 @@ pub struct Client {
     creds: Credentials,
     /// A token obtained from the registry's token endpoint.
     bearer: Mutex<Option<String>>,
-    /// Retries on 5xx and connection errors.
+    /// Retries on 5xx and connection errors (a timeout is retried once).
     pub retries: u32,
+    /// Blobs larger than this are pushed in PATCH chunks of this size
+    /// ([`DEFAULT_CHUNK_BYTES`]).
+    pub chunk_size: usize,
     timeouts: Timeouts,
     /// When the whole operation must have finished.
     deadline: Instant,
@@ -211,17 +342,22 @@ impl Client {
 
     /// A client whose operation must finish within `timeouts.total` from now.
     pub fn with_timeouts(base: &str, creds: Credentials, timeouts: Timeouts) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeouts.connect)
-            .timeout_read(timeouts.read)
-            .timeout_write(timeouts.read)
-            .build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeouts.connect))
+            .timeout_per_read(Some(timeouts.read))
+            .timeout_per_write(Some(timeouts.read))
+            .timeout_recv_response(Some(timeouts.read))
+            .user_agent(concat!("vmt-hub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
         Self {
             agent,
             base: base.into(),
             creds,
             bearer: Mutex::new(None),
             retries: 3,
+            chunk_size: DEFAULT_CHUNK_BYTES,
             timeouts,
             deadline: Instant::now() + timeouts.total,
         }
@@ -272,71 +408,123 @@ impl Client {
         ))
     }
 
+    /// One HTTP exchange, bounded as the module says; statuses are not errors here.
+    fn exchange(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        auth: Option<&str>,
+        what: &str,
+    ) -> Result<std::result::Result<Reply, ureq::Error>> {
+        let remaining = self.remaining(what)?;
+        let mut req = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            // ureq writes Content-Length from the body itself.
+            if !k.eq_ignore_ascii_case("content-length") {
+                req = req.header(*k, *v);
+            }
+        }
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let invalid = |e: ureq::http::Error| {
+            Error::remote(&self.base, None, format!("{what}: invalid request: {e}"))
+        };
+        // A body must go at min_rate on average: its own budget on top of one read timeout.
+        let send_budget = |len: usize| {
+            let rate = self.timeouts.min_rate.max(1) as f64;
+            let secs = if self.timeouts.min_rate == 0 {
+                1e9
+            } else {
+                len as f64 / rate
+            };
+            self.timeouts.read + Duration::from_secs_f64(secs.min(1e9))
+        };
+        let result = match body {
+            Some(b) => req
+                .body(b)
+                .map_err(invalid)?
+                .with_agent(&self.agent)
+                .configure()
+                .timeout_global(Some(remaining))
+                .timeout_send_body(Some(send_budget(b.len())))
+                .run(),
+            None => req
+                .body(())
+                .map_err(invalid)?
+                .with_agent(&self.agent)
+                .configure()
+                .timeout_global(Some(remaining))
+                .run(),
+        };
+        Ok(result.map(|response| Reply {
+            status: response.status().as_u16(),
+            response,
+            timeouts: self.timeouts,
+        }))
+    }
+
     /// Answers a `Bearer` challenge by asking the realm for a token.
     fn fetch_token(&self, params: &[(String, String)]) -> Result<String> {
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let realm = get("realm").ok_or_else(|| Error::Auth {
+        let auth_err = |reason: String| Error::Auth {
             remote: self.base.clone(),
-            reason: "the Bearer challenge has no realm".into(),
-        })?;
+            reason,
+        };
+        let realm =
+            get("realm").ok_or_else(|| auth_err("the Bearer challenge has no realm".into()))?;
         if !realm.starts_with("http://") && !realm.starts_with("https://") {
-            return Err(Error::Auth {
-                remote: self.base.clone(),
-                reason: "the registry wants a bearer token and offers no token service: set VMT_REGISTRY_TOKEN".into(),
-            });
+            return Err(auth_err(
+                "the registry wants a bearer token and offers no token service: set VMT_REGISTRY_TOKEN".into(),
+            ));
         }
-        let mut req = self
-            .agent
-            .get(&realm)
-            .timeout(self.remaining("token request")?);
+        let mut url = realm.clone();
         for k in ["service", "scope"] {
             if let Some(v) = get(k) {
-                req = req.query(k, &v);
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&format!("{k}={}", query_escape(&v)));
             }
         }
-        if let Some(b) = self.basic() {
-            req = req.set("Authorization", &b);
+        let basic = self.basic();
+        let reply =
+            match self.exchange("GET", &url, &[], None, basic.as_deref(), "token request")? {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(auth_err(format!(
+                        "cannot reach the token service {}: {}",
+                        sanitize(&realm),
+                        describe(&e, &self.timeouts)
+                    )))
+                }
+            };
+        if !(200..300).contains(&reply.status) {
+            return Err(auth_err(format!(
+                "the token service {} answered HTTP {} (wrong user or password?)",
+                sanitize(&realm),
+                reply.status
+            )));
         }
-        let resp = req.call().map_err(|e| Error::Auth {
-            remote: self.base.clone(),
-            reason: match e {
-                ureq::Error::Status(code, _) => format!(
-                    "the token service {} answered HTTP {code} (wrong user or password?)",
-                    sanitize(&realm)
-                ),
-                ureq::Error::Transport(t) => format!(
-                    "cannot reach the token service {}: {}",
-                    sanitize(&realm),
-                    sanitize(&t.to_string())
-                ),
-            },
-        })?;
-        let mut text = String::new();
-        let read = resp
-            .into_reader()
-            .take(1 << 20)
-            .read_to_string(&mut text)
-            .map(|_| ());
-        read.map_err(|e| Error::Auth {
-            remote: self.base.clone(),
-            reason: format!("token reply: {e}"),
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Auth {
-            remote: self.base.clone(),
-            reason: format!("token reply: {e}"),
-        })?;
+        let text = reply
+            .body(1 << 20, "token reply", &self.base)
+            .map_err(|e| auth_err(format!("token reply: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| auth_err(format!("token reply: {e}")))?;
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
             .map(String::from)
-            .ok_or_else(|| Error::Auth {
-                remote: self.base.clone(),
-                reason: "the token reply has no token".into(),
-            })
+            .ok_or_else(|| auth_err("the token reply has no token".into()))
     }
 
     /// Sends a request (with a body if given), authenticating and retrying as needed.
     /// 2xx and 3xx come back as replies; other statuses are errors naming `what`.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for 401/403, [`Error::Remote`] with the status for other
+    /// refusals, and [`Error::Remote`] naming the host and the bound that was hit
+    /// (`--read-timeout`, `--min-rate`, `--timeout`) for a peer that stalls.
     pub fn send(
         &self,
         method: &str,
@@ -347,31 +535,39 @@ impl Client {
     ) -> Result<Reply> {
         let mut authed_after_challenge = false;
         let mut attempt = 0;
+        let mut timeouts_retried = 0;
+        let url = self.url(url);
         loop {
-            let mut req = self
-                .agent
-                .request(method, &self.url(url))
-                .timeout(self.remaining(what)?);
-            for (k, v) in headers {
-                req = req.set(k, v);
-            }
-            if let Some(a) = self.auth_header() {
-                req = req.set("Authorization", &a);
-            }
-            let result = match body {
-                Some(b) => req.send_bytes(b),
-                None => req.call(),
-            };
-            match result {
-                Ok(response) => {
-                    return Ok(Reply {
-                        status: response.status(),
-                        response,
-                    })
+            let auth = self.auth_header();
+            let reply = match self.exchange(method, &url, headers, body, auth.as_deref(), what)? {
+                Ok(r) => r,
+                Err(e) => {
+                    let timed_out = matches!(e, ureq::Error::Timeout(_));
+                    let reason = describe(&e, &self.timeouts);
+                    let retry = if timed_out {
+                        timeouts_retried < 1
+                            && !matches!(e, ureq::Error::Timeout(ureq::Timeout::Global))
+                    } else {
+                        attempt < self.retries
+                    };
+                    if !retry {
+                        return Err(Error::remote(&self.base, None, format!("{what}: {reason}")));
+                    }
+                    if timed_out {
+                        timeouts_retried += 1;
+                    }
+                    attempt += 1;
+                    tracing::warn!("{}: {what}: {reason}; retrying ({attempt})", self.base);
+                    std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
+                    continue;
                 }
-                Err(ureq::Error::Status(401, resp)) if !authed_after_challenge => {
+            };
+            match reply.status {
+                200..=399 => return Ok(reply),
+                401 if !authed_after_challenge => {
                     authed_after_challenge = true;
-                    let challenge = resp.header("WWW-Authenticate").unwrap_or("").to_string();
+                    let challenge = reply.header("WWW-Authenticate").unwrap_or_default();
+                    drop(reply);
                     let (scheme, params) = parse_challenge(&challenge);
                     let has_bearer = self.bearer.lock().expect("lock").is_some();
                     if scheme == "bearer" && self.creds.token.is_none() && !has_bearer {
@@ -390,12 +586,8 @@ impl Client {
                         },
                     });
                 }
-                Err(ureq::Error::Status(code @ (401 | 403), resp)) => {
-                    let detail = resp
-                        .into_string()
-                        .ok()
-                        .and_then(|b| oci_error(&b))
-                        .unwrap_or_default();
+                code @ (401 | 403) => {
+                    let detail = oci_error(&reply.text(64 << 10)).unwrap_or_default();
                     return Err(Error::Auth {
                         remote: self.base.clone(),
                         reason: format!("{what}: HTTP {code} {}", sanitize(&detail))
@@ -403,14 +595,14 @@ impl Client {
                             .to_string(),
                     });
                 }
-                Err(ureq::Error::Status(code, resp)) if code >= 500 && attempt < self.retries => {
-                    drop(resp);
+                code if code >= 500 && attempt < self.retries => {
+                    drop(reply);
                     attempt += 1;
+                    tracing::warn!("{}: {what}: HTTP {code}; retrying ({attempt})", self.base);
                     std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
                 }
-                Err(ureq::Error::Status(code, resp)) => {
-                    let mut body = String::new();
-                    let _ = resp.into_reader().take(64 << 10).read_to_string(&mut body);
+                code => {
+                    let body = reply.text(64 << 10);
                     let detail = oci_error(&body).unwrap_or(body);
                     return Err(Error::remote(
                         &self.base,
@@ -418,18 +610,6 @@ impl Client {
                         format!("{what}: HTTP {code} {}", sanitize(&detail))
                             .trim()
                             .to_string(),
-                    ));
-                }
-                Err(ureq::Error::Transport(t)) if attempt < self.retries => {
-                    tracing::debug!("{what}: {t}; retrying");
-                    attempt += 1;
-                    std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
-                }
-                Err(ureq::Error::Transport(t)) => {
-                    return Err(Error::remote(
-                        &self.base,
-                        None,
-                        format!("{what}: {}", sanitize(&t.to_string())),
                     ));
                 }
             }
@@ -446,6 +626,19 @@ impl Client {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+fn query_escape(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -446,24 +446,28 @@ async fn stream_body(
         .map_err(internal)?;
     let mut stream = body.into_data_stream();
     let mut written = 0u64;
-    loop {
+    let result = loop {
         match tokio::time::timeout(st.opts.idle_timeout, stream.next()).await {
-            Err(_) => return Err(body_timeout()),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(bad_body(e)),
+            Err(_) => break Err(body_timeout()),
+            Ok(None) => break Ok(written),
+            Ok(Some(Err(e))) => break Err(bad_body(e)),
             Ok(Some(Ok(chunk))) => {
                 written += chunk.len() as u64;
                 if written > limit {
-                    return Err(too_large(&format!(
+                    break Err(too_large(&format!(
                         "more than the {limit} bytes allowed here"
                     )));
                 }
-                file.write_all(&chunk).await.map_err(internal)?;
+                if let Err(e) = file.write_all(&chunk).await {
+                    break Err(internal(e));
+                }
             }
         }
-    }
+    };
+    // tokio's File writes in the background: wait for every write to land, also on
+    // the error path, so that a caller's truncate cannot run before a late write.
     file.flush().await.map_err(internal)?;
-    Ok(written)
+    result
 }
 
 /// The repositories: names with at least one tag, in order, paginated with `n` and
@@ -495,6 +499,8 @@ fn paginate(items: Vec<String>, uri: &Uri, path: &str) -> (Vec<String>, Option<S
         .filter(|i| last.as_ref().is_none_or(|l| i > l))
         .collect();
     match n {
+        // An empty page ends the listing: a `Link` back to the same query would loop.
+        Some(0) => (Vec::new(), None),
         Some(n) if after.len() > n => {
             let page: Vec<String> = after.into_iter().take(n).collect();
             let link = format!(

@@ -24,15 +24,6 @@ use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
 use crate::reference::TagName;
 use crate::store::Registry;
 
-/// Blobs larger than this go up in PATCH chunks of this size.
-pub fn chunk_size() -> usize {
-    std::env::var("VMT_PUSH_CHUNK_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(8 << 20)
-}
-
 /// Progress callbacks: `start(what, total bytes)`, `advance(bytes)`, `finish()`.
 pub trait Progress {
     /// A transfer of `total` bytes begins.
@@ -101,7 +92,33 @@ fn start_upload(
 }
 
 /// Uploads one blob, or mounts it from `mount_from` where the registry offers that.
+/// A registry that forgot the upload session (404 BLOB_UPLOAD_UNKNOWN, as after a
+/// restart) gets the blob again from the start, once.
 fn upload(
+    client: &Client,
+    repo: &str,
+    d: &Digest,
+    bytes: &[u8],
+    mount_from: Option<&str>,
+    progress: &mut dyn Progress,
+) -> Result<Sent> {
+    match upload_once(client, repo, d, bytes, mount_from, progress) {
+        Err(Error::Remote {
+            status: Some(404),
+            reason,
+            ..
+        }) => {
+            tracing::warn!(
+                "{}: upload of {d}: {reason}; the registry lost the upload session, starting this blob again",
+                client.base
+            );
+            upload_once(client, repo, d, bytes, None, progress)
+        }
+        other => other,
+    }
+}
+
+fn upload_once(
     client: &Client,
     repo: &str,
     d: &Digest,
@@ -116,7 +133,7 @@ fn upload(
         return Ok(Sent::Mounted);
     }
     let mut loc = location(&start, &client.base)?;
-    let chunk = chunk_size();
+    let chunk = client.chunk_size.max(1);
     if bytes.len() <= chunk {
         client.send(
             "PUT",

@@ -73,16 +73,18 @@ impl BlobStore {
         Ok((d, true))
     }
 
-    /// Reads a blob and checks it against its digest; `what` names it in errors.
+    /// Reads a blob (a regular file of at most [`MAX_STORED_BLOB`] bytes) and checks it
+    /// against its digest; `what` names it in errors.
     pub fn get(&self, d: &Digest, what: &str) -> Result<Vec<u8>> {
         let path = self.path(d);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingBlob {
-                digest: d.to_string(),
-                what: what.into(),
-            },
-            _ => Error::io(&path, e),
-        })?;
+        let bytes =
+            crate::file::read_limited(&path, MAX_STORED_BLOB).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingBlob {
+                    digest: d.to_string(),
+                    what: what.into(),
+                },
+                _ => Error::io(&path, e),
+            })?;
         let actual = Digest::of(&bytes);
         if actual != *d {
             return Err(Error::DigestMismatch {
@@ -182,3 +184,6 @@ impl BlobStore {
 }
 
 pub(crate) use super::tags::sync_dir;
+
+/// The largest blob read into memory (`serve` accepts at most 4 GiB).
+pub const MAX_STORED_BLOB: u64 = 16 << 30;

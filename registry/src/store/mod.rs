@@ -26,6 +26,7 @@ use crate::reference::{Reference, TagName};
 use crate::safetensors_canon::{canonical_bytes, parse};
 pub use blobs::BlobStore;
 pub use index::{Index, ManifestRecord};
+pub use tags::TagEvent;
 use tags::TagRecord;
 
 /// Test hook: when set, the process aborts after writing a bundle's blobs and before
@@ -78,6 +79,40 @@ pub struct GcEntry {
     pub reason: String,
 }
 
+/// How `gc` decides: what it may delete and whether it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcOptions {
+    /// Only report.
+    pub dry_run: bool,
+    /// Keep whatever a tag pointed to within this long (git's `gc.pruneExpire`), and
+    /// whatever a tag that vanished without `rm` points to. `None`: only the tags
+    /// now in the record count (`gc --now`).
+    pub grace: Option<std::time::Duration>,
+}
+
+/// The default grace period of `gc`: 14 days, as git's `gc.pruneExpire`.
+pub const DEFAULT_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+impl Default for GcOptions {
+    /// Deletes, with the [`DEFAULT_GC_GRACE`] period.
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            grace: Some(DEFAULT_GC_GRACE),
+        }
+    }
+}
+
+impl GcOptions {
+    /// Deletes everything no tag of the record needs, whatever the history says.
+    pub fn now() -> Self {
+        Self {
+            dry_run: false,
+            grace: None,
+        }
+    }
+}
+
 /// What `gc` removed and kept.
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
@@ -100,6 +135,9 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
     /// Blobs no manifest references (harmless; `gc` removes them).
     pub unreferenced: Vec<Digest>,
+    /// Tags whose file vanished without `rm`, with what the history says they pointed
+    /// to (also counted in `problems`).
+    pub vanished: Vec<(String, Digest)>,
 }
 
 impl VerifyReport {
@@ -225,8 +263,124 @@ impl Registry {
             let from_index: BTreeMap<String, Digest> = reg.index.tags()?.into_iter().collect();
             reg.tags.create(&from_index)?;
         }
+        if !reg.tags.has_history() {
+            reg.seed_history()?;
+        }
         reg.reconcile()?;
         Ok(reg)
+    }
+
+    /// Starts the tag history of a registry made before it: every tag of the record,
+    /// and every tag the index still knows (a tag file deleted by hand before this
+    /// version is then reported as vanished, not lost).
+    fn seed_history(&self) -> Result<()> {
+        let mut tags: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        tags.extend(self.tags.all()?);
+        let time = tags::now_secs();
+        let events: Vec<TagEvent> = tags
+            .into_iter()
+            .map(|(tag, d)| TagEvent {
+                time,
+                tag,
+                old: None,
+                new: Some(d),
+                op: "seed".into(),
+            })
+            .collect();
+        self.tags.append(&events)
+    }
+
+    /// The recorded history of every tag (or of one), oldest first.
+    pub fn tag_history(&self, tag: Option<&str>) -> Result<Vec<TagEvent>> {
+        let mut all = self.tags.history()?;
+        if let Some(t) = tag {
+            let t = TagName::parse(t)?.to_string();
+            all.retain(|e| e.tag == t);
+        }
+        Ok(all)
+    }
+
+    /// Tags whose file is gone although the history never recorded their removal
+    /// (deleted by hand, or lost), with the manifest each pointed to.
+    pub fn vanished_tags(&self) -> Result<Vec<(String, Digest)>> {
+        let record = self.tags.all()?;
+        let mut last: BTreeMap<String, Option<Digest>> = BTreeMap::new();
+        for e in self.tags.history()? {
+            last.insert(e.tag, e.new);
+        }
+        Ok(last
+            .into_iter()
+            .filter_map(|(tag, d)| Some((tag, d?)))
+            .filter(|(tag, _)| !record.contains_key(tag))
+            .collect())
+    }
+
+    /// Points `tag` again at what the history last says it pointed to: a vanished tag
+    /// at its manifest, a removed one at the manifest it had before `rm`.
+    ///
+    /// # Errors
+    /// A tag the history never saw, a tag that exists (move it with `tag`), or a
+    /// manifest whose blobs are gone.
+    pub fn restore_tag(&self, tag: &str) -> Result<Digest> {
+        let tag = TagName::parse(tag)?;
+        let key = tag.to_string();
+        if let Some(d) = self.tags.all()?.get(&key) {
+            return Err(Error::InvalidReference {
+                reference: key,
+                reason: format!("the tag exists (it points to {d}); nothing to restore"),
+            });
+        }
+        let d = self
+            .tags
+            .history()?
+            .into_iter()
+            .rev()
+            .filter(|e| e.tag == key)
+            .find_map(|e| e.new.or(e.old))
+            .ok_or_else(|| Error::InvalidReference {
+                reference: key.clone(),
+                reason: "the tag history has no record of this tag (`vmt-hub log`)".into(),
+            })?;
+        let record = match self.index.manifest(&d)? {
+            Some(r) => r,
+            None => self.record_from_blobs(&d)?,
+        };
+        self.tags.set(&key, &d, "restore")?;
+        self.index.publish(&key, &d, &record)?;
+        Ok(d)
+    }
+
+    /// Manifests the history holds: what a tag pointed to within `grace`, and what a
+    /// vanished tag points to, each with the reason.
+    fn held_by_history(&self, grace: std::time::Duration) -> Result<BTreeMap<Digest, String>> {
+        let now = tags::now_secs();
+        let record = self.tags.all()?;
+        let mut held = BTreeMap::new();
+        let mut current: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
+        for e in self.tags.history()? {
+            if let Some((d, _)) = current.remove(&e.tag) {
+                if now.saturating_sub(e.time) < grace.as_secs() {
+                    let ago = now.saturating_sub(e.time);
+                    held.entry(d).or_insert(format!(
+                        "{} pointed to it {} ago (grace period {})",
+                        e.tag,
+                        human_secs(ago),
+                        human_secs(grace.as_secs())
+                    ));
+                }
+            }
+            if let Some(d) = e.new {
+                current.insert(e.tag, (d, e.time));
+            }
+        }
+        for (tag, (d, _)) in current {
+            if record.get(&tag) != Some(&d) {
+                held.entry(d).or_insert(format!(
+                    "tag {tag} vanished without `rm` (`vmt-hub tag --restore {tag}`)"
+                ));
+            }
+        }
+        Ok(held)
     }
 
     /// Makes the index's tags equal to the tag record, recording from the blobs any
@@ -451,7 +605,7 @@ impl Registry {
     /// Points `tag` at a stored manifest: the tag record first, the index last.
     fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
-        self.tags.set(&tag_key, digest)?;
+        self.tags.set(&tag_key, digest, "set")?;
         self.index.publish(&tag_key, digest, record)?;
         Ok(())
     }
@@ -609,11 +763,18 @@ impl Registry {
     }
 
     /// Removes a tag (or every tag of a digest reference); returns the removed tags.
+    /// A vanished tag (see [`Registry::vanished_tags`]) is removed from the history's
+    /// point of view, so that `gc` may free its bundle.
     pub fn remove(&self, reference: &str) -> Result<Vec<String>> {
         let tags = match Reference::parse(reference)? {
             Reference::Tag(t) => {
+                let key = t.to_string();
+                if let Some((_, d)) = self.vanished_tags()?.into_iter().find(|(v, _)| *v == key) {
+                    self.tags.remove(&key, Some(d))?;
+                    return Ok(vec![key]);
+                }
                 self.resolve(reference)?;
-                vec![t.to_string()]
+                vec![key]
             }
             _ => {
                 let d = self.resolve(reference)?;
@@ -621,7 +782,7 @@ impl Registry {
             }
         };
         for t in &tags {
-            self.tags.remove(t)?;
+            self.tags.remove(t, None)?;
             self.index.untag(t)?;
         }
         Ok(tags)
@@ -670,13 +831,31 @@ impl Registry {
     }
 
     /// Deletes every blob that no tagged bundle needs (or only lists them), and
-    /// abandoned upload sessions of `serve`.
+    /// abandoned upload sessions of `serve`. With a grace period, a bundle some tag
+    /// pointed to within it, or that a vanished tag points to, is kept too (see
+    /// [`GcOptions`]).
     ///
     /// # Errors
     /// Refuses (deleting nothing) while the index disagrees with the tag record or a
     /// tagged manifest is missing or corrupt.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let keep = self.reachable()?;
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let dry_run = opts.dry_run;
+        let mut keep = self.reachable()?;
+        if let Some(grace) = opts.grace {
+            for (d, why) in self.held_by_history(grace)? {
+                // A held manifest whose blobs are gone holds nothing more.
+                let Ok(m) = self.manifest(&d) else { continue };
+                keep.entry(d).or_default().push(format!("manifest: {why}"));
+                keep.entry(m.config.digest)
+                    .or_default()
+                    .push(format!("config: {why}"));
+                for layer in &m.layers {
+                    keep.entry(layer.digest)
+                        .or_default()
+                        .push(format!("{}: {why}", layer.title().unwrap_or("?")));
+                }
+            }
+        }
         let known: BTreeSet<Digest> = self
             .index
             .manifests()?
@@ -756,6 +935,16 @@ impl Registry {
             None => self.tags.all()?.into_iter().collect(),
         };
         let mut seen = BTreeSet::new();
+        if reference.is_none() {
+            for (tag, d) in self.vanished_tags()? {
+                report.problems.push(format!(
+                    "tag {tag} vanished from the tag record without `vmt-hub rm` (it pointed \
+                     to {d}): `vmt-hub tag --restore {tag}` brings it back, `vmt-hub rm {tag}` \
+                     lets gc free it"
+                ));
+                report.vanished.push((tag, d));
+            }
+        }
         for (label, d) in &targets {
             let Some(mbytes) = self.check_blob(&mut report, &mut seen, label, "manifest", d) else {
                 continue;
@@ -881,6 +1070,16 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     }
     report.tags = reg.index.tags()?;
     Ok(report)
+}
+
+/// `90 s`, `5 min`, `3 h`, `14 days`.
+fn human_secs(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
 }
 
 /// A bundle config as pretty JSON for `show`.

@@ -7,6 +7,13 @@
 //! Names are hashed into file names because `name:tag` can be longer than a file name
 //! and contain `/`; the file repeats the tag, and a file whose tag does not hash to its
 //! name is reported, never trusted.
+//!
+//! Beside it, `tags.log` is the history of every change to a tag, as git's reflog is
+//! for refs: one JSON line per change (`{"time","tag","old","new","op"}`), appended
+//! and fsynced *before* the tag file changes, never rewritten. A torn last line (a
+//! crash mid-append) is skipped on reading. `gc` keeps what any tag pointed to within a
+//! grace period, and a tag whose file vanished without `rm` is still known here: it is
+//! reported and can be restored.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +28,35 @@ use crate::reference::TagName;
 /// The folder of tag files under a registry root.
 pub const TAGS_DIR: &str = "tags";
 
+/// The tag history under a registry root.
+pub const HISTORY_FILE: &str = "tags.log";
+
+/// The largest tag history read (about two million changes).
+const MAX_HISTORY_BYTES: u64 = 512 << 20;
+
+/// One change of a tag, as recorded in `tags.log`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagEvent {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// `name:tag`.
+    pub tag: String,
+    /// The manifest it pointed to before (none: the tag did not exist).
+    pub old: Option<Digest>,
+    /// The manifest it points to after (none: the tag was removed).
+    pub new: Option<Digest>,
+    /// What made the change: `set`, `rm`, `restore`, or `seed` (a registry made before
+    /// the history existed records its tags once).
+    pub op: String,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TagFile {
     tag: String,
@@ -32,6 +68,7 @@ struct TagFile {
 pub(crate) struct TagRecord {
     dir: PathBuf,
     tmp: PathBuf,
+    history: PathBuf,
 }
 
 impl TagRecord {
@@ -40,6 +77,7 @@ impl TagRecord {
         Self {
             dir: root.join(TAGS_DIR),
             tmp: root.join("tmp"),
+            history: root.join(HISTORY_FILE),
         }
     }
 
@@ -58,9 +96,10 @@ impl TagRecord {
         let staged = Self {
             dir: staging.path().into(),
             tmp: self.tmp.clone(),
+            history: staging.path().join(HISTORY_FILE),
         };
         for (tag, d) in tags {
-            staged.set(tag, d)?;
+            staged.write_file(tag, d)?;
         }
         let path = staging.keep();
         std::fs::rename(&path, &self.dir).map_err(|e| Error::io(&self.dir, e))?;
@@ -72,8 +111,23 @@ impl TagRecord {
         self.dir.join(Digest::of(tag.as_bytes()).hex())
     }
 
-    /// Points `tag` at `d`, durably (temp file, fsync, rename, fsync of the folder).
-    pub(crate) fn set(&self, tag: &str, d: &Digest) -> Result<()> {
+    /// Points `tag` at `d`, durably: the history first, then the tag file (temp file,
+    /// fsync, rename, fsync of the folder).
+    pub(crate) fn set(&self, tag: &str, d: &Digest, op: &str) -> Result<()> {
+        let old = self.get(tag)?;
+        if old != Some(*d) {
+            self.append(&[TagEvent {
+                time: now_secs(),
+                tag: tag.into(),
+                old,
+                new: Some(*d),
+                op: op.into(),
+            }])?;
+        }
+        self.write_file(tag, d)
+    }
+
+    fn write_file(&self, tag: &str, d: &Digest) -> Result<()> {
         let body = serde_json::to_vec(&TagFile {
             tag: tag.into(),
             manifest: *d,
@@ -89,8 +143,33 @@ impl TagRecord {
         Ok(())
     }
 
-    /// Removes `tag` durably; absent is fine.
-    pub(crate) fn remove(&self, tag: &str) -> Result<()> {
+    /// The manifest `tag` points to, from its file.
+    fn get(&self, tag: &str) -> Result<Option<Digest>> {
+        let path = self.path(tag);
+        match self.read_file(&path) {
+            Ok(f) => Ok(Some(f.manifest)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `tag` durably (the history first); absent is fine.
+    pub(crate) fn remove(&self, tag: &str, old: Option<Digest>) -> Result<()> {
+        let old = match self.get(tag)? {
+            Some(d) => Some(d),
+            None => old,
+        };
+        if old.is_some() {
+            self.append(&[TagEvent {
+                time: now_secs(),
+                tag: tag.into(),
+                old,
+                new: None,
+                op: "rm".into(),
+            }])?;
+        }
         let path = self.path(tag);
         match std::fs::remove_file(&path) {
             Ok(()) => {
@@ -102,6 +181,79 @@ impl TagRecord {
         }
     }
 
+    /// Whether the history file exists (registries made before it have none).
+    pub(crate) fn has_history(&self) -> bool {
+        self.history.exists()
+    }
+
+    /// Appends events to the history, durably (one write, then fsync).
+    pub(crate) fn append(&self, events: &[TagEvent]) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut text = String::new();
+        for e in events {
+            text.push_str(&serde_json::to_string(e).expect("event serialises"));
+            text.push('\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.history)
+            .map_err(|e| Error::io(&self.history, e))?;
+        let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if !regular {
+            return Err(Error::io(
+                &self.history,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            ));
+        }
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io(&self.history, e))?;
+        sync_dir(self.history.parent().unwrap_or(Path::new(".")));
+        Ok(())
+    }
+
+    /// Every change recorded, oldest first. Lines that do not parse (a torn last line
+    /// after a crash) are skipped with a warning.
+    pub(crate) fn history(&self) -> Result<Vec<TagEvent>> {
+        let bytes = match crate::file::read_limited(&self.history, MAX_HISTORY_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.history, e)),
+        };
+        let mut out = Vec::new();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<TagEvent>(line) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::warn!("{}: line {} skipped: {e}", self.history.display(), i + 1),
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_file(&self, path: &Path) -> Result<TagFile> {
+        let bytes = crate::file::read_limited(path, 4096).map_err(|err| Error::io(path, err))?;
+        let damaged = |reason: String| Error::Corrupt {
+            what: format!("tag record {}", path.display()),
+            reason,
+        };
+        let file: TagFile =
+            serde_json::from_slice(&bytes).map_err(|err| damaged(err.to_string()))?;
+        if TagName::parse(&file.tag).map(|t| t.to_string()).ok() != Some(file.tag.clone())
+            || self.path(&file.tag) != path
+        {
+            return Err(damaged(format!(
+                "names tag {:?}, which is not the tag this file stands for",
+                file.tag
+            )));
+        }
+        Ok(file)
+    }
+
     /// Every tag with its manifest. A file that cannot be read, does not parse, or
     /// whose tag does not hash to its name is an error naming the file: the record is
     /// the truth, so a damaged one stops whoever would act on it.
@@ -110,23 +262,7 @@ impl TagRecord {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         for e in entries {
             let e = e.map_err(|e| Error::io(&self.dir, e))?;
-            let path = e.path();
-            let bytes = crate::bundle::dir::read_bounded(&path, 4096)
-                .map_err(|err| Error::io(&path, err))?;
-            let damaged = |reason: String| Error::Corrupt {
-                what: format!("tag record {}", path.display()),
-                reason,
-            };
-            let file: TagFile =
-                serde_json::from_slice(&bytes).map_err(|err| damaged(err.to_string()))?;
-            if TagName::parse(&file.tag).map(|t| t.to_string()).ok() != Some(file.tag.clone())
-                || self.path(&file.tag) != path
-            {
-                return Err(damaged(format!(
-                    "names tag {:?}, which is not the tag this file stands for",
-                    file.tag
-                )));
-            }
+            let file = self.read_file(&e.path())?;
             out.insert(file.tag, file.manifest);
         }
         Ok(out)
