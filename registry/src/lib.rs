@@ -4,7 +4,7 @@
 //! - [`bundle`]: `bundle.json`, the tensor naming scheme, exported directories;
 //! - [`safetensors_canon`]: canonical safetensors bytes (same tensors, same digest);
 //! - [`digest`], [`oci`], [`reference`](mod@reference): digests, OCI manifests, bundle references;
-//! - [`file`]: reading only regular files within a limit, writing by temp file and rename;
+//! - [`file`](mod@file): reading only regular files within a limit, writing by temp file and rename;
 //! - [`store`]: the local registry (blobs on disk, tag record, sled index);
 //! - [`compose`]: merge, drop-task, rename-task and diff over stored bundles;
 //! - [`remote`]: push, pull and `serve` over the OCI Distribution API.
