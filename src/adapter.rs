@@ -84,7 +84,7 @@ pub fn read_bundle(source: &BundleSource) -> anyhow::Result<LoadedBundle> {
             digest: None,
         }),
         BundleSource::Registry { root, reference } => {
-            let reg = Registry::open(root)?;
+            let reg = Registry::open_existing(root)?;
             let d = reg.resolve(reference)?;
             Ok(LoadedBundle {
                 bundle: reg.load(&d)?,

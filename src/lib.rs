@@ -23,6 +23,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod forward;
+pub mod fuzz;
 pub mod model;
 pub mod predict;
 pub mod tasks;

@@ -125,6 +125,9 @@ fn bad_bundles_are_refused_and_nothing_is_written() {
     );
 
     assert_eq!(blob_files(&root), 0, "a refused import writes no blob");
+    assert!(!root.exists(), "a refused import created the registry");
+    fails(&root, &["list"], &["no registry here"]);
+    std::fs::create_dir_all(&root).unwrap();
     assert!(!ok(&root, &["list"]).contains("x:1"));
     fails(
         &root,

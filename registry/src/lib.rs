@@ -7,6 +7,7 @@
 //! - [`file`](mod@file): reading only regular files within a limit, writing by temp file and rename;
 //! - [`store`]: the local registry (blobs on disk, tag record, sled index);
 //! - [`compose`]: merge, drop-task, rename-task and diff over stored bundles;
+//! - [`fuzz`]: the parsers' fuzz entry points (`fuzz/` in the repository);
 //! - [`remote`]: push, pull and `serve` over the OCI Distribution API.
 
 pub mod bundle;
@@ -14,6 +15,7 @@ pub mod compose;
 pub mod digest;
 pub mod error;
 pub mod file;
+pub mod fuzz;
 pub mod oci;
 pub mod reference;
 pub mod remote;

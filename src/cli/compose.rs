@@ -82,7 +82,7 @@ pub fn rename_task(root: Option<&Path>, a: RenameTaskArgs) -> anyhow::Result<()>
 }
 
 pub fn diff(root: Option<&Path>, a: &str, b: &str) -> anyhow::Result<()> {
-    let d = compose::diff(&open(root)?, a, b)?;
+    let d = compose::diff(&super::registry::open_existing(root)?, a, b)?;
     let show = |v: &Option<serde_json::Value>| {
         v.as_ref()
             .map(|v| v.to_string())

@@ -35,7 +35,8 @@ pub(crate) enum Command {
     /// The whole story with nothing downloaded: synthesise scenes, train four tasks on
     /// the built-in random:tiny backbone, evaluate, draw predictions.
     Demo(demo::DemoArgs),
-    /// Datasets: `data synth` writes a procedural one.
+    /// Datasets: `data synth` writes a procedural one, `data import` converts
+    /// PASCAL-Context or NYUD-v2 as distributed.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Backbones from the Hugging Face Hub.

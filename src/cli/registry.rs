@@ -9,10 +9,18 @@ use vmt_registry::reference::TagName;
 use vmt_registry::store::{config_value, default_root, rebuild_index};
 use vmt_registry::Registry;
 
-/// Opens the registry chosen by `--registry` / `VMT_HOME`.
+/// Opens the registry chosen by `--registry` / `VMT_HOME`, creating it: for commands
+/// that write.
 pub fn open(root: Option<&Path>) -> anyhow::Result<Registry> {
     let root = root.map(PathBuf::from).unwrap_or_else(default_root);
     Ok(Registry::open(&root)?)
+}
+
+/// Opens an existing registry: for commands that only read, so that a mistyped
+/// `--registry` is an error, not a new empty registry.
+pub fn open_existing(root: Option<&Path>) -> anyhow::Result<Registry> {
+    let root = root.map(PathBuf::from).unwrap_or_else(default_root);
+    Ok(Registry::open_existing(&root)?)
 }
 
 /// Human-readable byte counts.
@@ -61,7 +69,7 @@ pub struct ExportArgs {
 }
 
 pub fn export(root: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
-    let reg = open(root)?;
+    let reg = open_existing(root)?;
     let d = reg.resolve(&args.reference)?;
     let bundle = reg.load(&d)?;
     bundle.write(&args.dir)?;
@@ -70,7 +78,7 @@ pub fn export(root: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
 }
 
 pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
-    let reg = open(root)?;
+    let reg = open_existing(root)?;
     let rows = reg.list()?;
     for (tag, d) in reg.vanished_tags()? {
         eprintln!(
@@ -106,7 +114,12 @@ pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
         families.entry(key).or_default().push(r);
     }
     for (shared, members) in families {
-        println!("shared {shared} ({} bundle(s))", members.len());
+        let bundles: std::collections::BTreeSet<_> = members.iter().map(|r| r.digest).collect();
+        println!(
+            "shared {shared} ({} bundle(s), {} tag(s))",
+            bundles.len(),
+            members.len()
+        );
         for r in members {
             line(r, "  ");
         }
@@ -191,7 +204,7 @@ fn print_lineage(reg: &vmt_registry::Registry, d: &vmt_registry::Digest) -> anyh
 }
 
 pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
-    let reg = open(root)?;
+    let reg = open_existing(root)?;
     let d = reg.resolve(reference)?;
     let manifest = reg.manifest(&d)?;
     let bundle = reg.load(&d)?;
@@ -273,7 +286,7 @@ pub fn tag(root: Option<&Path>, args: TagArgs) -> anyhow::Result<()> {
 }
 
 pub fn log(root: Option<&Path>, tag: Option<&str>) -> anyhow::Result<()> {
-    let reg = open(root)?;
+    let reg = open_existing(root)?;
     let short = |d: &Option<vmt_registry::Digest>| d.map_or("-".to_string(), |d| d.short());
     for e in reg.tag_history(tag)? {
         println!(
@@ -370,7 +383,8 @@ pub fn gc(root: Option<&Path>, args: GcArgs) -> anyhow::Result<()> {
 pub struct VerifyArgs {
     /// Only this bundle (default: every bundle and every blob).
     pub reference: Option<String>,
-    /// Rebuild the index from the blobs (after it was lost or corrupted).
+    /// Rebuild the index from the tag record and the manifests (after it was lost or
+    /// corrupted).
     #[arg(long)]
     pub rebuild_index: bool,
 }
@@ -392,7 +406,7 @@ pub fn verify(root: Option<&Path>, args: VerifyArgs) -> anyhow::Result<()> {
             println!("  skipped {s}");
         }
     }
-    let reg = open(root)?;
+    let reg = open_existing(root)?;
     let report = reg.verify(args.reference.as_deref())?;
     for p in &report.problems {
         println!("PROBLEM {p}");

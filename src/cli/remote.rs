@@ -178,7 +178,7 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
     {
         client.chunk_size = n;
     }
-    let reg = super::registry::open(root)?;
+    let reg = super::registry::open_existing(root)?;
     let r = push(
         &reg,
         &a.reference,

@@ -33,8 +33,10 @@ pub struct RunArgs {
     /// Warm-up steps (default: 5% of --steps).
     #[arg(long)]
     pub warmup: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    pub image_size: usize,
+    /// Square image size in pixels (train: 64; add-task: the size the bundle was
+    /// trained at).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Clip the global gradient norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub clip_grad: f64,
@@ -129,6 +131,29 @@ fn parse_weights(items: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
         .collect()
 }
 
+/// The image size of `train` when `--image-size` is not given.
+const DEFAULT_IMAGE_SIZE: usize = 64;
+
+/// The image size a command that runs a stored bundle uses: `--image-size` if given,
+/// else the size the bundle was trained at, else [`DEFAULT_IMAGE_SIZE`]; said on stderr.
+fn image_size_for(flag: Option<usize>, config: &vmt_registry::bundle::BundleConfig) -> usize {
+    if let Some(s) = flag {
+        return s;
+    }
+    match config.provenance().and_then(|p| p.image_size) {
+        Some(s) => {
+            eprintln!("image size {s} (the bundle was trained at it; --image-size overrides)");
+            s
+        }
+        None => {
+            eprintln!(
+                "image size {DEFAULT_IMAGE_SIZE} (the bundle records none; --image-size overrides)"
+            );
+            DEFAULT_IMAGE_SIZE
+        }
+    }
+}
+
 /// Options of a run, before the model-specific fields are filled in.
 fn run_options(
     run: &RunArgs,
@@ -150,7 +175,7 @@ fn run_options(
         lr: run.lr,
         weight_decay: run.weight_decay,
         warmup: run.warmup,
-        image_size: run.image_size,
+        image_size: run.image_size.unwrap_or(DEFAULT_IMAGE_SIZE),
         clip_grad: (run.clip_grad > 0.0).then_some(run.clip_grad),
         seed: run.seed,
         workers: run.workers,
@@ -224,9 +249,15 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
     let dataset = Dataset::open(&a.data)?;
     let mut names = Vec::new();
     for entry in &a.tasks {
-        let spec = &crate::tasks::parse_tasks(entry)
-            .ok()
-            .and_then(|v| v.into_iter().next());
+        let spec = if entry.contains(':') {
+            crate::tasks::parse_tasks(entry)
+                .with_context(|| format!("--task {entry}"))?
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
+        let spec = &spec;
         let name = entry.split(':').next().unwrap_or(entry);
         let have = dataset.require_task(name)?;
         if entry.contains(':') {
@@ -248,6 +279,7 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
         super::forward::backbone_arg(a.backbone.as_deref())?.as_ref(),
     )?;
     let mut opts = run_options(&a.run, &tag, a.data, names, backbone.to_string());
+    opts.image_size = image_size_for(a.run.image_size, &loaded.bundle.config);
     opts.base = Some(Base {
         bundle: loaded.bundle,
         parent: loaded.digest,
@@ -271,8 +303,9 @@ pub struct EvalArgs {
     /// PASCAL-Context), an `eval --json` report, or a file {"task": value}.
     #[arg(long)]
     pub baseline: Option<String>,
-    #[arg(long, default_value_t = 64)]
-    pub image_size: usize,
+    /// Square image size in pixels (default: the size the bundle was trained at).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     #[arg(long)]
@@ -355,7 +388,8 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     )?;
     let backbone = Backbone::open(&spec, &device)?;
     let model = build_model(&loaded, &backbone)?;
-    let mut report = evaluate(&model, dataset, &a.split, a.image_size, a.batch, 2)?;
+    let size = image_size_for(a.image_size, &loaded.bundle.config);
+    let mut report = evaluate(&model, dataset, &a.split, size, a.batch, 2)?;
     if let Some(b) = &a.baseline {
         report = report.with_baseline(&read_baseline(b)?);
     }

@@ -188,16 +188,20 @@ impl From<MatError> for super::DataError {
     }
 }
 
-/// Reads every variable of a MAT-file.
+/// The largest MAT-file read (PASCAL-Context's and NYUD-v2's are a few MiB at most).
+pub const MAX_MAT_BYTES: u64 = 1 << 30;
+
+/// Reads every variable of a MAT-file (a regular file of at most [`MAX_MAT_BYTES`]).
 ///
 /// # Errors
 /// [`MatError::Io`] when the file cannot be read, [`MatError::Format`] when it is not a
 /// level-5 MAT-file or holds a structure this reader does not handle.
 pub fn read(path: &Path) -> Result<BTreeMap<String, MatValue>, MatError> {
-    let bytes = std::fs::read(path).map_err(|e| MatError::Io {
-        path: path.into(),
-        source: e,
-    })?;
+    let bytes =
+        vmt_registry::file::read_limited(path, MAX_MAT_BYTES).map_err(|e| MatError::Io {
+            path: path.into(),
+            source: e,
+        })?;
     parse(&bytes).map_err(|reason| MatError::Format {
         path: path.into(),
         reason,

@@ -109,10 +109,11 @@ impl Dataset {
     /// Opens and checks a dataset folder (`dataset.json`, `images/`, one folder per task).
     pub fn open(root: &Path) -> Result<Self, DataError> {
         let path = root.join("dataset.json");
-        let bytes = std::fs::read(&path).map_err(|e| DataError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let bytes =
+            vmt_registry::file::read_limited(&path, 16 << 20).map_err(|e| DataError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
         let info: DatasetInfo =
             serde_json::from_slice(&bytes).map_err(|e| invalid(&path, e.to_string()))?;
         if info.tasks.is_empty() {

@@ -252,6 +252,20 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
             opts.run_dir.join("checkpoints").display()
         );
     }
+    // A fresh run never mixes with an old one: a folder holding a run's checkpoints is
+    // refused; one left by a run that failed before its first checkpoint starts clean.
+    if !opts.resume {
+        let checkpoints = opts.run_dir.join("checkpoints");
+        let holds_run = std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some());
+        if holds_run {
+            bail!(
+                "run directory {} holds a run already: continue it with --resume, or \
+                 choose another with --run-dir (or remove it)",
+                opts.run_dir.display()
+            );
+        }
+        let _ = std::fs::remove_file(opts.run_dir.join("metrics.jsonl"));
+    }
     // Fresh values; for add-task, the base's shared adapter in place of fresh ones.
     let mut initial = init_bundle(&config, opts.seed);
     if let Some(base) = &opts.base {

@@ -289,7 +289,7 @@ pub struct Client {
 }
 
 /// `Bearer realm="...",service="...",scope="..."` -> (scheme, params).
-fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
+pub(crate) fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
     let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
     let mut params = Vec::new();
     let mut rest = rest.trim();

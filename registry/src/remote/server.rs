@@ -247,7 +247,8 @@ pub fn serve_blocking(
 }
 
 /// What a `/v2/...` path asks for.
-enum Route {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
     Base,
     Catalog,
     Tags(String),
@@ -258,7 +259,7 @@ enum Route {
 }
 
 impl Route {
-    fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         match self {
             Route::Base | Route::Catalog => None,
             Route::Tags(n)
@@ -270,7 +271,8 @@ impl Route {
     }
 }
 
-fn route(path: &str) -> Option<Route> {
+/// The API route a request path names, if any.
+pub(crate) fn route(path: &str) -> Option<Route> {
     let rest = path.strip_prefix("/v2")?;
     if rest.is_empty() || rest == "/" {
         return Some(Route::Base);
@@ -830,7 +832,12 @@ fn release(st: &ServerState, id: &str, size: u64) {
 
 /// `Content-Range: <start>-<end>`.
 fn content_range(headers: &HeaderMap) -> Option<Option<(u64, u64)>> {
-    let v = headers.get("Content-Range")?.to_str().ok()?;
+    parse_content_range(headers.get("Content-Range")?.to_str().ok()?)
+}
+
+/// `[bytes ]<start>-<end>[/<total>]`: None when absent or not a range at all, `Some(None)`
+/// when the numbers do not parse.
+pub(crate) fn parse_content_range(v: &str) -> Option<Option<(u64, u64)>> {
     let v = v
         .trim()
         .trim_start_matches("bytes ")

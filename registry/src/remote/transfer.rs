@@ -69,6 +69,13 @@ fn location(reply: &super::client::Reply, remote: &str) -> Result<String> {
         .ok_or_else(|| Error::remote(remote, None, "upload answer has no Location header"))
 }
 
+/// The offset after an upload's `Range: 0-<last>`, if it parses.
+pub(crate) fn range_end(range: &str) -> Option<usize> {
+    let (_, last) = range.trim().split_once('-')?;
+    let last: usize = last.trim().parse().ok()?;
+    last.checked_add(1)
+}
+
 /// How a blob got to the remote.
 enum Sent {
     Uploaded,
@@ -175,10 +182,9 @@ fn upload_once(
                     Ok(status) => {
                         offset = status
                             .header("Range")
-                            .and_then(|r| {
-                                r.split_once('-').and_then(|(_, e)| e.parse::<usize>().ok())
-                            })
-                            .map_or(0, |last| last + 1);
+                            .and_then(|r| range_end(&r))
+                            .filter(|&end| end <= bytes.len())
+                            .unwrap_or(0);
                         if let Some(l) = status.header("Location") {
                             loc = l;
                         }

@@ -26,8 +26,8 @@ use crate::reference::{Reference, TagName};
 use crate::safetensors_canon::{canonical_bytes, parse};
 pub use blobs::BlobStore;
 pub use index::{Index, ManifestRecord};
-pub use tags::TagEvent;
 use tags::TagRecord;
+pub use tags::{parse_history, parse_tag_file, TagEvent};
 
 /// Test hook: when set, the process aborts after writing a bundle's blobs and before
 /// updating the index, as a crash would.
@@ -268,6 +268,21 @@ impl Registry {
         }
         reg.reconcile()?;
         Ok(reg)
+    }
+
+    /// Opens the registry at `root` only if its folder exists: for what only reads, so
+    /// that a mistyped path is an error instead of a new, empty registry.
+    ///
+    /// # Errors
+    /// [`Error::MissingFile`] naming `root` when it is not a folder; then as [`Registry::open`].
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::MissingFile {
+                path: root.into(),
+                what: "no registry here: the folder does not exist (commands that only read never create one)",
+            });
+        }
+        Self::open(root)
     }
 
     /// Starts the tag history of a registry made before it: every tag of the record,
@@ -912,11 +927,16 @@ impl Registry {
         what: &str,
         digest: &Digest,
     ) -> Option<Vec<u8>> {
-        report.blobs_checked += 1;
-        seen.insert(*digest);
+        // Counted once however many bundles share it (but checked for each).
+        let first = seen.insert(*digest);
+        if first {
+            report.blobs_checked += 1;
+        }
         match self.blobs.get(digest, what) {
             Ok(b) => {
-                report.bytes_checked += b.len() as u64;
+                if first {
+                    report.bytes_checked += b.len() as u64;
+                }
                 Some(b)
             }
             Err(e) => {

@@ -214,44 +214,25 @@ impl TagRecord {
         Ok(())
     }
 
-    /// Every change recorded, oldest first. Lines that do not parse (a torn last line
-    /// after a crash) are skipped with a warning.
+    /// Every change recorded, oldest first (see [`parse_history`]).
     pub(crate) fn history(&self) -> Result<Vec<TagEvent>> {
-        let bytes = match crate::file::read_limited(&self.history, MAX_HISTORY_BYTES) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&self.history, e)),
-        };
-        let mut out = Vec::new();
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            match serde_json::from_slice::<TagEvent>(line) {
-                Ok(e) => out.push(e),
-                Err(e) => tracing::warn!("{}: line {} skipped: {e}", self.history.display(), i + 1),
-            }
+        match crate::file::read_limited(&self.history, MAX_HISTORY_BYTES) {
+            Ok(b) => Ok(parse_history(&b, &self.history)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(&self.history, e)),
         }
-        Ok(out)
     }
 
     fn read_file(&self, path: &Path) -> Result<TagFile> {
         let bytes = crate::file::read_limited(path, 4096).map_err(|err| Error::io(path, err))?;
-        let damaged = |reason: String| Error::Corrupt {
-            what: format!("tag record {}", path.display()),
-            reason,
-        };
-        let file: TagFile =
-            serde_json::from_slice(&bytes).map_err(|err| damaged(err.to_string()))?;
-        if TagName::parse(&file.tag).map(|t| t.to_string()).ok() != Some(file.tag.clone())
-            || self.path(&file.tag) != path
-        {
-            return Err(damaged(format!(
-                "names tag {:?}, which is not the tag this file stands for",
-                file.tag
-            )));
+        let (tag, manifest) = parse_tag_file(&bytes, path)?;
+        if self.path(&tag) != path {
+            return Err(Error::Corrupt {
+                what: format!("tag record {}", path.display()),
+                reason: format!("names tag {tag:?}, which is not the tag this file stands for"),
+            });
         }
-        Ok(file)
+        Ok(TagFile { tag, manifest })
     }
 
     /// Every tag with its manifest. A file that cannot be read, does not parse, or
@@ -267,6 +248,41 @@ impl TagRecord {
         }
         Ok(out)
     }
+}
+
+/// The events of a tag history file, oldest first. Lines that do not parse (a torn
+/// last line after a crash) are skipped with a warning naming `origin` and the line.
+pub fn parse_history(bytes: &[u8], origin: &Path) -> Vec<TagEvent> {
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<TagEvent>(line) {
+            Ok(e) => out.push(e),
+            Err(e) => tracing::warn!("{}: line {} skipped: {e}", origin.display(), i + 1),
+        }
+    }
+    out
+}
+
+/// A tag file's `(name:tag, manifest)`; the tag must be a valid, normalised `NAME:TAG`.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `origin` for anything else.
+pub fn parse_tag_file(bytes: &[u8], origin: &Path) -> Result<(String, Digest)> {
+    let damaged = |reason: String| Error::Corrupt {
+        what: format!("tag record {}", origin.display()),
+        reason,
+    };
+    let file: TagFile = serde_json::from_slice(bytes).map_err(|err| damaged(err.to_string()))?;
+    if TagName::parse(&file.tag).map(|t| t.to_string()).ok() != Some(file.tag.clone()) {
+        return Err(damaged(format!(
+            "names tag {:?}, which is not valid",
+            file.tag
+        )));
+    }
+    Ok((file.tag, file.manifest))
 }
 
 /// Makes a rename or removal durable (best effort: not every filesystem supports it).

@@ -121,14 +121,42 @@ impl Layout for Nyud {
     }
 }
 
-/// A C-order float32 or float64 `.npy` array as `(shape, values)`.
+/// The largest `.npy` read: a float64 array of 4096 x 4096 x 3 and its header.
+const MAX_NPY_BYTES: u64 = (4096 * 4096 * 3 * 8) + (1 << 20);
+
+/// A C-order float32 or float64 `.npy` array as `(shape, values)`: a regular file of at
+/// most [`MAX_NPY_BYTES`].
 fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-        path: path.into(),
-        source: e,
-    })?;
+    let bytes =
+        vmt_registry::file::read_limited(path, MAX_NPY_BYTES).map_err(|e| DataError::Io {
+            path: path.into(),
+            source: e,
+        })?;
+    parse_npy(&bytes, path)
+}
+
+/// [`read_npy`] of bytes; `path` names them in errors.
+pub(crate) fn parse_npy(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<f64>), DataError> {
+    // npyz allocates the header length the file declares before reading it: check it
+    // against the bytes there are first (a 28-byte file declaring a 2.4 GB header was
+    // an out-of-memory, found by the `npy` fuzz target).
+    let declared = match bytes.get(6) {
+        Some(1) => bytes
+            .get(8..10)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize + 10),
+        Some(2 | 3) => bytes
+            .get(8..12)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize + 12),
+        _ => None,
+    };
+    if bytes.starts_with(b"\x93NUMPY") && declared.is_none_or(|end| end > bytes.len()) {
+        return Err(invalid(
+            path,
+            "not a readable .npy array: its header is longer than the file",
+        ));
+    }
     let bad = |e: std::io::Error| invalid(path, format!("not a readable .npy array: {e}"));
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;
+    let npy = npyz::NpyFile::new(bytes).map_err(bad)?;
     if npy.order() != npyz::Order::C {
         return Err(invalid(path, "a Fortran-order array; save it in C order"));
     }

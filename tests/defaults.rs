@@ -1,0 +1,168 @@
+//! Defaults a user following the guide relies on: commands that run a stored bundle use
+//! the image size it was trained at; a run directory that holds a run is never mixed
+//! with a new one; a read-only command on a registry folder that does not exist says
+//! so instead of creating an empty registry.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{output_without_panic, vmt_hub_command};
+use vmt_hub::data::synth::synthesize;
+
+fn vmt_hub(root: &Path, args: &[&str]) -> Output {
+    output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
+}
+
+fn ok(root: &Path, args: &[&str]) -> (String, String) {
+    let o = vmt_hub(root, args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{args:?}: {err}");
+    (out, err)
+}
+
+fn train(root: &Path, data: &Path, run: &Path, size: Option<&str>, tag: &str) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--tasks",
+        "semseg,sal",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--quiet",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--tag",
+        tag,
+    ];
+    if let Some(s) = size {
+        args.extend(["--image-size", s]);
+    }
+    vmt_hub(root, &args)
+}
+
+#[test]
+fn eval_and_add_task_use_the_image_size_the_bundle_was_trained_at() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let data = tmp.path().join("data");
+    synthesize(&data, 8, 48, 1).unwrap();
+    let o = train(&root, &data, &tmp.path().join("run"), Some("48"), "s:v1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let d = data.to_str().unwrap();
+    let (out, err) = ok(&root, &["eval", "s:v1", "--data", d]);
+    assert!(err.contains("image size 48"), "{err}");
+    assert!(out.contains("48x48"), "{out}");
+    // A flag still overrides.
+    let (out, _) = ok(&root, &["eval", "s:v1", "--data", d, "--image-size", "32"]);
+    assert!(out.contains("32x32"), "{out}");
+
+    let run2 = tmp.path().join("run2");
+    let (_, err) = ok(
+        &root,
+        &[
+            "add-task",
+            "s:v1",
+            "--task",
+            "normals",
+            "--data",
+            d,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--quiet",
+            "--run-dir",
+            run2.to_str().unwrap(),
+            "--tag",
+            "s:v2",
+        ],
+    );
+    assert!(err.contains("image size 48"), "{err}");
+    let out = tmp.path().join("out");
+    ok(&root, &["export", "s:v2", out.to_str().unwrap()]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(config["provenance"]["image_size"], 48, "{config}");
+}
+
+#[test]
+fn add_task_refuses_a_task_spec_that_does_not_parse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let data = tmp.path().join("data");
+    synthesize(&data, 4, 32, 1).unwrap();
+    let o = vmt_hub(
+        &root,
+        &[
+            "add-task",
+            "nothing:v1",
+            "--task",
+            "human_parts:segmentaton:7",
+            "--data",
+            data.to_str().unwrap(),
+            "--tag",
+            "x:v1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("segmentaton"), "{err}");
+}
+
+#[test]
+fn a_run_directory_that_holds_a_run_is_refused_without_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let data = tmp.path().join("data");
+    synthesize(&data, 4, 32, 1).unwrap();
+    let run = tmp.path().join("run");
+    let first = train(&root, &data, &run, Some("32"), "r:v1");
+    assert!(first.status.success());
+    let before: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let again = train(&root, &data, &run, Some("32"), "r:v2");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "a second run mixed into {run:?}");
+    assert!(err.contains("--resume") && err.contains("run"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "the old run's checkpoints changed");
+    assert!(
+        run.join("metrics.jsonl").exists(),
+        "the old run's metrics were removed"
+    );
+    let (list, _) = ok(&root, &["list"]);
+    assert!(!list.contains("r:v2"), "{list}");
+}
+
+#[test]
+fn a_read_command_on_a_missing_registry_names_it_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("typo");
+    for args in [
+        &["list"][..],
+        &["show", "a:v1"],
+        &["verify"],
+        &["log"],
+        &["export", "a:v1", "/tmp/never-written"],
+    ] {
+        let o = vmt_hub(&typo, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(typo.to_str().unwrap()), "{args:?}: {err}");
+        assert!(!typo.exists(), "{args:?} created the registry");
+    }
+}
