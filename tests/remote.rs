@@ -974,3 +974,63 @@ fn a_bundle_pushed_by_oras_py_pulls() {
         "the pulled bundle is the pushed one"
     );
 }
+
+#[test]
+fn the_cli_works_in_a_registry_while_serve_serves_it() {
+    // `serve` lets go of the registry between requests: imports, tags and a push from
+    // the served registry succeed while a client keeps pulling from the server, and
+    // everything each side wrote is there afterwards.
+    let tmp = tempfile::tempdir().unwrap();
+    let server = vmt_serve(tmp.path(), &[]);
+    let served = server.root.to_str().unwrap().to_string();
+    let tiny = fixtures().join("tiny/bundle");
+    let lite = fixtures().join("tiny-lite/bundle");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--registry", served.as_str()];
+        all.extend_from_slice(args);
+        let o = vmt_hub(&all);
+        assert!(
+            o.status.success(),
+            "{args:?} on the served registry: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    cli(&["import", tiny.to_str().unwrap(), "--tag", "team/a:v1"]);
+    let port = server.port;
+    let pulls = std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            let reg = Registry::open(&dir.path().join(format!("r{i}"))).unwrap();
+            pull(
+                &reg,
+                &remote(port, "team/a:v1"),
+                &client(port),
+                None,
+                &mut Quiet,
+            )
+            .unwrap();
+        }
+    });
+    for i in 0..4 {
+        cli(&["tag", "team/a:v1", &format!("team/a:t{i}")]);
+    }
+    cli(&["import", lite.to_str().unwrap(), "--tag", "team/b:v1"]);
+    let target = format!("oci://127.0.0.1:{port}/team/c:v1");
+    cli(&["push", "team/b:v1", &target, "--quiet"]);
+    pulls.join().unwrap();
+    let o = vmt_hub(&["--registry", &served, "list"]);
+    let list = String::from_utf8_lossy(&o.stdout);
+    for t in ["team/a:v1", "team/a:t3", "team/b:v1", "team/c:v1"] {
+        assert!(list.contains(t), "{t} missing: {list}");
+    }
+    let fresh = Registry::open(&tmp.path().join("check")).unwrap();
+    pull(
+        &fresh,
+        &remote(port, "team/c:v1"),
+        &client(port),
+        None,
+        &mut Quiet,
+    )
+    .unwrap();
+    assert!(fresh.verify(None).unwrap().ok());
+}

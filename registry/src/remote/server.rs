@@ -25,6 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -101,6 +102,10 @@ struct Upload {
 
 struct ServerState {
     reg: Registry,
+    /// Requests being handled (the index is released when none is).
+    in_flight: AtomicUsize,
+    /// `serve.lock`, held while serving: other processes leave the upload sessions be.
+    _serving: Option<crate::store::ServeLock>,
     uploads_dir: PathBuf,
     uploads: Mutex<HashMap<String, Upload>>,
     /// Blobs hashed and found intact: digest -> (size, mtime) at that time.
@@ -148,7 +153,10 @@ fn router_and_state(reg: Registry, opts: ServeOptions) -> std::io::Result<(Route
     let uploads_dir = reg.blob_store().uploads_dir();
     std::fs::create_dir_all(&uploads_dir)?;
     let _ = reg.blob_store().clean_uploads();
+    let serving = crate::store::ServeLock::acquire(reg.root());
     let state = Arc::new(ServerState {
+        _serving: serving,
+        in_flight: AtomicUsize::new(0),
         reg,
         uploads_dir,
         uploads: Mutex::new(HashMap::new()),
@@ -158,6 +166,8 @@ fn router_and_state(reg: Registry, opts: ServeOptions) -> std::io::Result<(Route
     let router = Router::new()
         .fallback(handle)
         .with_state(Arc::clone(&state));
+    // Idle from the start: other processes may use the registry until a request comes.
+    state.reg.release_index();
     Ok((router, state))
 }
 
@@ -316,7 +326,44 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
         .unwrap_or_else(internal)
 }
 
+/// Every request holds the registry's index while it runs; when none is in flight the
+/// index is released, so that vmt-hub commands in other processes can use the registry
+/// between requests (they wait for the lock, as this waits for theirs).
 async fn handle(State(st): State<Shared>, req: Request) -> Response {
+    st.in_flight.fetch_add(1, Ordering::SeqCst);
+    let held = {
+        let st = Arc::clone(&st);
+        tokio::task::spawn_blocking(move || st.reg.hold_index()).await
+    };
+    let response = match held {
+        Ok(Ok(hold)) => {
+            let r = handle_request(&st, req).await;
+            drop(hold);
+            r
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("{e}");
+            oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the registry is busy with another vmt-hub process; try again",
+            )
+        }
+        Err(e) => internal(e),
+    };
+    if st.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let st = Arc::clone(&st);
+        tokio::task::spawn_blocking(move || {
+            if st.in_flight.load(Ordering::SeqCst) == 0 {
+                st.reg.release_index();
+            }
+        });
+    }
+    response
+}
+
+async fn handle_request(st: &Shared, req: Request) -> Response {
+    let st = Arc::clone(st);
     let (parts, body) = req.into_parts();
     // Authentication comes first: an unauthenticated body is never read.
     if let Some(t) = &st.opts.token {

@@ -234,23 +234,32 @@ pub fn push(
         ..Default::default()
     };
     let repo = &remote.repo;
+    // What the index knows (repositories of this host that hold a blob, to mount from)
+    // is read now; then the index is let go for the network part, so that a `serve` or
+    // another vmt-hub process can use this registry meanwhile.
+    let mounts: Vec<Option<String>> = manifest
+        .blobs()
+        .map(|desc| {
+            Ok(reg
+                .remote_blob(&remote.host, &desc.digest)?
+                .filter(|r| r != repo))
+        })
+        .collect::<Result<_>>()?;
+    reg.release_index();
+    let mut on_remote = Vec::new();
     let total: u64 = manifest.blobs().map(|b| b.size).sum();
     progress.start(&format!("push {remote}"), total);
-    for desc in manifest.blobs() {
+    for (desc, from) in manifest.blobs().zip(mounts) {
         if client.exists(
             &format!("/v2/{repo}/blobs/{}", desc.digest),
             &format!("check of {}", desc.digest),
         )? {
             report.blobs_skipped += 1;
             progress.advance(desc.size);
-            reg.note_remote_blob(&remote.host, &desc.digest, repo)?;
+            on_remote.push(desc.digest);
             continue;
         }
         let bytes = reg.blob(&desc.digest, desc.title().unwrap_or("config"))?;
-        // A repository of the same registry we pushed this blob to before can lend it.
-        let from = reg
-            .remote_blob(&remote.host, &desc.digest)?
-            .filter(|r| r != repo);
         match upload(
             client,
             repo,
@@ -265,7 +274,7 @@ pub fn push(
                 report.bytes_sent += bytes.len() as u64;
             }
         }
-        reg.note_remote_blob(&remote.host, &desc.digest, repo)?;
+        on_remote.push(desc.digest);
     }
     let reply = client.send(
         "PUT",
@@ -282,6 +291,9 @@ pub fn push(
                 format!("stored the manifest as {}, expected {d}", sanitize(&echo)),
             ));
         }
+    }
+    for d in &on_remote {
+        reg.note_remote_blob(&remote.host, d, repo)?;
     }
     progress.finish();
     Ok(report)
@@ -356,6 +368,8 @@ pub fn pull(
 ) -> Result<TransferReport> {
     let repo = &remote.repo;
     let name = remote.to_string();
+    // The index is needed only to store the result: let it go for the network part.
+    reg.release_index();
     let tag = match (tag, &remote.reference) {
         (Some(t), _) => t.clone(),
         (None, RemoteTarget::Tag(t)) => TagName::parse(&format!("{repo}:{t}"))?,

@@ -23,22 +23,25 @@ impl BlobStore {
         for d in [&dir, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        // Leftovers of a crashed writer: temp files, staged tag records, and upload
-        // sessions of a `serve` that is no longer running.
+        // Leftovers of a crashed writer: temp files and staged tag records an hour old,
+        // and upload sessions of a `serve` that is no longer running.
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
                     if p.file_name().is_some_and(|n| n == "uploads") {
+                        if super::ServeLock::is_held(root) {
+                            continue; // a running `serve`'s sessions
+                        }
                         if let Ok(inner) = std::fs::read_dir(&p) {
                             for f in inner.flatten() {
                                 let _ = std::fs::remove_file(f.path());
                             }
                         }
-                    } else {
+                    } else if stale(&p) {
                         let _ = std::fs::remove_dir_all(&p);
                     }
-                } else {
+                } else if stale(&p) {
                     let _ = std::fs::remove_file(&p);
                 }
             }
@@ -140,9 +143,13 @@ impl BlobStore {
         self.tmp.join("uploads")
     }
 
-    /// Deletes every upload session file; returns how many there were.
+    /// Deletes every upload session file (none while a `serve` runs on this registry);
+    /// returns how many there were.
     pub fn clean_uploads(&self) -> Result<usize> {
         let dir = self.uploads_dir();
+        if self.tmp.parent().is_some_and(super::ServeLock::is_held) {
+            return Ok(0); // a running `serve`'s sessions
+        }
         let mut n = 0;
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
@@ -184,6 +191,17 @@ impl BlobStore {
 }
 
 pub(crate) use super::tags::sync_dir;
+
+/// Whether a temp file is a crashed writer's: untouched for an hour. A younger one may
+/// belong to a process working now (a pull or a `serve` lets go of the registry's lock
+/// while it transfers).
+fn stale(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+}
 
 /// The largest blob read into memory (`serve` accepts at most 4 GiB).
 pub const MAX_STORED_BLOB: u64 = 16 << 30;

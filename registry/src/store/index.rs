@@ -49,7 +49,7 @@ fn lock_wait() -> Duration {
     let ms = std::env::var("VMT_LOCK_WAIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(10_000);
     Duration::from_millis(ms)
 }
 

@@ -38,8 +38,77 @@ pub const CRASH_HOOK_ENV: &str = "VMT_TEST_CRASH_AFTER_BLOBS";
 pub struct Registry {
     root: PathBuf,
     blobs: BlobStore,
-    index: Index,
+    index: IndexSlot,
     tags: TagRecord,
+}
+
+/// The sled index of a registry, opened when first needed. sled allows one process at a
+/// time, so a long-lived process that shares the registry (`serve`) releases it when
+/// idle ([`Registry::release_index`]) and the next use opens it again.
+struct IndexSlot {
+    path: PathBuf,
+    held: std::sync::Mutex<Option<std::sync::Arc<Index>>>,
+}
+
+/// The registry's index kept open ([`Registry::hold_index`]).
+pub struct IndexHold(#[allow(dead_code)] std::sync::Arc<Index>);
+
+/// `serve.lock` in a registry's folder, locked (`flock`) by a running `serve` for its
+/// lifetime: other processes that open the registry then leave its upload sessions
+/// (`tmp/uploads`) alone.
+pub struct ServeLock(#[allow(dead_code)] std::fs::File);
+
+/// The lock file's name under a registry's folder.
+const SERVE_LOCK: &str = "serve.lock";
+
+impl ServeLock {
+    /// Takes the lock, if no other `serve` holds it.
+    pub fn acquire(root: &Path) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(SERVE_LOCK))
+            .ok()?;
+        // SAFETY: flock on a file descriptor this function owns.
+        (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
+            .then_some(Self(f))
+    }
+
+    /// Whether a `serve` (in this process or another) holds the lock of `root`.
+    pub fn is_held(root: &Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(f) = std::fs::File::open(root.join(SERVE_LOCK)) else {
+            return false;
+        };
+        // SAFETY: flock on a file descriptor this function owns; closing it unlocks.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+    }
+}
+
+impl IndexSlot {
+    fn get(&self) -> Result<std::sync::Arc<Index>> {
+        let mut held = self.held.lock().expect("index slot");
+        if let Some(i) = held.as_ref() {
+            return Ok(std::sync::Arc::clone(i));
+        }
+        let i = std::sync::Arc::new(Index::open(&self.path)?);
+        *held = Some(std::sync::Arc::clone(&i));
+        Ok(i)
+    }
+
+    fn release(&self) -> bool {
+        let mut held = self.held.lock().expect("index slot");
+        if held
+            .as_ref()
+            .is_some_and(|i| std::sync::Arc::strong_count(i) == 1)
+        {
+            *held = None;
+            return true;
+        }
+        false
+    }
 }
 
 /// What a publish wrote.
@@ -249,8 +318,12 @@ impl Registry {
     /// the path; [`Error::Corrupt`] for a damaged tag file.
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let index = Index::open(&root.join("index"))?;
+        let index = IndexSlot {
+            path: root.join("index"),
+            held: std::sync::Mutex::new(None),
+        };
         // Only the lock holder may clean temp files: open the index first.
+        index.get()?;
         let blobs = BlobStore::open(root)?;
         let tags = TagRecord::at(root);
         let reg = Self {
@@ -260,7 +333,7 @@ impl Registry {
             tags,
         };
         if !reg.tags.exists() {
-            let from_index: BTreeMap<String, Digest> = reg.index.tags()?.into_iter().collect();
+            let from_index: BTreeMap<String, Digest> = reg.index()?.tags()?.into_iter().collect();
             reg.tags.create(&from_index)?;
         }
         if !reg.tags.has_history() {
@@ -289,7 +362,7 @@ impl Registry {
     /// and every tag the index still knows (a tag file deleted by hand before this
     /// version is then reported as vanished, not lost).
     fn seed_history(&self) -> Result<()> {
-        let mut tags: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        let mut tags: BTreeMap<String, Digest> = self.index()?.tags()?.into_iter().collect();
         tags.extend(self.tags.all()?);
         let time = tags::now_secs();
         let events: Vec<TagEvent> = tags
@@ -356,12 +429,12 @@ impl Registry {
                 reference: key.clone(),
                 reason: "the tag history has no record of this tag (`vmt-hub log`)".into(),
             })?;
-        let record = match self.index.manifest(&d)? {
+        let record = match self.index()?.manifest(&d)? {
             Some(r) => r,
             None => self.record_from_blobs(&d)?,
         };
         self.tags.set(&key, &d, "restore")?;
-        self.index.publish(&key, &d, &record)?;
+        self.index()?.publish(&key, &d, &record)?;
         Ok(d)
     }
 
@@ -402,7 +475,7 @@ impl Registry {
     /// manifest the index does not know. Returns the tags it had to change.
     fn reconcile(&self) -> Result<Vec<String>> {
         let record = self.tags.all()?;
-        let indexed: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        let indexed: BTreeMap<String, Digest> = self.index()?.tags()?.into_iter().collect();
         if record == indexed {
             return Ok(Vec::new());
         }
@@ -411,25 +484,25 @@ impl Registry {
             if indexed.get(tag) == Some(d) {
                 continue;
             }
-            match self.index.manifest(d)? {
+            match self.index()?.manifest(d)? {
                 Some(r) => {
-                    self.index.publish(tag, d, &r)?;
+                    self.index()?.publish(tag, d, &r)?;
                 }
                 None => match self.record_from_blobs(d) {
                     Ok(r) => {
-                        self.index.publish(tag, d, &r)?;
+                        self.index()?.publish(tag, d, &r)?;
                     }
                     Err(e) => {
                         // Keep the name; `verify` reports the bundle, `gc` refuses to run.
                         tracing::warn!("tag {tag}: {e}");
-                        self.index.set_tag(tag, d)?;
+                        self.index()?.set_tag(tag, d)?;
                     }
                 },
             }
             changed.push(tag.clone());
         }
         for tag in indexed.keys().filter(|t| !record.contains_key(*t)) {
-            self.index.untag(tag)?;
+            self.index()?.untag(tag)?;
             changed.push(tag.clone());
         }
         Ok(changed)
@@ -449,6 +522,29 @@ impl Registry {
         Ok(record_of(&manifest, bytes.len() as u64, &config))
     }
 
+    /// The sled index, opened (waiting for another process to let go of it) if it is
+    /// not open.
+    fn index(&self) -> Result<std::sync::Arc<Index>> {
+        self.index.get()
+    }
+
+    /// Opens the index if needed and keeps it open until the hold is dropped: `serve`
+    /// holds it for each request, so no other process uses the registry mid-request.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process keeps it past the lock wait.
+    pub fn hold_index(&self) -> Result<IndexHold> {
+        Ok(IndexHold(self.index()?))
+    }
+
+    /// Closes the sled index if no call is using it, so that another process can open
+    /// the registry; the next call that needs it opens it again, waiting for the lock
+    /// (`VMT_LOCK_WAIT_MS`). `serve` calls this whenever it has no request in flight.
+    /// Returns whether it was released.
+    pub fn release_index(&self) -> bool {
+        self.index.release()
+    }
+
     /// The registry's folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -456,7 +552,7 @@ impl Registry {
 
     /// The parent a bundle records (`provenance.parent`), from the index.
     pub fn parent(&self, d: &Digest) -> Result<Option<Digest>> {
-        self.index.parent(d)
+        self.index()?.parent(d)
     }
 
     /// Whether the store holds blob `d` (present; not re-hashed).
@@ -501,37 +597,37 @@ impl Registry {
 
     /// What the index keeps about manifest `d`.
     pub fn manifest_record(&self, d: &Digest) -> Result<Option<ManifestRecord>> {
-        self.index.manifest(d)
+        self.index()?.manifest(d)
     }
 
     /// How many known manifests reference blob `d`.
     pub fn refcount(&self, d: &Digest) -> Result<u64> {
-        self.index.refcount(d)
+        self.index()?.refcount(d)
     }
 
     /// Every `(name:tag, manifest)`, sorted by tag.
     pub fn tag_list(&self) -> Result<Vec<(String, Digest)>> {
-        self.index.tags()
+        self.index()?.tags()
     }
 
     /// The manifest `name:tag` points to.
     pub fn tag_target(&self, tag: &str) -> Result<Option<Digest>> {
-        self.index.tag(tag)
+        self.index()?.tag(tag)
     }
 
     /// Whether the index knows manifest `d` (tagged or not).
     pub fn knows_manifest(&self, d: &Digest) -> Result<bool> {
-        Ok(self.index.manifest(d)?.is_some())
+        Ok(self.index()?.manifest(d)?.is_some())
     }
 
     /// Remembers that `repo` on `host` holds blob `d` (for cross-repository mounts).
     pub fn note_remote_blob(&self, host: &str, d: &Digest, repo: &str) -> Result<()> {
-        self.index.note_remote_blob(host, d, repo)
+        self.index()?.note_remote_blob(host, d, repo)
     }
 
     /// A repository on `host` known to hold blob `d`.
     pub fn remote_blob(&self, host: &str, d: &Digest) -> Result<Option<String>> {
-        self.index.remote_blob(host, d)
+        self.index()?.remote_blob(host, d)
     }
 
     /// Stores a bundle under `tag`: components and config first, then the manifest,
@@ -621,7 +717,7 @@ impl Registry {
     fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
         self.tags.set(&tag_key, digest, "set")?;
-        self.index.publish(&tag_key, digest, record)?;
+        self.index()?.publish(&tag_key, digest, record)?;
         Ok(())
     }
 
@@ -650,7 +746,7 @@ impl Registry {
         let record = record_of(&manifest, manifest_bytes.len() as u64, config);
         match tag {
             Some(tag) => self.tag_manifest(tag, &digest, &record)?,
-            None => self.index.record(&digest, &record)?,
+            None => self.index()?.record(&digest, &record)?,
         }
         Ok(digest)
     }
@@ -659,11 +755,11 @@ impl Registry {
     pub fn resolve(&self, reference: &str) -> Result<Digest> {
         match Reference::parse(reference)? {
             Reference::Tag(t) => self
-                .index
+                .index()?
                 .tag(&t.to_string())?
                 .ok_or_else(|| Error::NotFound(reference.into())),
             Reference::Digest(d) => {
-                if self.index.manifest(&d)?.is_some() {
+                if self.index()?.manifest(&d)?.is_some() {
                     Ok(d)
                 } else {
                     Err(Error::NotFound(reference.into()))
@@ -671,7 +767,7 @@ impl Registry {
             }
             Reference::Prefix(p) => {
                 let matches: Vec<Digest> = self
-                    .index
+                    .index()?
                     .manifests()?
                     .into_iter()
                     .map(|(d, _)| d)
@@ -692,7 +788,7 @@ impl Registry {
     /// Tags pointing at `d`.
     pub fn tags_of(&self, d: &Digest) -> Result<Vec<String>> {
         Ok(self
-            .index
+            .index()?
             .tags()?
             .into_iter()
             .filter(|(_, t)| t == d)
@@ -742,8 +838,8 @@ impl Registry {
     /// Every tag with its bundle's digest, tasks and total size.
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         let mut out = Vec::new();
-        for (tag, digest) in self.index.tags()? {
-            let record = self.index.manifest(&digest)?;
+        for (tag, digest) in self.index()?.tags()? {
+            let record = self.index()?.manifest(&digest)?;
             out.push(ListEntry {
                 tag,
                 digest,
@@ -765,7 +861,7 @@ impl Registry {
     pub fn tag(&self, reference: &str, new_tag: &str) -> Result<Published> {
         let d = self.resolve(reference)?;
         let tag = TagName::parse(new_tag)?;
-        let record = match self.index.manifest(&d)? {
+        let record = match self.index()?.manifest(&d)? {
             Some(r) => r,
             None => self.record_from_blobs(&d)?,
         };
@@ -798,7 +894,7 @@ impl Registry {
         };
         for t in &tags {
             self.tags.remove(t, None)?;
-            self.index.untag(t)?;
+            self.index()?.untag(t)?;
         }
         Ok(tags)
     }
@@ -811,10 +907,10 @@ impl Registry {
     /// what is reachable is unknown: an error that says so, so that `gc` deletes nothing.
     fn reachable(&self) -> Result<BTreeMap<Digest, Vec<String>>> {
         let record = self.tags.all()?;
-        let indexed: BTreeMap<String, Digest> = self.index.tags()?.into_iter().collect();
+        let indexed: BTreeMap<String, Digest> = self.index()?.tags()?.into_iter().collect();
         if record != indexed {
             return Err(Error::Corrupt {
-                what: format!("registry index {}", self.index.path().display()),
+                what: format!("registry index {}", self.index.path.display()),
                 reason: "it disagrees with the tag record; nothing was deleted \
                          (reopen the registry or run `vmt-hub verify --rebuild-index`)"
                     .into(),
@@ -872,7 +968,7 @@ impl Registry {
             }
         }
         let known: BTreeSet<Digest> = self
-            .index
+            .index()?
             .manifests()?
             .into_iter()
             .map(|(d, _)| d)
@@ -889,7 +985,7 @@ impl Registry {
                 None => {
                     let reason = if known.contains(&d) {
                         "untagged manifest".to_string()
-                    } else if self.index.refcount(&d)? > 0 {
+                    } else if self.index()?.refcount(&d)? > 0 {
                         "needed only by untagged manifests".to_string()
                     } else {
                         "referenced by no manifest".to_string()
@@ -905,12 +1001,12 @@ impl Registry {
         if !dry_run {
             for e in &report.removed {
                 if known.contains(&e.digest) {
-                    self.index.forget_manifest(&e.digest)?;
+                    self.index()?.forget_manifest(&e.digest)?;
                 }
                 self.blobs.remove(&e.digest)?;
             }
             for d in known.iter().filter(|d| !keep.contains_key(d)) {
-                self.index.forget_manifest(d)?;
+                self.index()?.forget_manifest(d)?;
             }
             report.uploads_removed = self.blobs.clean_uploads()?;
         }
@@ -1078,8 +1174,8 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
         match reg.record_from_blobs(&d) {
             Ok(record) => {
                 report.manifests += 1;
-                if reg.index.manifest(&d)?.is_none() {
-                    reg.index.record(&d, &record)?;
+                if reg.index()?.manifest(&d)?.is_none() {
+                    reg.index()?.record(&d, &record)?;
                 }
             }
             Err(e) => report.skipped.push(format!(
@@ -1088,7 +1184,7 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
             )),
         }
     }
-    report.tags = reg.index.tags()?;
+    report.tags = reg.index()?.tags()?;
     Ok(report)
 }
 
