@@ -92,6 +92,68 @@ fn eval_and_add_task_use_the_image_size_the_bundle_was_trained_at() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("bundle.json")).unwrap()).unwrap();
     assert_eq!(config["provenance"]["image_size"], 48, "{config}");
+
+    // Provenance per task: a task added at another size says so, the inherited ones
+    // keep their run's; a merge keeps each task's record and names every source.
+    let run3 = tmp.path().join("run3");
+    ok(
+        &root,
+        &[
+            "add-task",
+            "s:v1",
+            "--task",
+            "human_parts",
+            "--data",
+            d,
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+            "--run-dir",
+            run3.to_str().unwrap(),
+            "--tag",
+            "s:v3",
+        ],
+    );
+    let line = |show: &str, task: &str| {
+        show.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{task} ")))
+            .unwrap_or_else(|| panic!("no line for {task}: {show}"))
+            .to_string()
+    };
+    let (show, _) = ok(&root, &["show", "s:v3"]);
+    assert!(line(&show, "semseg").contains("2 steps at 48 px"), "{show}");
+    assert!(
+        line(&show, "human_parts").contains("3 steps at 32 px"),
+        "{show}"
+    );
+    assert!(line(&show, "human_parts").contains("at 32 px"), "{show}");
+    // diff names what differs in provenance, not "the same".
+    let (diff, _) = ok(&root, &["diff", "s:v1", "s:v3"]);
+    let prov = diff.split("provenance:").nth(1).unwrap_or("");
+    assert!(prov.contains("tasks.human_parts.image_size"), "{diff}");
+    ok(&root, &["merge", "s:v2", "s:v3", "--tag", "s:all"]);
+    let (show, _) = ok(&root, &["show", "s:all"]);
+    assert!(
+        line(&show, "normals").contains("2 steps at 48 px"),
+        "{show}"
+    );
+    assert!(
+        line(&show, "human_parts").contains("3 steps at 32 px"),
+        "{show}"
+    );
+    let merged = tmp.path().join("merged");
+    ok(&root, &["export", "s:all", merged.to_str().unwrap()]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["provenance"]["merged_from"].as_array().map(Vec::len),
+        Some(2),
+        "{config}"
+    );
 }
 
 #[test]

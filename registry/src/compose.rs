@@ -200,6 +200,17 @@ pub fn merge(reg: &Registry, references: &[&str], tag: &TagName) -> Result<Publi
     }
     let mut provenance = derived_provenance(first, "merge");
     provenance.merged_from = Some(sources.iter().map(|s| s.digest.to_string()).collect());
+    // Each task keeps the record of the run that trained it, from whichever source.
+    let mut per_task = BTreeMap::new();
+    for s in &sources {
+        let p = s.config.provenance().unwrap_or_default();
+        for t in &s.config.tasks {
+            per_task
+                .entry(t.name.clone())
+                .or_insert_with(|| p.task(&t.name));
+        }
+    }
+    provenance.tasks = Some(per_task);
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, layers, tag)
 }
@@ -234,6 +245,13 @@ pub fn drop_task(reg: &Registry, reference: &str, task: &str, tag: &TagName) -> 
         .collect();
     let mut provenance = derived_provenance(&s, "drop-task");
     provenance.dropped = Some(task.into());
+    provenance.tasks = Some(
+        config
+            .tasks
+            .iter()
+            .map(|t| (t.name.clone(), provenance.task(&t.name)))
+            .collect(),
+    );
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, layers, tag)
 }
@@ -275,6 +293,16 @@ pub fn rename_task(
         .collect();
     let mut provenance = derived_provenance(&s, "rename-task");
     provenance.renamed = Some(json!({"from": old, "to": new}));
+    provenance.tasks = Some(
+        s.config
+            .tasks
+            .iter()
+            .map(|t| {
+                let name = if t.name == old { new } else { &t.name };
+                (name.to_string(), provenance.task(&t.name))
+            })
+            .collect(),
+    );
     set_extra(&mut config, val, provenance);
     reg.publish_composed(&config, s.manifest.layers.clone(), tag)
 }
@@ -303,6 +331,9 @@ pub struct BundleDiff {
     pub config: Vec<(String, Option<Value>, Option<Value>)>,
     /// Validation metrics that differ: `(path, before, after)`.
     pub metrics: Vec<(String, Option<Value>, Option<Value>)>,
+    /// Provenance fields that differ (how and from what each was made, per task too):
+    /// `(path, before, after)`.
+    pub provenance: Vec<(String, Option<Value>, Option<Value>)>,
 }
 
 /// Leaves of a JSON value by `a.b.c` path.
@@ -402,5 +433,13 @@ pub fn diff(reg: &Registry, a: &str, b: &str) -> Result<BundleDiff> {
             .unwrap_or(json!({}))
     };
     out.metrics = compare(&metrics(&a), &metrics(&b));
+    let provenance = |s: &Stored| {
+        s.config
+            .extra
+            .get("provenance")
+            .cloned()
+            .unwrap_or(json!({}))
+    };
+    out.provenance = compare(&provenance(&a), &provenance(&b));
     Ok(out)
 }

@@ -132,5 +132,12 @@ pub fn diff(root: Option<&Path>, a: &str, b: &str) -> anyhow::Result<()> {
     if d.metrics.is_empty() {
         println!("  (the same)");
     }
+    println!("provenance:");
+    for (k, x, y) in &d.provenance {
+        println!("  {k}: {} -> {}", show(x), show(y));
+    }
+    if d.provenance.is_empty() {
+        println!("  (the same)");
+    }
     Ok(())
 }

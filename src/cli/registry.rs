@@ -203,6 +203,41 @@ fn print_lineage(reg: &vmt_registry::Registry, d: &vmt_registry::Digest) -> anyh
     Ok(())
 }
 
+/// One line per task: the run that trained it and where its metrics were measured.
+fn print_task_provenance(config: &vmt_registry::bundle::BundleConfig) {
+    let Some(p) = config.provenance() else {
+        return;
+    };
+    let metrics = config.metrics().unwrap_or_default();
+    println!("tasks (how each was trained):");
+    for t in &config.tasks {
+        let r = p.task(&t.name);
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        let mut line = format!(
+            "  {:<14} {} steps at {} px, batch {}, lr {}, seed {}, data {}",
+            t.name,
+            opt(r.steps.map(|v| v.to_string())),
+            opt(r.image_size.map(|v| v.to_string())),
+            opt(r.batch.map(|v| v.to_string())),
+            opt(r.lr.map(|v| v.to_string())),
+            opt(r.seed.map(|v| v.to_string())),
+            r.data_digest
+                .as_deref()
+                .map(|d| d.chars().take(19).collect::<String>())
+                .unwrap_or_else(|| "?".into()),
+        );
+        if let Some(m) = metrics.val.get(&t.name) {
+            let value = m.metrics.get(&m.primary).copied().unwrap_or(f64::NAN);
+            line.push_str(&format!(
+                "; {} {value:.2} at {} px",
+                m.primary,
+                opt(r.metrics_image_size.map(|v| v.to_string()))
+            ));
+        }
+        println!("{line}");
+    }
+}
+
 pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     let reg = open_existing(root)?;
     let d = reg.resolve(reference)?;
@@ -249,6 +284,7 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
         );
     }
     println!("trainable parameters: {total}");
+    print_task_provenance(&bundle.config);
     print_lineage(&reg, &d)?;
     println!(
         "config:\n{}",

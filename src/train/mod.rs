@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 use vmt_registry::bundle::{
     bundle_tensors, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, Metrics,
-    Provenance, TaskSpec,
+    Provenance, TaskProvenance, TaskSpec,
 };
 
 use crate::data::loader::{train_plan, Loader};
@@ -378,6 +378,21 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
         train_loss: Some(last_loss),
         ..Metrics::default()
     };
+    // Each task's own record: this run for the tasks it trained; for add-task, the
+    // base's tasks keep the records of the runs that trained them.
+    let mut run = provenance.run_record();
+    run.metrics_image_size = has_val.then_some(opts.image_size);
+    let mut per_task: BTreeMap<String, TaskProvenance> = BTreeMap::new();
+    if let Some(base) = &opts.base {
+        let inherited = base.bundle.config.provenance().unwrap_or_default();
+        for t in &base.bundle.config.tasks {
+            per_task.insert(t.name.clone(), inherited.task(&t.name));
+        }
+    }
+    for t in &tasks {
+        per_task.insert(t.name.clone(), run.clone());
+    }
+    provenance.tasks = Some(per_task);
     if let Some(base) = &opts.base {
         // The base's tasks and shared adapter, unchanged; the new tasks after them.
         tensors.extend(base.bundle.tensors.clone());

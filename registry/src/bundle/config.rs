@@ -589,9 +589,72 @@ pub struct Provenance {
     /// `{"from": old, "to": new}` of `rename-task`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed: Option<Value>,
+    /// How each task was trained and where its metrics were measured, by task name:
+    /// a bundle made by `add-task` or `merge` holds tasks trained in different runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<std::collections::BTreeMap<String, TaskProvenance>>,
     /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// How one task was trained (the run that trained its KEMs and decoder) and at what
+/// image size its validation metrics were measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskProvenance {
+    /// `vmt-hub <version>` of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_version: Option<String>,
+    /// sha256 of the run's training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_digest: Option<String>,
+    /// The run's seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The run's steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// The run's batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// The run's peak learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// The run's training image side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
+    /// The image side its validation metrics were measured at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_image_size: Option<usize>,
+    /// Keys this version does not know, kept as they are.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Provenance {
+    /// The record of the run this provenance describes, as one task's provenance.
+    pub fn run_record(&self) -> TaskProvenance {
+        TaskProvenance {
+            code_version: self.code_version.clone(),
+            data_digest: self.data_digest.clone(),
+            seed: self.seed,
+            steps: self.steps,
+            batch: self.batch,
+            lr: self.lr,
+            image_size: self.image_size,
+            metrics_image_size: self.image_size,
+            extra: Map::new(),
+        }
+    }
+
+    /// How task `name` was trained: its entry in `tasks`, or, for a bundle made before
+    /// per-task provenance, this provenance's own run.
+    pub fn task(&self, name: &str) -> TaskProvenance {
+        self.tasks
+            .as_ref()
+            .and_then(|t| t.get(name).cloned())
+            .unwrap_or_else(|| self.run_record())
+    }
 }
 
 /// One task's validation results, as `eval` reports them.
