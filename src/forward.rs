@@ -55,5 +55,5 @@ pub fn output_tensors(out: &VmtOutput) -> Result<BTreeMap<String, RawTensor>> {
 /// Writes the outputs as canonical safetensors.
 pub fn write_outputs(path: &Path, out: &VmtOutput) -> Result<()> {
     let bytes = canonical_bytes(&output_tensors(out)?);
-    std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))
+    vmt_registry::file::write_atomic(path, &bytes).map_err(|e| ModelError::io(path, e))
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
 use vmt_registry::bundle::{trainable_count, BundleConfig};
 
@@ -20,9 +21,13 @@ pub struct ForwardArgs {
     /// Default: the source the bundle records.
     #[arg(long)]
     pub backbone: Option<String>,
-    /// safetensors file with `pixel_values` [B,3,H,W] f32.
+    /// safetensors file with `pixel_values` [B,3,H,W] f32 (ImageNet-normalised).
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    pub input: Option<PathBuf>,
+    /// An image (PNG or JPEG, any size) instead of --input: normalised as `predict`
+    /// does and run as a batch of one.
     #[arg(long)]
-    pub input: PathBuf,
+    pub image: Option<PathBuf>,
     /// Output safetensors: `<task>` [B,C,H,W] and `features.stage<i>` (NCHW).
     #[arg(long)]
     pub out: PathBuf,
@@ -55,7 +60,16 @@ pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
         &device,
     )?;
     let (backbone, bundle, model) = (&adapter.backbone, &adapter.loaded.bundle, &adapter.model);
-    let pixels = read_pixels(&args.input, &device)?;
+    let pixels = match (&args.input, &args.image) {
+        (Some(input), _) => read_pixels(input, &device)?,
+        (None, Some(image)) => {
+            let img = image::open(image)
+                .with_context(|| format!("{}: cannot decode image", image.display()))?
+                .to_rgb8();
+            crate::predict::image_tensor(&img, &device)?
+        }
+        (None, None) => anyhow::bail!("--input or --image is needed"),
+    };
     let loaded = start.elapsed();
     let out = model.forward(&pixels)?;
     write_outputs(&args.out, &out)?;
