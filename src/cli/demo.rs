@@ -147,8 +147,13 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     for id in val.iter().take(4) {
         predict_sample(&model, &dataset, id, &pictures)?;
     }
+    // The binary as the user ran it (cargo run, an installed vmt-hub, a path).
+    let me = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "vmt-hub".into());
     println!(
-        "\nnext: target/release/vmt-hub --registry {r} show demo:v1    |    open {p}/*.sheet.png",
+        "\nnext: {me} --registry {r} show demo:v1    |    open {p}/*.sheet.png",
         r = registry.display(),
         p = pictures.display()
     );
