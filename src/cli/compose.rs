@@ -15,6 +15,7 @@ pub struct MergeArgs {
     /// Bundles that share their shared adapter (two or more).
     #[arg(required = true, num_args = 2..)]
     pub references: Vec<String>,
+    /// NAME:TAG of the new bundle.
     #[arg(long)]
     pub tag: String,
 }
@@ -25,6 +26,7 @@ pub struct DropTaskArgs {
     /// The task to leave out.
     #[arg(long)]
     pub task: String,
+    /// NAME:TAG of the new bundle.
     #[arg(long)]
     pub tag: String,
 }
@@ -35,6 +37,7 @@ pub struct RenameTaskArgs {
     /// OLD=NEW
     #[arg(long)]
     pub task: String,
+    /// NAME:TAG of the new bundle.
     #[arg(long)]
     pub tag: String,
 }

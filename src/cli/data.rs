@@ -18,12 +18,16 @@ pub enum DataCommand {
 
 #[derive(Debug, Args)]
 pub struct SynthArgs {
+    /// The dataset folder to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Scenes to synthesise.
     #[arg(long, default_value_t = 200)]
     pub count: usize,
+    /// Square image side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Random seed (the same seed gives the same result).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -30,10 +30,14 @@ pub struct PredictArgs {
     /// How many images of the split to draw.
     #[arg(long, default_value_t = 4)]
     pub count: usize,
+    /// Folder for the pictures (one PNG per task and image, and a sheet per image).
     #[arg(long)]
     pub out: PathBuf,
+    /// Backbone (default: the one the bundle records): a repo id[@revision], a
+    /// directory, or random:tiny / random:swin-t.
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -74,14 +78,19 @@ pub struct DemoArgs {
     /// Where the dataset, run, registry and pictures go.
     #[arg(long, default_value = "vmt-demo")]
     pub out: PathBuf,
+    /// Optimisation steps.
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
+    /// Scenes to synthesise.
     #[arg(long, default_value_t = 200)]
     pub count: usize,
+    /// Square image side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
     #[arg(long, default_value = "random:tiny")]
     pub backbone: String,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

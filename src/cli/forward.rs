@@ -31,6 +31,7 @@ pub struct ForwardArgs {
     /// Output safetensors: `<task>` [B,C,H,W] and `features.stage<i>` (NCHW).
     #[arg(long)]
     pub out: PathBuf,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Print parameter counts and the time taken.

@@ -107,17 +107,22 @@ pub(crate) enum Command {
 pub(crate) enum BenchCommand {
     /// Time the multi-task forward pass (backbone + adapters + every decoder).
     Forward {
+        /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
         #[arg(long, default_value = "random:swin-t")]
         backbone: String,
+        /// Tasks, comma-separated.
         #[arg(long, default_value = "semseg,human_parts,sal,normals")]
         tasks: String,
         /// Batch sizes, comma-separated.
         #[arg(long, default_value = "1,2", value_delimiter = ',')]
         batch: Vec<usize>,
+        /// Square image side in pixels.
         #[arg(long, default_value_t = 224)]
         size: usize,
+        /// Timed iterations (after a warm-up).
         #[arg(long, default_value_t = 10)]
         iters: usize,
+        /// Where to run: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Print JSON lines instead of a table.
@@ -127,24 +132,29 @@ pub(crate) enum BenchCommand {
     /// Training throughput and peak memory (one configuration per process, so that the
     /// peak is this configuration's).
     Train {
+        /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
         #[arg(long, default_value = "random:swin-t")]
         backbone: String,
         /// Number of tasks (semseg, human_parts, sal, normals, depth, then more).
         #[arg(long, default_value_t = 4)]
         tasks: usize,
+        /// Images per step.
         #[arg(long, default_value_t = 2)]
         batch: usize,
+        /// Square image side in pixels.
         #[arg(long, default_value_t = 224)]
         size: usize,
         /// Timed steps after one warm-up step.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Where to run: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Time an add-task step instead: the shared adapter frozen, only the tasks'
         /// KEMs and decoders trained.
         #[arg(long)]
         add_task: bool,
+        /// Print one line of JSON per result.
         #[arg(long)]
         json: bool,
     },
@@ -154,15 +164,19 @@ pub(crate) enum BenchCommand {
         /// oci://HOST:PORT/REPO (each round uses tag r<i>).
         #[arg(long)]
         remote: String,
+        /// Push/pull rounds to time.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Print one line of JSON per result.
         #[arg(long)]
         json: bool,
     },
     /// Import, export and verify throughput of a Swin-T-sized four-task bundle.
     Registry {
+        /// Timed iterations (after a warm-up).
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Print one line of JSON per result.
         #[arg(long)]
         json: bool,
     },

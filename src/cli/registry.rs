@@ -43,6 +43,7 @@ pub fn human_bytes(n: u64) -> String {
 pub struct ImportArgs {
     /// An exported bundle directory (bundle.json + adapter.safetensors).
     pub dir: PathBuf,
+    /// NAME:TAG of the new bundle.
     #[arg(long)]
     pub tag: String,
 }

@@ -81,6 +81,7 @@ pub struct PullArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub addr: SocketAddr,
     /// Require `Authorization: Bearer <TOKEN>` on every request.

@@ -19,15 +19,19 @@ use crate::train::{train, Base, TrainOptions, TrainOutcome};
 /// Settings of a training run, shared by `train` and `add-task`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Optimisation steps.
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     /// The split to train on (splits/NAME.txt), e.g. human_parts_train.
     #[arg(long, default_value = "train")]
     pub train_split: String,
+    /// Images per evaluation batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Peak learning rate (linear warm-up, then cosine decay).
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
+    /// AdamW weight decay (not applied to biases, norms, gamma and beta).
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f64,
     /// Warm-up steps (default: 5% of --steps).
@@ -40,13 +44,16 @@ pub struct RunArgs {
     /// Clip the global gradient norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub clip_grad: f64,
+    /// Random seed (the same seed gives the same result).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Threads decoding images.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Write a checkpoint every N steps.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
+    /// How many of the latest checkpoints the run directory keeps.
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
     /// Run directory (metrics.jsonl, checkpoints). Default: runs/<name>-<tag>.
@@ -58,8 +65,10 @@ pub struct RunArgs {
     /// Stop after this step with a checkpoint and no bundle (resume later).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
     /// Registry tag of the trained bundle.
@@ -81,13 +90,16 @@ pub struct TrainArgs {
     /// vmt or vmt-lite.
     #[arg(long, default_value = "vmt")]
     pub adapter: AdapterKind,
+    /// Adapter bottleneck: a block of C channels gets C / reduction.
     #[arg(long, default_value_t = 4)]
     pub reduction: usize,
     /// Adapter scale s.
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
+    /// Width of each task decoder.
     #[arg(long, default_value_t = 32)]
     pub decoder_dim: usize,
+    /// Hidden width of each task decoder.
     #[arg(long, default_value_t = 64)]
     pub decoder_hidden: usize,
     /// Per-task loss weights, e.g. `semseg=1,sal=5` (defaults: semseg 1, human_parts 2,
@@ -291,8 +303,10 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
 pub struct EvalArgs {
     /// A bundle: registry reference or exported directory.
     pub reference: String,
+    /// Dataset folder (dataset.json, images/, one folder per task, splits/).
     #[arg(long)]
     pub data: PathBuf,
+    /// The split to evaluate (splits/NAME.txt).
     #[arg(long, default_value = "val")]
     pub split: String,
     /// Evaluate only these tasks (default: every task both the bundle and the dataset
@@ -306,10 +320,13 @@ pub struct EvalArgs {
     /// Square image size in pixels (default: the size the bundle was trained at).
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Images per evaluation batch.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Backbone (default: the one the bundle records): a repo id[@revision], a directory, or random:tiny / random:swin-t.
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Print the report as JSON.

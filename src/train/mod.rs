@@ -200,7 +200,13 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
     let train_ids = dataset.split(&opts.train_split)?;
     let has_val = dataset.root.join("splits/val.txt").is_file();
     let data_digest = dataset.digest()?;
+    tracing::info!(
+        "dataset {}: {} training images, data {data_digest}",
+        dataset.root.display(),
+        train_ids.len()
+    );
     let backbone = Backbone::load(&opts.backbone, device)?;
+    tracing::info!("backbone {}: {}", backbone.source, backbone.digest);
     // The configuration trained here: every task for a new bundle; for add-task, the base's
     // adapter and decoder settings with only the new tasks.
     let mut config = match &opts.base {
@@ -345,6 +351,11 @@ pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcom
                 &opt,
                 opts.keep_checkpoints,
             )?;
+            tracing::info!(
+                "step {done}/{}: loss {last_loss:.4}, checkpoint in {}",
+                opts.steps,
+                opts.run_dir.display()
+            );
         }
     }
     bar.finish_and_clear();

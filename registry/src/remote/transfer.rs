@@ -260,6 +260,12 @@ pub fn push(
             continue;
         }
         let bytes = reg.blob(&desc.digest, desc.title().unwrap_or("config"))?;
+        tracing::info!(
+            "{}: uploading {} ({} bytes)",
+            client.base,
+            desc.title().unwrap_or("config"),
+            bytes.len()
+        );
         match upload(
             client,
             repo,

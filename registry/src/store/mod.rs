@@ -660,6 +660,11 @@ impl Registry {
         }
         let record = record_of(&manifest, manifest_bytes.len() as u64, &bundle.config);
         self.tag_manifest(tag, &digest, &record)?;
+        tracing::info!(
+            "{tag} -> {digest}: {} new blob(s), {} bytes",
+            published.new_blobs,
+            published.new_bytes
+        );
         Ok(published)
     }
 
