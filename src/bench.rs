@@ -44,7 +44,7 @@ pub fn bench_forward(
         backbone.geometry_with_provenance(),
         AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
         DecoderConfig::new(32, 64),
-        crate::tasks::parse_tasks(tasks)?,
+        crate::tasks::bench_task_selection(tasks)?,
     );
     let tensors = from_raw(&randomized_bundle(&cfg, 0), "bench", device)?;
     let model = VmtModel::new(cfg.clone(), Arc::clone(&backbone.swin), &tensors)?;
@@ -197,8 +197,6 @@ pub struct TrainTiming {
     pub peak_rss_mib: Option<f64>,
 }
 
-pub use crate::tasks::bench_tasks;
-
 /// Random targets of the right kind for each task.
 fn random_targets(
     tasks: &[vmt_registry::bundle::TaskSpec],
@@ -251,7 +249,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// batches, after one warm-up step. Data loading is not included.
 pub fn bench_train(
     backbone: &str,
-    tasks: usize,
+    tasks: &str,
     batch: usize,
     size: usize,
     steps: usize,
@@ -259,7 +257,7 @@ pub fn bench_train(
     device: &Device,
 ) -> anyhow::Result<TrainTiming> {
     let backbone = Backbone::load(backbone, device)?;
-    let specs = bench_tasks(tasks);
+    let specs = crate::tasks::bench_task_selection(tasks)?;
     let cfg = BundleConfig::new(
         backbone.geometry_with_provenance(),
         AdapterConfig::new(AdapterKind::Vmt, 4, 1.0),
@@ -292,7 +290,7 @@ pub fn bench_train(
     let step_s = t.elapsed().as_secs_f64() / steps.max(1) as f64;
     Ok(TrainTiming {
         backbone: backbone.source.clone(),
-        tasks,
+        tasks: specs.len(),
         add_task,
         batch,
         size,

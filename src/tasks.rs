@@ -61,6 +61,19 @@ pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
         .collect()
 }
 
+/// The tasks a benchmark's `--tasks` names: a count `n` (see [`bench_tasks`]) or a
+/// comma-separated list (see [`parse_tasks`]).
+///
+/// # Errors
+/// A list entry that does not parse.
+pub fn bench_task_selection(tasks: &str) -> anyhow::Result<Vec<TaskSpec>> {
+    match tasks.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(bench_tasks(n)),
+        Ok(_) => anyhow::bail!("--tasks 0: at least one task"),
+        Err(_) => parse_tasks(tasks),
+    }
+}
+
 /// `n` tasks for benchmarks: the known ones in order, then more 21-class segmentations.
 pub fn bench_tasks(n: usize) -> Vec<TaskSpec> {
     (0..n)

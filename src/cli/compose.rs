@@ -22,6 +22,7 @@ pub struct MergeArgs {
 
 #[derive(Debug, Args)]
 pub struct DropTaskArgs {
+    /// The bundle: NAME:TAG, digest or prefix.
     pub reference: String,
     /// The task to leave out.
     #[arg(long)]
@@ -33,6 +34,7 @@ pub struct DropTaskArgs {
 
 #[derive(Debug, Args)]
 pub struct RenameTaskArgs {
+    /// The bundle: NAME:TAG, digest or prefix.
     pub reference: String,
     /// OLD=NEW
     #[arg(long)]

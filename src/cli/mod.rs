@@ -56,7 +56,12 @@ pub(crate) enum Command {
     /// A bundle with a task renamed (a new config and manifest; tensors keep their names).
     RenameTask(compose::RenameTaskArgs),
     /// Components added, removed and changed between two bundles, config and metric changes.
-    Diff { a: String, b: String },
+    Diff {
+        /// The first bundle: NAME:TAG, digest or prefix.
+        a: String,
+        /// The second bundle.
+        b: String,
+    },
     /// Per-task metrics of a bundle on a dataset split, and Δm against baselines.
     Eval(train::EvalArgs),
     /// One PNG per task and image, plus an overlay sheet per image.
@@ -74,7 +79,10 @@ pub(crate) enum Command {
         tree: bool,
     },
     /// A bundle's config, components (sizes, digests, parameters) and lineage.
-    Show { reference: String },
+    Show {
+        /// NAME:TAG, digest or prefix.
+        reference: String,
+    },
     /// Give a stored bundle another NAME:TAG, or `--restore NAME:TAG` from the history.
     Tag(registry::TagArgs),
     /// Remove a tag (or every tag of a digest); blobs go at a `gc` after the grace period.
@@ -110,7 +118,7 @@ pub(crate) enum BenchCommand {
         /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
         #[arg(long, default_value = "random:swin-t")]
         backbone: String,
-        /// Tasks, comma-separated.
+        /// Tasks: a comma-separated list, or a count N (as `bench train --tasks`).
         #[arg(long, default_value = "semseg,human_parts,sal,normals")]
         tasks: String,
         /// Batch sizes, comma-separated.
@@ -135,9 +143,10 @@ pub(crate) enum BenchCommand {
         /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
         #[arg(long, default_value = "random:swin-t")]
         backbone: String,
-        /// Number of tasks (semseg, human_parts, sal, normals, depth, then more).
-        #[arg(long, default_value_t = 4)]
-        tasks: usize,
+        /// Tasks: a comma-separated list, or a count N for the first N of semseg,
+        /// human_parts, sal, normals, depth, then more 21-class segmentations.
+        #[arg(long, default_value = "4")]
+        tasks: String,
         /// Images per step.
         #[arg(long, default_value_t = 2)]
         batch: usize,
@@ -246,8 +255,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             let device = crate::device::parse_device(&device)?;
-            let r =
-                crate::bench::bench_train(&backbone, tasks, batch, size, steps, add_task, &device)?;
+            let r = crate::bench::bench_train(
+                &backbone, &tasks, batch, size, steps, add_task, &device,
+            )?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -65,7 +65,9 @@ pub fn import(root: Option<&Path>, args: ImportArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// The bundle: NAME:TAG, digest or prefix.
     pub reference: String,
+    /// The folder to write bundle.json and adapter.safetensors into (created if needed).
     pub dir: PathBuf,
 }
 
