@@ -104,6 +104,8 @@ struct ServerState {
     reg: Registry,
     /// Requests being handled (the index is released when none is).
     in_flight: AtomicUsize,
+    /// Requests started so far (to tell whether one came while idle).
+    started: std::sync::atomic::AtomicU64,
     /// `serve.lock`, held while serving: other processes leave the upload sessions be.
     _serving: Option<crate::store::ServeLock>,
     uploads_dir: PathBuf,
@@ -157,6 +159,7 @@ fn router_and_state(reg: Registry, opts: ServeOptions) -> std::io::Result<(Route
     let state = Arc::new(ServerState {
         _serving: serving,
         in_flight: AtomicUsize::new(0),
+        started: std::sync::atomic::AtomicU64::new(0),
         reg,
         uploads_dir,
         uploads: Mutex::new(HashMap::new()),
@@ -217,7 +220,12 @@ pub async fn serve_until(
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    // Headers and body go out as separate writes: without this, Nagle
+                    // holds the body until the client's delayed ACK (about 40 ms).
+                    let _ = s.set_nodelay(true);
+                    s
+                }
                 Err(e) => {
                     // Out of file descriptors, say: back off instead of spinning.
                     tracing::warn!("accept: {e}");
@@ -326,10 +334,11 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
         .unwrap_or_else(internal)
 }
 
-/// Every request holds the registry's index while it runs; when none is in flight the
-/// index is released, so that vmt-hub commands in other processes can use the registry
-/// between requests (they wait for the lock, as this waits for theirs).
+/// Every request holds the registry's index while it runs; 50 ms after the last one
+/// ends the index is released, so that vmt-hub commands in other processes can use the
+/// registry between bursts of requests (they wait for the lock, as this waits for theirs).
 async fn handle(State(st): State<Shared>, req: Request) -> Response {
+    st.started.fetch_add(1, Ordering::SeqCst);
     st.in_flight.fetch_add(1, Ordering::SeqCst);
     let held = {
         let st = Arc::clone(&st);
@@ -352,15 +361,24 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
         Err(e) => internal(e),
     };
     if st.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // Let go once idle for a moment: the requests of one push or pull follow each
+        // other within microseconds, and reopening the index for each would cost more
+        // than the request.
         let st = Arc::clone(&st);
-        tokio::task::spawn_blocking(move || {
-            if st.in_flight.load(Ordering::SeqCst) == 0 {
-                st.reg.release_index();
+        let seen = st.started.load(Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER_IDLE).await;
+            if st.in_flight.load(Ordering::SeqCst) == 0 && st.started.load(Ordering::SeqCst) == seen
+            {
+                let _ = tokio::task::spawn_blocking(move || st.reg.release_index()).await;
             }
         });
     }
     response
 }
+
+/// How long `serve` keeps the index after its last request.
+const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 async fn handle_request(st: &Shared, req: Request) -> Response {
     let st = Arc::clone(st);
