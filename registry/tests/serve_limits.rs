@@ -597,3 +597,100 @@ fn a_push_survives_a_serve_restart_between_chunks_and_the_final_put() {
     assert_eq!(reg.resolve("m:v1").unwrap(), d);
     assert!(reg.verify(None).unwrap().ok());
 }
+
+/// `curl ARGS URL`: (HTTP status, headers, body).
+fn curl(args: &[&str], url: &str) -> (u16, String, Vec<u8>) {
+    let o = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/stderr"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head, o.stderr)
+}
+
+#[test]
+fn serve_auth_that_standard_clients_follow_json_base_and_blob_ranges() {
+    // curl is part of every Debian image; it stands in for what skopeo, oras and docker
+    // send with a user and password: basic auth.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("curl is needed by this test");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("server"), |o| {
+        o.token = Some("s3cret".into())
+    });
+    let base = s.base();
+    // Without credentials: 401 with a Basic challenge a client can answer.
+    let (code, head, _) = curl(&[], &format!("{base}/v2/"));
+    assert_eq!(code, 401);
+    assert!(head.contains("Basic realm=\"vmt-hub\""), "{head}");
+    // The token as the password of basic auth (any user), or as a bearer token.
+    let (code, head, body) = curl(&["-u", "anyone:s3cret"], &format!("{base}/v2/"));
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(body, b"{}");
+    let (code, _, _) = curl(
+        &["-H", "Authorization: Bearer s3cret"],
+        &format!("{base}/v2/"),
+    );
+    assert_eq!(code, 200);
+    let (code, _, _) = curl(&["-u", "anyone:wrong"], &format!("{base}/v2/"));
+    assert_eq!(code, 401);
+    // A push with the token through our client (basic, user + password).
+    let local = local_with_m_v1(&tmp.path().join("local"));
+    let remote = RemoteRef::parse(&format!("oci://{}/m:v1", s.addr), false).unwrap();
+    let creds = Credentials {
+        user: Some("me".into()),
+        password: Some("s3cret".into()),
+        token: None,
+    };
+    push(
+        &local,
+        "m:v1",
+        &remote,
+        &Client::new(&base, creds),
+        &mut Quiet,
+    )
+    .unwrap();
+    // Range on a blob GET: 206 with exactly those bytes; outside the blob: 416.
+    let d = local.resolve("m:v1").unwrap();
+    let layer = local.manifest(&d).unwrap().layers[0].clone();
+    let whole = std::fs::read(local.blob_path(&layer.digest)).unwrap();
+    let url = format!("{base}/v2/m/blobs/{}", layer.digest);
+    let (code, head, body) = curl(&["-u", "x:s3cret", "-H", "Range: bytes=10-99"], &url);
+    assert_eq!(code, 206, "{head}");
+    assert_eq!(body, &whole[10..100]);
+    assert!(
+        head.contains(&format!("bytes 10-99/{}", whole.len())),
+        "{head}"
+    );
+    let (code, _, body) = curl(&["-u", "x:s3cret", "-H", "Range: bytes=-5"], &url);
+    assert_eq!((code, body.as_slice()), (206, &whole[whole.len() - 5..]));
+    let (code, _, _) = curl(
+        &[
+            "-u",
+            "x:s3cret",
+            "-H",
+            &format!("Range: bytes={}-", whole.len()),
+        ],
+        &url,
+    );
+    assert_eq!(code, 416);
+    let (code, _, body) = curl(&["-u", "x:s3cret"], &url);
+    assert_eq!((code, body), (200, whole));
+}

@@ -35,7 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{valid_repo_name, valid_tag};
 use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
@@ -385,20 +385,22 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     // Authentication comes first: an unauthenticated body is never read.
     if let Some(t) = &st.opts.token {
-        let ok = parts
+        let given = parts
             .headers
             .get("Authorization")
-            .and_then(|v| v.to_str().ok())
-            == Some(&format!("Bearer {t}"));
-        if !ok {
+            .and_then(|v| v.to_str().ok());
+        if !authorized(given, t) {
             let mut r = oci_error(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
-                "a bearer token is required",
+                "authentication required: the token as a bearer token, or as the password \
+                 of basic auth (any user name)",
             );
+            // Basic: what docker, skopeo, oras and curl -u answer with a user and
+            // password; a bearer token sent directly is accepted as well.
             r.headers_mut().insert(
                 "WWW-Authenticate",
-                HeaderValue::from_static("Bearer realm=\"vmt-hub\",service=\"vmt-hub\""),
+                HeaderValue::from_static("Basic realm=\"vmt-hub\""),
             );
             r.headers_mut()
                 .insert("Connection", HeaderValue::from_static("close"));
@@ -419,7 +421,10 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
     match (route, method) {
         (Route::Base, _) => (
             StatusCode::OK,
-            [("Docker-Distribution-API-Version", "registry/2.0")],
+            [
+                ("Docker-Distribution-API-Version", "registry/2.0"),
+                ("Content-Type", "application/json"),
+            ],
             "{}",
         )
             .into_response(),
@@ -451,7 +456,8 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
             StatusCode::NO_CONTENT.into_response()
         }
         (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
-            get_blob(&st, &d, m == Method::HEAD).await
+            let range = headers.get("Range").and_then(|v| v.to_str().ok());
+            get_blob(&st, &d, m == Method::HEAD, range).await
         }
         _ => not_allowed(),
     }
@@ -1024,7 +1030,73 @@ async fn blob_intact(st: &Shared, d: Digest) -> Option<bool> {
     Some(ok)
 }
 
-async fn get_blob(st: &Shared, digest: &str, head: bool) -> Response {
+/// Whether an `Authorization` header carries `token`: `Bearer <token>`, or `Basic` with
+/// the token as the password (any user name). Compared in constant time.
+fn authorized(given: Option<&str>, token: &str) -> bool {
+    use base64::Engine;
+    let Some(given) = given else {
+        return false;
+    };
+    let presented = if let Some(b) = given.strip_prefix("Bearer ") {
+        b.trim().as_bytes().to_vec()
+    } else if let Some(b) = given.strip_prefix("Basic ") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
+            return false;
+        };
+        match decoded.iter().position(|&c| c == b':') {
+            Some(i) => decoded[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    let want = token.as_bytes();
+    presented.len() == want.len()
+        && presented
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// A single `bytes=` range of a blob of `size` bytes as `(first, last)`, `Err(())` when it
+/// cannot be satisfied; `None` (the whole blob) for no header, several ranges or another
+/// unit.
+#[allow(clippy::result_unit_err)]
+pub(crate) fn blob_range(header: Option<&str>, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.is_empty(), b.is_empty()) {
+        // bytes=-N: the last N bytes.
+        (true, false) => {
+            let n: u64 = b.parse().ok()?;
+            if n == 0 || size == 0 {
+                return Some(Err(()));
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (false, _) => {
+            let first: u64 = a.parse().ok()?;
+            let last: u64 = if b.is_empty() {
+                u64::MAX
+            } else {
+                b.parse().ok()?
+            };
+            if first >= size || last < first {
+                return Some(Err(()));
+            }
+            (first, last.min(size - 1))
+        }
+        (true, true) => return None,
+    };
+    Some(Ok(range))
+}
+
+async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) -> Response {
     let Ok(d) = digest.parse::<Digest>() else {
         return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
     };
@@ -1043,24 +1115,62 @@ async fn get_blob(st: &Shared, digest: &str, head: bool) -> Response {
             &format!("blob {d} is not known"),
         );
     };
+    let mut file = file;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let headers = [
+    let (status, first, len, content_range) = match blob_range(range, size) {
+        None => (StatusCode::OK, 0, size, None),
+        Some(Ok((a, b))) => (
+            StatusCode::PARTIAL_CONTENT,
+            a,
+            b - a + 1,
+            Some(format!("bytes {a}-{b}/{size}")),
+        ),
+        Some(Err(())) => {
+            let mut r = oci_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                &format!("the range is outside the blob's {size} bytes"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert("Content-Range", v);
+            }
+            return r;
+        }
+    };
+    let mut headers = vec![
         ("Content-Type", "application/octet-stream".to_string()),
         ("Docker-Content-Digest", d.to_string()),
-        ("Content-Length", size.to_string()),
+        ("Content-Length", len.to_string()),
+        ("Accept-Ranges", "bytes".to_string()),
     ];
-    if head {
-        return (StatusCode::OK, headers).into_response();
+    if let Some(cr) = content_range {
+        headers.push(("Content-Range", cr));
     }
-    // Streamed from the file in 64 KiB reads.
-    let stream = futures_util::stream::try_unfold(file, |mut f| async move {
-        let mut buf = vec![0u8; 64 << 10];
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok::<_, std::io::Error>(None);
+    let mut response = if head {
+        (status, Body::empty()).into_response()
+    } else {
+        if first > 0 && file.seek(std::io::SeekFrom::Start(first)).await.is_err() {
+            return internal("seek");
         }
-        buf.truncate(n);
-        Ok(Some((axum::body::Bytes::from(buf), f)))
-    });
-    (StatusCode::OK, headers, Body::from_stream(stream)).into_response()
+        // Streamed from the file in 64 KiB reads, `len` bytes in all.
+        let stream = futures_util::stream::try_unfold((file, len), |(mut f, left)| async move {
+            if left == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            let mut buf = vec![0u8; (64 << 10).min(left as usize)];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.truncate(n);
+            Ok(Some((axum::body::Bytes::from(buf), (f, left - n as u64))))
+        });
+        (status, Body::from_stream(stream)).into_response()
+    };
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
 }
