@@ -101,8 +101,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             "a folder is in the way",
         ));
     }
+    // 0666 less the umask, as `File::create` would (tempfile's default is 0600).
     let mut tmp = tempfile::Builder::new()
         .prefix(".vmt-tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;

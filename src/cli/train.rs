@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// The split to train on (splits/NAME.txt), e.g. human_parts_train.
     #[arg(long, default_value = "train")]
     pub train_split: String,
-    /// Images per evaluation batch.
+    /// Images per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Peak learning rate (linear warm-up, then cosine decay).

@@ -334,39 +334,37 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
         .unwrap_or_else(internal)
 }
 
-/// Every request holds the registry's index while it runs; 50 ms after the last one
-/// ends the index is released, so that vmt-hub commands in other processes can use the
-/// registry between bursts of requests (they wait for the lock, as this waits for theirs).
+/// Requests reach the registry's index only where they need it (tags, manifests: see
+/// [`use_index`]); blob transfers never hold it, so other vmt-hub processes can use the
+/// registry while `serve` runs.
 async fn handle(State(st): State<Shared>, req: Request) -> Response {
-    st.started.fetch_add(1, Ordering::SeqCst);
-    st.in_flight.fetch_add(1, Ordering::SeqCst);
-    let held = {
-        let st = Arc::clone(&st);
-        tokio::task::spawn_blocking(move || st.reg.hold_index()).await
-    };
-    let response = match held {
-        Ok(Ok(hold)) => {
-            let r = handle_request(&st, req).await;
-            drop(hold);
-            r
+    handle_request(&st, req).await
+}
+
+/// How long `serve` keeps the index after the last request that used it.
+const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(50);
+
+/// A request's use of the registry's index: held while this lives. When the last use
+/// ends (also when the client goes away and the request is dropped), the index is
+/// released after [`RELEASE_AFTER_IDLE`] without a new use, so that other processes can
+/// open the registry between bursts of requests.
+struct IndexUse {
+    st: Shared,
+    hold: Option<crate::store::IndexHold>,
+}
+
+impl Drop for IndexUse {
+    fn drop(&mut self) {
+        self.hold = None;
+        if self.st.in_flight.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
         }
-        Ok(Err(e)) => {
-            tracing::warn!("{e}");
-            oci_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                "the registry is busy with another vmt-hub process; try again",
-            )
-        }
-        Err(e) => internal(e),
-    };
-    if st.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        // Let go once idle for a moment: the requests of one push or pull follow each
-        // other within microseconds, and reopening the index for each would cost more
-        // than the request.
-        let st = Arc::clone(&st);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let st = Arc::clone(&self.st);
         let seen = st.started.load(Ordering::SeqCst);
-        tokio::spawn(async move {
+        rt.spawn(async move {
             tokio::time::sleep(RELEASE_AFTER_IDLE).await;
             if st.in_flight.load(Ordering::SeqCst) == 0 && st.started.load(Ordering::SeqCst) == seen
             {
@@ -374,11 +372,34 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
             }
         });
     }
-    response
 }
 
-/// How long `serve` keeps the index after its last request.
-const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(50);
+/// Takes the registry's index for one request, waiting (off the async threads) for
+/// another process to let go of it; 503 `UNAVAILABLE` when it does not in time.
+async fn use_index(st: &Shared) -> Result<IndexUse, Response> {
+    st.started.fetch_add(1, Ordering::SeqCst);
+    st.in_flight.fetch_add(1, Ordering::SeqCst);
+    let mut used = IndexUse {
+        st: Arc::clone(st),
+        hold: None,
+    };
+    let st2 = Arc::clone(st);
+    match tokio::task::spawn_blocking(move || st2.reg.hold_index()).await {
+        Ok(Ok(hold)) => {
+            used.hold = Some(hold);
+            Ok(used)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("{e}");
+            Err(oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "the registry is busy with another vmt-hub process; try again",
+            ))
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
 
 async fn handle_request(st: &Shared, req: Request) -> Response {
     let st = Arc::clone(st);
@@ -428,17 +449,46 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
             "{}",
         )
             .into_response(),
-        (Route::Catalog, Method::GET) => blocking(move || catalog(&st, &uri)).await,
-        (Route::Tags(n), Method::GET) => blocking(move || tags(&st, &n, &uri)).await,
+        (Route::Catalog, Method::GET) => {
+            let used = match use_index(&st).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let r = blocking(move || catalog(&st, &uri)).await;
+            drop(used);
+            r
+        }
+        (Route::Tags(n), Method::GET) => {
+            let used = match use_index(&st).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let r = blocking(move || tags(&st, &n, &uri)).await;
+            drop(used);
+            r
+        }
         (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
-            blocking(move || get_manifest(&st, &n, &r, m == Method::HEAD)).await
+            let used = match use_index(&st).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let r = blocking(move || get_manifest(&st, &n, &r, m == Method::HEAD)).await;
+            drop(used);
+            r
         }
         (Route::Manifest(n, r), Method::PUT) => {
+            // The body first (bounded, without the index), then the index to store it.
             let bytes = match read_small_body(&st, body, MAX_MANIFEST_BYTES).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            blocking(move || put_manifest(&st, &n, &r, &bytes)).await
+            let used = match use_index(&st).await {
+                Ok(u) => u,
+                Err(r) => return r,
+            };
+            let r = blocking(move || put_manifest(&st, &n, &r, &bytes)).await;
+            drop(used);
+            r
         }
         (Route::UploadStart(n), Method::POST) => start_upload(&st, &n, &uri, body).await,
         (Route::Upload(n, id), Method::PATCH) => {

@@ -298,8 +298,13 @@ pub fn push(
             ));
         }
     }
+    // Only an optimisation for later pushes (mounts): a failure here does not undo the
+    // push that succeeded.
     for d in &on_remote {
-        reg.note_remote_blob(&remote.host, d, repo)?;
+        if let Err(e) = reg.note_remote_blob(&remote.host, d, repo) {
+            tracing::warn!("pushed, but not recorded for later mounts: {e}");
+            break;
+        }
     }
     progress.finish();
     Ok(report)
@@ -455,7 +460,18 @@ pub fn pull(
         report.bytes_received += layer.size;
         received.push((layer.digest, file));
     }
-    // Everything checked: blobs, then the manifest, the tag record and the index.
+    // Everything checked: blobs, then the manifest, the tag record and the index, all
+    // under the registry's lock, so that no gc in another process runs in between; a
+    // local blob reused above must still be there.
+    let _hold = reg.hold_index()?;
+    for layer in &manifest.layers {
+        if !received.iter().any(|(d, _)| *d == layer.digest) && !reg.has_blob(&layer.digest) {
+            return Err(Error::Corrupt {
+                what: format!("local blob {}", layer.digest),
+                reason: "removed while the pull ran (a gc in another process?); pull again".into(),
+            });
+        }
+    }
     reg.put_blob(&config_bytes)?;
     for (digest, file) in &received {
         reg.put_blob_file(file.path(), digest)?;

@@ -62,7 +62,9 @@ pub struct ServeLock(#[allow(dead_code)] std::fs::File);
 const SERVE_LOCK: &str = "serve.lock";
 
 impl ServeLock {
-    /// Takes the lock, if no other `serve` holds it.
+    /// Takes the lock (trying for a second: another process's [`ServeLock::is_held`]
+    /// probe holds it shared for an instant); `None`, with a warning, if another `serve`
+    /// holds it.
     pub fn acquire(root: &Path) -> Option<Self> {
         use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
@@ -71,9 +73,19 @@ impl ServeLock {
             .write(true)
             .open(root.join(SERVE_LOCK))
             .ok()?;
-        // SAFETY: flock on a file descriptor this function owns.
-        (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
-            .then_some(Self(f))
+        for _ in 0..50 {
+            // SAFETY: flock on a file descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Some(Self(f));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tracing::warn!(
+            "{}: another serve holds it; this one's upload sessions are not protected \
+             from other processes",
+            root.join(SERVE_LOCK).display()
+        );
+        None
     }
 
     /// Whether a `serve` (in this process or another) holds the lock of `root`.
@@ -721,8 +733,10 @@ impl Registry {
     /// Points `tag` at a stored manifest: the tag record first, the index last.
     fn tag_manifest(&self, tag: &TagName, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let tag_key = tag.to_string();
+        // The lock first: no other process (a gc) runs between the tag and the index.
+        let index = self.index()?;
         self.tags.set(&tag_key, digest, "set")?;
-        self.index()?.publish(&tag_key, digest, record)?;
+        index.publish(&tag_key, digest, record)?;
         Ok(())
     }
 
@@ -957,6 +971,18 @@ impl Registry {
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         let dry_run = opts.dry_run;
         let mut keep = self.reachable()?;
+        // As git's prune expiry: a blob no bundle references yet is kept while it is
+        // younger than the grace period (a transfer in another process may be about to
+        // reference it).
+        let young = |d: &Digest| {
+            opts.grace.is_some_and(|grace| {
+                std::fs::metadata(self.blobs.path(d))
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age < grace)
+            })
+        };
         if let Some(grace) = opts.grace {
             for (d, why) in self.held_by_history(grace)? {
                 // A held manifest whose blobs are gone holds nothing more.
@@ -986,6 +1012,13 @@ impl Registry {
                     digest: d,
                     size,
                     reason: why.join(", "),
+                }),
+                None if young(&d) => report.kept.push(GcEntry {
+                    digest: d,
+                    size,
+                    reason: "referenced by no bundle yet, written within the grace period \
+                             (an import, pull or push may be about to tag it)"
+                        .into(),
                 }),
                 None => {
                     let reason = if known.contains(&d) {

@@ -200,3 +200,21 @@ fn check_shape(path: &Path, shape: &[usize], want: &[usize]) -> Result<(), DataE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_longer_than_the_file_is_refused_before_npyz_allocates_it() {
+        // Found by the `npy` fuzz target: version 2, header length 0x939bd885 (2.4 GB).
+        let input = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/npy/oom-header-length"),
+        )
+        .unwrap();
+        let err = parse_npy(&input, Path::new("x.npy"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header is longer than the file"), "{err}");
+    }
+}
