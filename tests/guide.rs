@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -76,25 +75,7 @@ impl Drop for Served {
 
 /// `vmt-hub serve` on its own registry; its port.
 fn serve(root: &Path) -> (Served, u16) {
-    let mut child = vmt_hub_command()
-        .arg("--registry")
-        .arg(root)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("serve said {line:?}"));
+    let (child, port) = common::spawn_serve(root, &[]);
     (Served(child), port)
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -111,29 +111,7 @@ fn distribution(dir: &Path, htpasswd: Option<(&str, &str)>) -> Server {
 /// `vmt-hub serve` on a fresh registry.
 fn vmt_serve(dir: &Path, extra: &[&str]) -> Server {
     let root = dir.join("served");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
-        .arg("--registry")
-        .arg(&root)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("{line}"));
+    let (child, port) = common::spawn_serve(&root, extra);
     let s = Server {
         child,
         port,

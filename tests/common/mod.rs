@@ -91,3 +91,30 @@ pub fn docker_registry() -> Option<&'static str> {
     )
     .then(|| bin.expect("checked"))
 }
+
+/// `vmt-hub --registry root serve --addr 127.0.0.1:0 extra...`, and the port it says it
+/// listens on. The caller kills the child.
+pub fn spawn_serve(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = vmt_hub_command()
+        .arg("--registry")
+        .arg(root)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("serve said {line:?}"));
+    (child, port)
+}
