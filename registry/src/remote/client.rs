@@ -544,11 +544,19 @@ impl Client {
                 Err(e) => {
                     let timed_out = matches!(e, ureq::Error::Timeout(_));
                     let reason = describe(&e, &self.timeouts);
+                    // A refused, reset or garbled connection may work on a second try;
+                    // an unknown host, a bad URL or a TLS failure will not.
+                    let transient = matches!(
+                        e,
+                        ureq::Error::Io(_)
+                            | ureq::Error::ConnectionFailed
+                            | ureq::Error::Protocol(_)
+                    );
                     let retry = if timed_out {
                         timeouts_retried < 1
                             && !matches!(e, ureq::Error::Timeout(ureq::Timeout::Global))
                     } else {
-                        attempt < self.retries
+                        transient && attempt < self.retries
                     };
                     if !retry {
                         return Err(Error::remote(&self.base, None, format!("{what}: {reason}")));
