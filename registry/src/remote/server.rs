@@ -211,6 +211,7 @@ pub async fn serve_until(
             }
         })
     };
+    let releaser = tokio::spawn(release_when_idle(Arc::clone(&state)));
     let permits = Arc::new(tokio::sync::Semaphore::new(max));
     tokio::pin!(shutdown);
     loop {
@@ -248,6 +249,7 @@ pub async fn serve_until(
         });
     }
     sweeper.abort();
+    releaser.abort();
     let _ = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(max as u32)).await;
     Ok(())
 }
@@ -344,10 +346,8 @@ async fn handle(State(st): State<Shared>, req: Request) -> Response {
 /// How long `serve` keeps the index after the last request that used it.
 const RELEASE_AFTER_IDLE: Duration = Duration::from_millis(50);
 
-/// A request's use of the registry's index: held while this lives. When the last use
-/// ends (also when the client goes away and the request is dropped), the index is
-/// released after [`RELEASE_AFTER_IDLE`] without a new use, so that other processes can
-/// open the registry between bursts of requests.
+/// A request's use of the registry's index: held while this lives (dropped with the
+/// request, also when the client goes away mid-way).
 struct IndexUse {
     st: Shared,
     hold: Option<crate::store::IndexHold>,
@@ -356,21 +356,24 @@ struct IndexUse {
 impl Drop for IndexUse {
     fn drop(&mut self) {
         self.hold = None;
-        if self.st.in_flight.fetch_sub(1, Ordering::SeqCst) != 1 {
-            return;
+        self.st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Lets go of the registry's index whenever no request has used it for
+/// [`RELEASE_AFTER_IDLE`], so that other processes can open the registry between bursts
+/// of requests. A loop rather than a timer per request: a request cancelled while it
+/// waited for the lock still ends up released.
+async fn release_when_idle(st: Shared) {
+    let mut seen = st.started.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(RELEASE_AFTER_IDLE).await;
+        let now = st.started.load(Ordering::SeqCst);
+        if now == seen && st.in_flight.load(Ordering::SeqCst) == 0 {
+            let st = Arc::clone(&st);
+            let _ = tokio::task::spawn_blocking(move || st.reg.release_index()).await;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let st = Arc::clone(&self.st);
-        let seen = st.started.load(Ordering::SeqCst);
-        rt.spawn(async move {
-            tokio::time::sleep(RELEASE_AFTER_IDLE).await;
-            if st.in_flight.load(Ordering::SeqCst) == 0 && st.started.load(Ordering::SeqCst) == seen
-            {
-                let _ = tokio::task::spawn_blocking(move || st.reg.release_index()).await;
-            }
-        });
+        seen = now;
     }
 }
 
