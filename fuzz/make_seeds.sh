@@ -39,9 +39,10 @@ for s in 'team/tiny:v1' 'a:latest' 'sha256:86215f694695dbfe3757abe37b97929fa146f
   'oci://localhost:5000/team/vmt:v1' 'oci://registry.example.com/a/b@sha256:86215f694695dbfe3757abe37b97929fa146f4df8349a167b388a757d83d3f8a'; do
   seed reference "$s"; done
 for s in 'Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push"' \
-  'Basic realm="Registry Realm"' 'Bearer realm=https://x/token,service=y' 'Bearer realm="vmt-hub",error="invalid_token"'; do
+  'Basic realm="Registry Realm"' 'Bearer realm=https://x/token,service=y' 'Bearer realm="vmt-hub",error="invalid_token"' \
+  'Basic eDp0b2s=' 'Bearer tok'; do
   seed www_authenticate "$s"; done
-for s in 'bytes 0-1023/2048' '0-9' 'bytes=10-19' '0-0' '5-'; do
+for s in 'bytes 0-1023/2048' '0-9' 'bytes=10-19' '0-0' '5-' 'bytes=10-99' 'bytes=-5' 'bytes=3-'; do
   seed content_range "$s"; done
 for s in '/v2/' '/v2/_catalog' '/v2/team/vmt/tags/list' '/v2/team/vmt/manifests/v1' \
   '/v2/team/vmt/blobs/uploads/' '/v2/team/vmt/blobs/uploads/3f1c-9a' \

@@ -48,6 +48,39 @@ fn train(root: &Path, data: &Path, run: &Path, size: Option<&str>, tag: &str) ->
     vmt_hub(root, &args)
 }
 
+/// `add-task BASE --task TASK` for `steps` steps of batch 2 into `run`, tagged `tag`.
+#[allow(clippy::too_many_arguments)]
+fn add_task(
+    root: &Path,
+    base: &str,
+    task: &str,
+    data: &Path,
+    steps: &str,
+    run: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> (String, String) {
+    let mut args = vec![
+        "add-task",
+        base,
+        "--task",
+        task,
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        steps,
+        "--batch",
+        "2",
+        "--quiet",
+        "--run-dir",
+        run.to_str().unwrap(),
+        "--tag",
+        tag,
+    ];
+    args.extend_from_slice(extra);
+    ok(root, &args)
+}
+
 #[test]
 fn eval_and_add_task_use_the_image_size_the_bundle_was_trained_at() {
     let tmp = tempfile::tempdir().unwrap();
@@ -66,26 +99,7 @@ fn eval_and_add_task_use_the_image_size_the_bundle_was_trained_at() {
     assert!(out.contains("32x32"), "{out}");
 
     let run2 = tmp.path().join("run2");
-    let (_, err) = ok(
-        &root,
-        &[
-            "add-task",
-            "s:v1",
-            "--task",
-            "normals",
-            "--data",
-            d,
-            "--steps",
-            "2",
-            "--batch",
-            "2",
-            "--quiet",
-            "--run-dir",
-            run2.to_str().unwrap(),
-            "--tag",
-            "s:v2",
-        ],
-    );
+    let (_, err) = add_task(&root, "s:v1", "normals", &data, "2", &run2, "s:v2", &[]);
     assert!(err.contains("image size 48"), "{err}");
     let out = tmp.path().join("out");
     ok(&root, &["export", "s:v2", out.to_str().unwrap()]);
@@ -96,27 +110,16 @@ fn eval_and_add_task_use_the_image_size_the_bundle_was_trained_at() {
     // Provenance per task: a task added at another size says so, the inherited ones
     // keep their run's; a merge keeps each task's record and names every source.
     let run3 = tmp.path().join("run3");
-    ok(
+    let size = ["--image-size", "32"];
+    add_task(
         &root,
-        &[
-            "add-task",
-            "s:v1",
-            "--task",
-            "human_parts",
-            "--data",
-            d,
-            "--steps",
-            "3",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
-            "--run-dir",
-            run3.to_str().unwrap(),
-            "--tag",
-            "s:v3",
-        ],
+        "s:v1",
+        "human_parts",
+        &data,
+        "3",
+        &run3,
+        "s:v3",
+        &size,
     );
     let line = |show: &str, task: &str| {
         show.lines()

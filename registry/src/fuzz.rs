@@ -85,9 +85,13 @@ pub fn reference(data: &[u8]) {
     }
 }
 
-/// A `WWW-Authenticate` challenge: every parameter value is a substring of the header.
+/// A `WWW-Authenticate` challenge (client): every parameter value is a substring of the
+/// header; an `Authorization` header (`serve`): only the token itself passes.
 pub fn www_authenticate(data: &[u8]) {
     let s = text(data);
+    if crate::remote::server::authorized(Some(s), "tok") {
+        assert!(s.contains("tok") || s.starts_with("Basic "), "{s:?}");
+    }
     let (scheme, params) = crate::remote::client::parse_challenge(s);
     assert!(s.to_ascii_lowercase().starts_with(&scheme));
     for (k, v) in params {
@@ -95,9 +99,15 @@ pub fn www_authenticate(data: &[u8]) {
     }
 }
 
-/// `Content-Range` (server) and `Range` (client) headers.
+/// `Content-Range` (server), `Range` on a blob GET (server) and an upload's `Range`
+/// (client).
 pub fn content_range(data: &[u8]) {
     let s = text(data);
+    for size in [0, 1, 100, u64::MAX] {
+        if let Some(Ok((a, b))) = crate::remote::server::blob_range(Some(s), size) {
+            assert!(a <= b && b < size, "{a}-{b} of {size} from {s:?}");
+        }
+    }
     if let Some(Some((a, b))) = crate::remote::server::parse_content_range(s) {
         assert!(s.contains(&a.to_string()) && s.contains(&b.to_string()));
     }

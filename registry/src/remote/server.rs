@@ -377,6 +377,21 @@ async fn release_when_idle(st: Shared) {
     }
 }
 
+/// Runs `f` (registry work, off the async threads) with the registry's index held.
+async fn with_index(
+    st: Shared,
+    f: impl FnOnce(&ServerState) -> Response + Send + 'static,
+) -> Response {
+    match use_index(&st).await {
+        Ok(used) => {
+            let r = blocking(move || f(&st)).await;
+            drop(used);
+            r
+        }
+        Err(r) => r,
+    }
+}
+
 /// Takes the registry's index for one request, waiting (off the async threads) for
 /// another process to let go of it; 503 `UNAVAILABLE` when it does not in time.
 async fn use_index(st: &Shared) -> Result<IndexUse, Response> {
@@ -452,32 +467,10 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
             "{}",
         )
             .into_response(),
-        (Route::Catalog, Method::GET) => {
-            let used = match use_index(&st).await {
-                Ok(u) => u,
-                Err(r) => return r,
-            };
-            let r = blocking(move || catalog(&st, &uri)).await;
-            drop(used);
-            r
-        }
-        (Route::Tags(n), Method::GET) => {
-            let used = match use_index(&st).await {
-                Ok(u) => u,
-                Err(r) => return r,
-            };
-            let r = blocking(move || tags(&st, &n, &uri)).await;
-            drop(used);
-            r
-        }
+        (Route::Catalog, Method::GET) => with_index(st, move |st| catalog(st, &uri)).await,
+        (Route::Tags(n), Method::GET) => with_index(st, move |st| tags(st, &n, &uri)).await,
         (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
-            let used = match use_index(&st).await {
-                Ok(u) => u,
-                Err(r) => return r,
-            };
-            let r = blocking(move || get_manifest(&st, &n, &r, m == Method::HEAD)).await;
-            drop(used);
-            r
+            with_index(st, move |st| get_manifest(st, &n, &r, m == Method::HEAD)).await
         }
         (Route::Manifest(n, r), Method::PUT) => {
             // The body first (bounded, without the index), then the index to store it.
@@ -485,13 +478,7 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let used = match use_index(&st).await {
-                Ok(u) => u,
-                Err(r) => return r,
-            };
-            let r = blocking(move || put_manifest(&st, &n, &r, &bytes)).await;
-            drop(used);
-            r
+            with_index(st, move |st| put_manifest(st, &n, &r, &bytes)).await
         }
         (Route::UploadStart(n), Method::POST) => start_upload(&st, &n, &uri, body).await,
         (Route::Upload(n, id), Method::PATCH) => {
@@ -1085,7 +1072,7 @@ async fn blob_intact(st: &Shared, d: Digest) -> Option<bool> {
 
 /// Whether an `Authorization` header carries `token`: `Bearer <token>`, or `Basic` with
 /// the token as the password (any user name). Compared in constant time.
-fn authorized(given: Option<&str>, token: &str) -> bool {
+pub(crate) fn authorized(given: Option<&str>, token: &str) -> bool {
     use base64::Engine;
     let Some(given) = given else {
         return false;
