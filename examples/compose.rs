@@ -7,7 +7,7 @@
 
 use candle_core::Device;
 use vmt_hub::data::synth::synthesize;
-use vmt_hub::registry::compose::{drop_task, merge};
+use vmt_hub::registry::compose::{drop_task, lineage, merge};
 use vmt_hub::registry::reference::TagName;
 use vmt_hub::registry::Registry;
 use vmt_hub::train::{train, Base, TrainOptions, TrainOutcome};
@@ -27,7 +27,6 @@ fn main() -> anyhow::Result<()> {
         steps: 40,
         image_size: 32,
         run_dir: work.join(run),
-        quiet: true,
         ..TrainOptions::default()
     };
     let finished = |o: TrainOutcome| match o {
@@ -85,19 +84,17 @@ fn main() -> anyhow::Result<()> {
         slim.new_blobs, slim.new_bytes
     );
 
-    // Lineage: each bundle records its parent.
-    let mut d = Some(slim.digest);
-    while let Some(cur) = d {
-        let tags = reg.tags_of(&cur)?;
-        let tasks = reg
-            .load(&cur)?
-            .config
-            .tasks
-            .into_iter()
-            .map(|t| t.name)
-            .collect::<Vec<_>>();
-        println!("  {} {tags:?}: {}", cur.short(), tasks.join(", "));
-        d = reg.parent(&cur)?;
+    // Lineage: each bundle records its parent; oldest first, with what each step changed.
+    for step in lineage(&reg, &slim.digest)? {
+        println!(
+            "  {} {:?} {}: {} (added {:?}, removed {:?})",
+            step.digest.short(),
+            step.tags,
+            step.operation,
+            step.tasks.join(", "),
+            step.added,
+            step.removed
+        );
     }
     for e in reg.list()? {
         println!("{:<18} {:>8} bytes  {}", e.tag, e.size, e.tasks.join(","));

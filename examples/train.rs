@@ -33,7 +33,6 @@ fn main() -> anyhow::Result<()> {
         steps,
         image_size: 32,
         run_dir: work.join("run"),
-        quiet: true,
         ..TrainOptions::default()
     };
     let TrainOutcome::Finished(bundle) = train(&opts, &Device::Cpu)? else {

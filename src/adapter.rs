@@ -9,17 +9,17 @@
 //! let adapter = Adapter::open(&source, None, &candle_core::Device::Cpu)?;
 //! let files = adapter.predict_image("street.jpg".as_ref(), "predictions".as_ref())?;
 //! println!("{} pictures; tasks {:?}", files.len(), adapter.task_names());
-//! # Ok::<(), anyhow::Error>(())
+//! # Ok::<(), vmt_hub::Error>(())
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use candle_core::{Device, Tensor};
 use vmt_registry::bundle::BundleDir;
 use vmt_registry::{Digest, Registry};
 
+use crate::error::{Context, Result};
 use crate::model::tensors::from_raw;
 use crate::model::{Backbone, BackboneSource, VmtModel, VmtOutput};
 
@@ -71,12 +71,25 @@ pub struct LoadedBundle {
     pub digest: Option<Digest>,
 }
 
+impl LoadedBundle {
+    /// Keeps only the tasks named in `tasks` (their decoders and modules; the shared
+    /// adapter stays): a bundle that runs fewer tasks.
+    pub fn keep_tasks(&mut self, tasks: &[String]) {
+        let bundle = &mut self.bundle;
+        bundle.config.tasks.retain(|t| tasks.contains(&t.name));
+        let keep = vmt_registry::bundle::bundle_tensors(&bundle.config);
+        bundle
+            .tensors
+            .retain(|n, _| keep.iter().any(|s| &s.name == n));
+    }
+}
+
 /// Reads a bundle (every blob verified, every tensor checked against the config).
 ///
 /// # Errors
 /// An unknown reference, a registry another process holds, a bundle that does not
 /// validate (named by file or digest).
-pub fn read_bundle(source: &BundleSource) -> anyhow::Result<LoadedBundle> {
+pub fn read_bundle(source: &BundleSource) -> Result<LoadedBundle> {
     match source {
         BundleSource::Dir(dir) => Ok(LoadedBundle {
             bundle: BundleDir::read(dir)?,
@@ -102,7 +115,7 @@ pub fn read_bundle(source: &BundleSource) -> anyhow::Result<LoadedBundle> {
 pub fn backbone_for(
     bundle: &LoadedBundle,
     given: Option<&BackboneSource>,
-) -> anyhow::Result<BackboneSource> {
+) -> Result<BackboneSource> {
     given
         .cloned()
         .or_else(|| BackboneSource::recorded(&bundle.bundle.config.backbone))
@@ -119,7 +132,7 @@ pub fn backbone_for(
 ///
 /// # Errors
 /// A backbone of other weights or geometry.
-pub fn build_model(bundle: &LoadedBundle, backbone: &Backbone) -> anyhow::Result<VmtModel> {
+pub fn build_model(bundle: &LoadedBundle, backbone: &Backbone) -> Result<VmtModel> {
     backbone.check_matches(&bundle.bundle.config.backbone)?;
     let tensors = from_raw(
         &bundle.bundle.tensors,
@@ -152,7 +165,7 @@ impl Adapter {
         source: &BundleSource,
         backbone: Option<&BackboneSource>,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         Self::from_loaded(read_bundle(source)?, backbone, device)
     }
 
@@ -164,10 +177,19 @@ impl Adapter {
         loaded: LoadedBundle,
         backbone: Option<&BackboneSource>,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let spec = backbone_for(&loaded, backbone)?;
         let backbone =
             Backbone::open(&spec, device).with_context(|| format!("loading backbone {spec}"))?;
+        Self::with_backbone(loaded, backbone)
+    }
+
+    /// Like [`Adapter::from_loaded`] on a backbone already loaded (checked against the
+    /// one the bundle records).
+    ///
+    /// # Errors
+    /// See [`build_model`].
+    pub fn with_backbone(loaded: LoadedBundle, backbone: Backbone) -> Result<Self> {
         let model = build_model(&loaded, &backbone)?;
         Ok(Self {
             loaded,
@@ -190,7 +212,7 @@ impl Adapter {
     ///
     /// # Errors
     /// A tensor of another shape or dtype.
-    pub fn forward(&self, pixels: &Tensor) -> anyhow::Result<VmtOutput> {
+    pub fn forward(&self, pixels: &Tensor) -> Result<VmtOutput> {
         Ok(self.model.forward(pixels)?)
     }
 
@@ -198,7 +220,7 @@ impl Adapter {
     ///
     /// # Errors
     /// An image that cannot be decoded (named), an output folder that cannot be written.
-    pub fn predict_image(&self, image: &Path, out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    pub fn predict_image(&self, image: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
         crate::predict::predict_image(&self.model, image, out_dir)
     }
 }

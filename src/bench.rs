@@ -1,4 +1,6 @@
-//! `vmt-hub bench forward`: time the full multi-task forward pass (a benchmark, not a test).
+//! The measurements of `vmt-hub bench` (benchmarks, not tests): the multi-task forward
+//! pass, a training step, the registry's import/export/verify and push/pull throughput.
+//! Each report prints as the line `vmt-hub bench` shows (`Display`) or as JSON (`Serialize`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +16,21 @@ use crate::model::{Backbone, VmtModel};
 /// One measured configuration.
 #[derive(Debug, Serialize)]
 pub struct ForwardTiming {
+    /// The backbone spec.
     pub backbone: String,
+    /// Tasks run.
     pub tasks: usize,
+    /// Images per pass.
     pub batch: usize,
+    /// Image side.
     pub size: usize,
+    /// Timed passes.
     pub iters: usize,
+    /// Median seconds per pass.
     pub median_s: f64,
+    /// Fastest pass, seconds.
     pub min_s: f64,
+    /// Images per second at the median.
     pub images_per_s: f64,
     /// Median of the encoder alone (backbone, shared adapters, every task's KEMs).
     pub encoder_median_s: f64,
@@ -38,7 +48,7 @@ pub fn bench_forward(
     size: usize,
     iters: usize,
     device: &Device,
-) -> anyhow::Result<Vec<ForwardTiming>> {
+) -> crate::Result<Vec<ForwardTiming>> {
     let backbone = Backbone::load(backbone, device)?;
     let cfg = BundleConfig::new(
         backbone.geometry_with_provenance(),
@@ -96,9 +106,13 @@ pub fn bench_forward(
 /// One registry operation's throughput.
 #[derive(Debug, Serialize)]
 pub struct RegistryTiming {
+    /// What was timed.
     pub operation: String,
+    /// Bytes it moved.
     pub bytes: u64,
+    /// Median seconds.
     pub median_s: f64,
+    /// Throughput at the median, MB/s.
     pub mb_per_s: f64,
 }
 
@@ -110,7 +124,7 @@ fn median_of(mut times: Vec<f64>) -> f64 {
 /// Import, export and verify of a Swin-T-sized four-task bundle in a temporary
 /// registry, next to `sha256sum` over the same bytes. Imports go to a fresh registry each
 /// time (so every blob is written), under `dir`.
-pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec<RegistryTiming>> {
+pub fn bench_registry(dir: &std::path::Path, iters: usize) -> crate::Result<Vec<RegistryTiming>> {
     use vmt_registry::bundle::{BundleDir, SwinGeometry};
     use vmt_registry::reference::TagName;
     use vmt_registry::Registry;
@@ -163,7 +177,9 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
     for _ in 0..iters {
         let t = Instant::now();
         let r = reg.verify(Some("bench:v1"))?;
-        anyhow::ensure!(r.ok(), "verify found problems: {:?}", r.problems);
+        if !r.ok() {
+            crate::error::invalid!("verify found problems: {:?}", r.problems);
+        }
         verify.push(t.elapsed().as_secs_f64());
     }
     record("verify (re-hash every blob of the bundle)", verify);
@@ -174,7 +190,9 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
             .arg(src.join("adapter.safetensors"))
             .arg(src.join("bundle.json"))
             .output()?;
-        anyhow::ensure!(st.status.success(), "sha256sum failed");
+        if !st.status.success() {
+            crate::error::invalid!("sha256sum failed");
+        }
         sha.push(t.elapsed().as_secs_f64());
     }
     record("sha256sum on the same files (process included)", sha);
@@ -184,14 +202,21 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> anyhow::Result<Vec
 /// One measured training configuration.
 #[derive(Debug, Serialize)]
 pub struct TrainTiming {
+    /// The backbone spec.
     pub backbone: String,
+    /// Tasks trained.
     pub tasks: usize,
     /// An add-task step: the shared adapter frozen.
     pub add_task: bool,
+    /// Images per step.
     pub batch: usize,
+    /// Image side.
     pub size: usize,
+    /// Timed steps.
     pub steps: usize,
+    /// Mean seconds per step.
     pub step_s: f64,
+    /// Images per second.
     pub images_per_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB; None where /proc is absent.
     pub peak_rss_mib: Option<f64>,
@@ -203,7 +228,7 @@ fn random_targets(
     b: usize,
     s: usize,
     device: &Device,
-) -> anyhow::Result<Vec<crate::model::Target>> {
+) -> crate::Result<Vec<crate::model::Target>> {
     use crate::model::Target;
     use vmt_registry::bundle::TaskKind;
     tasks
@@ -255,7 +280,7 @@ pub fn bench_train(
     steps: usize,
     add_task: bool,
     device: &Device,
-) -> anyhow::Result<TrainTiming> {
+) -> crate::Result<TrainTiming> {
     let backbone = Backbone::load(backbone, device)?;
     let specs = crate::tasks::bench_task_selection(tasks)?;
     let cfg = BundleConfig::new(
@@ -303,15 +328,16 @@ pub fn bench_train(
 
 /// Push and pull throughput of Swin-T-sized four-task bundles against `remote`
 /// (`oci://HOST:PORT/REPO`); each round pushes a bundle with new tensors (so every blob
-/// travels) and pulls it into an empty registry.
+/// travels) and pulls it into an empty registry, with `credentials`.
 pub fn bench_transfer(
     remote: &str,
+    credentials: &vmt_registry::remote::client::Credentials,
     rounds: usize,
     dir: &std::path::Path,
-) -> anyhow::Result<Vec<RegistryTiming>> {
+) -> crate::Result<Vec<RegistryTiming>> {
     use vmt_registry::bundle::{BundleDir, SwinGeometry};
     use vmt_registry::reference::TagName;
-    use vmt_registry::remote::client::{Client, Credentials};
+    use vmt_registry::remote::client::Client;
     use vmt_registry::remote::transfer::{pull, push, Quiet};
     use vmt_registry::remote::RemoteRef;
     use vmt_registry::Registry;
@@ -330,13 +356,7 @@ pub fn bench_transfer(
         let tag = TagName::parse(&format!("bench:r{i}"))?;
         let d = src.publish(&bundle, &tag)?.digest;
         let r = RemoteRef::parse(&format!("{base}:r{i}"), false)?;
-        let client = Client::new(
-            &r.base,
-            Credentials {
-                token: std::env::var("VMT_REGISTRY_TOKEN").ok(),
-                ..Default::default()
-            },
-        );
+        let client = Client::new(&r.base, credentials.clone());
         let t = Instant::now();
         let report = push(&src, &tag.to_string(), &r, &client, &mut Quiet)?;
         push_t.push(t.elapsed().as_secs_f64());
@@ -345,7 +365,9 @@ pub fn bench_transfer(
         let t = Instant::now();
         let got = pull(&dst, &r, &client, None, &mut Quiet)?;
         pull_t.push(t.elapsed().as_secs_f64());
-        anyhow::ensure!(got.manifest == Some(d), "pulled another manifest");
+        if got.manifest != Some(d) {
+            crate::error::invalid!("pulled another manifest");
+        }
     }
     let row = |op: &str, times: Vec<f64>| {
         let m = median_of(times);
@@ -360,4 +382,50 @@ pub fn bench_transfer(
         row("push (every blob new)", push_t),
         row("pull (into an empty registry, verified)", pull_t),
     ])
+}
+
+impl std::fmt::Display for ForwardTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |s: f64| s * 1e3;
+        write!(
+            f,
+            "{} {} tasks, batch {}, {}x{}: median {:.1} ms (encoder {:.1} ms, decoders {:.1} ms), min {:.1} ms, {:.2} images/s ({} runs)",
+            self.backbone, self.tasks, self.batch, self.size, self.size, ms(self.median_s),
+            ms(self.encoder_median_s), ms(self.decoder_median_s), ms(self.min_s),
+            self.images_per_s, self.iters
+        )
+    }
+}
+
+impl std::fmt::Display for TrainTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rss = self
+            .peak_rss_mib
+            .map_or("n/a".into(), |m| format!("{m:.0} MiB"));
+        write!(
+            f,
+            "{} {} tasks{}, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {rss}",
+            self.backbone,
+            self.tasks,
+            if self.add_task { " (add-task)" } else { "" },
+            self.batch,
+            self.size,
+            self.size,
+            self.step_s,
+            self.images_per_s,
+        )
+    }
+}
+
+impl std::fmt::Display for RegistryTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<52} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
+            self.operation,
+            self.mb_per_s,
+            self.median_s * 1e3,
+            self.bytes as f64 / 1e6
+        )
+    }
 }

@@ -2,8 +2,13 @@
 
 use candle_core::Device;
 
+use crate::error::{Error, Result};
+
 /// Parses a device name; CUDA needs a build with `--features cuda`.
-pub fn parse_device(name: &str) -> anyhow::Result<Device> {
+///
+/// # Errors
+/// [`Error::Invalid`] for a name of no device, or CUDA in a build without it.
+pub fn parse_device(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         _ => {
@@ -12,19 +17,23 @@ pub fn parse_device(name: &str) -> anyhow::Result<Device> {
                 Some(rest) => rest
                     .strip_prefix(':')
                     .and_then(|i| i.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("device {name:?}: expected cpu, cuda or cuda:<index>")
-                    })?,
-                None => anyhow::bail!("device {name:?}: expected cpu, cuda or cuda:<index>"),
+                    .ok_or_else(|| bad(name))?,
+                None => return Err(bad(name)),
             };
             if !candle_core::utils::cuda_is_available() {
-                anyhow::bail!(
+                return Err(Error::Invalid(format!(
                     "device {name}: this vmt-hub was built without CUDA (rebuild with `cargo build --release --features cuda`)"
-                );
+                )));
             }
             Ok(Device::new_cuda(ordinal)?)
         }
     }
+}
+
+fn bad(name: &str) -> Error {
+    Error::Invalid(format!(
+        "device {name:?}: expected cpu, cuda or cuda:<index>"
+    ))
 }
 
 #[cfg(test)]

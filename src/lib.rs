@@ -11,16 +11,19 @@
 //!   decoders and losses;
 //! - [`tasks`]: the task table;
 //! - [`forward`]: reading inputs and writing outputs of `vmt-hub forward`;
-//! - [`cli`]: the `vmt-hub` command line (argument parsing and printing over the above).
+//! - [`bench`](mod@bench): the measurements behind `vmt-hub bench` and docs/benchmarks.md;
+//! - [`error`]: [`Error`], what every fallible function here returns.
 //!
 //! Formats, storage, composition and remotes live in the `vmt-registry` crate (no
-//! candle), re-exported as [`registry`]. `examples/` shows the main calls.
+//! candle), re-exported as [`registry`]. The `vmt-hub` binary (`src/main.rs`, `src/cli/`)
+//! only parses arguments, calls one function of this library per command and prints.
+//! `examples/` shows the main calls.
 
 pub mod adapter;
-pub(crate) mod bench;
-pub mod cli;
+pub mod bench;
 pub mod data;
 pub mod device;
+pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod fuzz;
@@ -29,4 +32,5 @@ pub mod predict;
 pub mod tasks;
 pub mod train;
 
+pub use error::{Error, Result};
 pub use vmt_registry as registry;

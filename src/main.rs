@@ -1,3 +1,8 @@
+//! `vmt-hub`: the command line over the `vmt_hub` library (`cli/` parses, calls one
+//! library function per command and prints).
+
+mod cli;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -26,8 +31,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = vmt_hub::cli::Cli::parse();
-    match std::panic::catch_unwind(move || vmt_hub::cli::run(cli)) {
+    let cli = cli::Cli::parse();
+    match std::panic::catch_unwind(move || cli::run(cli)) {
         Ok(Ok(())) => std::process::ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use crate::error::{Context, Result};
 use candle_core::{DType, Tensor};
 use image::{Rgb, RgbImage};
 use vmt_registry::bundle::TaskKind;
@@ -42,7 +42,7 @@ pub fn image_tensor(img: &RgbImage, device: &candle_core::Device) -> candle_core
 }
 
 /// The picture of one task's raw output `[K, H, W]`.
-pub fn render_task(kind: TaskKind, out: &Tensor) -> anyhow::Result<RgbImage> {
+pub fn render_task(kind: TaskKind, out: &Tensor) -> Result<RgbImage> {
     let (_, h, w) = out.dims3()?;
     let out = out.to_device(&candle_core::Device::Cpu)?;
     let (w32, h32) = (w as u32, h as u32);
@@ -254,11 +254,7 @@ impl Sheet {
 /// task's prediction, captioned, with the ground truth beside each prediction when
 /// `labels` has it (a second row), and a class-colour legend per segmentation task.
 /// Returns the files written.
-pub fn predict_image(
-    model: &VmtModel,
-    image: &Path,
-    out_dir: &Path,
-) -> anyhow::Result<Vec<PathBuf>> {
+pub fn predict_image(model: &VmtModel, image: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
     let img = image::open(image)
         .with_context(|| format!("{}: cannot decode image", image.display()))?
         .to_rgb8();
@@ -275,7 +271,7 @@ pub fn predict_sample(
     dataset: &Dataset,
     id: &str,
     out_dir: &Path,
-) -> anyhow::Result<Vec<PathBuf>> {
+) -> Result<Vec<PathBuf>> {
     let tasks: Vec<_> = model
         .heads
         .iter()
@@ -304,7 +300,7 @@ fn predict_rgb(
     stem: &str,
     truth: &[(String, RgbImage)],
     out_dir: &Path,
-) -> anyhow::Result<Vec<PathBuf>> {
+) -> Result<Vec<PathBuf>> {
     let pixels = image_tensor(img, &model.backbone.device)?;
     let out = model.forward(&pixels)?;
     std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;

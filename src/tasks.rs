@@ -1,7 +1,7 @@
 //! The task table: the tasks of the multi-task PASCAL-Context and NYUD-v2 benchmarks
 //! by name, and the `name[:kind[:channels]]` lists the command line takes.
 
-use anyhow::{bail, Context};
+use crate::error::{invalid, Context, Error, Result};
 use vmt_registry::bundle::{TaskKind, TaskSpec};
 
 /// Known task names with their kind and output channels: PASCAL-Context's semseg (21
@@ -35,7 +35,7 @@ pub fn known_task(name: &str) -> Option<TaskSpec> {
 /// # Errors
 /// An unknown name without a kind, an unknown kind, a segmentation task without its
 /// number of classes.
-pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
+pub fn parse_tasks(list: &str) -> Result<Vec<TaskSpec>> {
     list.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|entry| {
@@ -47,11 +47,13 @@ pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
                 });
             }
             if parts.len() > 3 {
-                bail!("task {entry:?}: write NAME[:KIND[:CHANNELS]]");
+                invalid!("task {entry:?}: write NAME[:KIND[:CHANNELS]]");
             }
-            let kind: TaskKind = parts[1].parse().map_err(anyhow::Error::msg)?;
+            let kind: TaskKind = parts[1].parse().map_err(Error::Invalid)?;
             let channels = match parts.get(2) {
-                Some(c) => c.parse().with_context(|| format!("task {entry:?}: channels"))?,
+                Some(c) => c
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("task {entry:?}: channels: {e}")))?,
                 None => kind.fixed_channels().with_context(|| {
                     format!("task {entry:?}: a segmentation task needs its number of classes (NAME:segmentation:N)")
                 })?,
@@ -66,10 +68,10 @@ pub fn parse_tasks(list: &str) -> anyhow::Result<Vec<TaskSpec>> {
 ///
 /// # Errors
 /// A list entry that does not parse.
-pub fn bench_task_selection(tasks: &str) -> anyhow::Result<Vec<TaskSpec>> {
+pub fn bench_task_selection(tasks: &str) -> Result<Vec<TaskSpec>> {
     match tasks.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(bench_tasks(n)),
-        Ok(_) => anyhow::bail!("--tasks 0: at least one task"),
+        Ok(_) => Err(Error::Invalid("--tasks 0: at least one task".into())),
         Err(_) => parse_tasks(tasks),
     }
 }

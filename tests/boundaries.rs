@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, vmt_hub_command};
+use common::{blob_files as blob_count, fixtures, vmt_hub_command};
 
 /// Address space the tool gets where a test says "bounded memory" (`ulimit -v`, KiB).
 const ULIMIT_V_KIB: u64 = 2 << 20;
@@ -112,12 +112,6 @@ fn mkfifo(p: &Path) {
         0,
         "mkfifo {p:?}"
     );
-}
-
-fn blob_count(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .unwrap()
-        .count()
 }
 
 /// A registry holding the tiny fixture as `a:v1`.

@@ -2,49 +2,74 @@
 //! backbone, the shared adapter and the existing tasks stay bit-identical, and the
 //! registry stores only the delta (one component, one config, one manifest).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
 
-use common::{output_without_panic, vmt_hub_command};
+use common::{blob_files, blob_sizes, ok, step, vmt_hub};
 use vmt_hub::data::synth::synthesize;
 use vmt_registry::Registry;
 
-fn vmt_hub(root: &Path, args: &[&str]) -> Output {
-    output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
+/// A registry with `m:v1` (semseg, sal) trained on synthetic data, for the add-task
+/// scenario.
+struct AddTaskScene {
+    tmp: tempfile::TempDir,
+    data: String,
+    root: PathBuf,
 }
 
-fn ok(root: &Path, args: &[&str]) -> String {
-    let o = vmt_hub(root, args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+impl AddTaskScene {
+    fn run_dir(&self, name: &str) -> String {
+        self.tmp.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// `add-task REFERENCE --task TASK --tag TAG`, 6 steps at 32 px; its output.
+    fn add_task(&self, reference: &str, task: &str, tag: &str, run: &str) -> Output {
+        let run = self.run_dir(run);
+        let args = [
+            "add-task",
+            reference,
+            "--task",
+            task,
+            "--data",
+            &self.data,
+            "--tag",
+            tag,
+            "--run-dir",
+            &run,
+            "--steps",
+            "6",
+            "--batch",
+            "2",
+            "--image-size",
+            "32",
+            "--quiet",
+        ];
+        vmt_hub(&self.root, &args)
+    }
 }
 
-/// The size of every blob file.
-fn blob_sizes(root: &Path) -> Vec<u64> {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .collect()
-}
-
-fn blob_files(root: &Path) -> usize {
-    blob_sizes(root).len()
-}
-
-#[test]
-fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
+fn train_m_v1() -> AddTaskScene {
     let tmp = tempfile::tempdir().unwrap();
     let (data, root) = (tmp.path().join("data"), tmp.path().join("reg"));
     synthesize(&data, 12, 32, 4).unwrap();
-    let d = data.to_str().unwrap();
-    let run = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
-    let common = [
+    let s = AddTaskScene {
+        data: data.to_str().unwrap().to_string(),
+        root,
+        tmp,
+    };
+    let run = s.run_dir("run1");
+    let args = [
+        "train",
+        "--data",
+        &s.data,
+        "--tasks",
+        "semseg,sal",
+        "--tag",
+        "m:v1",
+        "--run-dir",
+        &run,
         "--steps",
         "6",
         "--batch",
@@ -53,43 +78,14 @@ fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
         "32",
         "--quiet",
     ];
-    let mut args = vec![
-        "train",
-        "--data",
-        d,
-        "--tasks",
-        "semseg,sal",
-        "--tag",
-        "m:v1",
-    ];
-    let r1 = run("run1");
-    args.extend(["--run-dir", &r1]);
-    args.extend(common);
-    ok(&root, &args);
-    let before = blob_files(&root);
+    ok(&s.root, &args);
+    s
+}
 
-    let r2 = run("run2");
-    let mut args = vec![
-        "add-task",
-        "m:v1",
-        "--task",
-        "human_parts",
-        "--data",
-        d,
-        "--tag",
-        "m:v2",
-        "--run-dir",
-        &r2,
-    ];
-    args.extend(common);
-    ok(&root, &args);
-    assert_eq!(
-        blob_files(&root),
-        before + 3,
-        "one new component, one config, one manifest"
-    );
-
-    let reg = Registry::open(&root).unwrap();
+/// m:v2 shares m:v1's blobs and tensors, adds one component, has metrics of every task
+/// and m:v1 as its parent.
+fn v2_extends_v1(s: &AddTaskScene) {
+    let reg = Registry::open(&s.root).unwrap();
     let (v1, v2) = (reg.resolve("m:v1").unwrap(), reg.resolve("m:v2").unwrap());
     let (m1, m2) = (
         reg.manifest_record(&v1).unwrap().unwrap(),
@@ -121,40 +117,34 @@ fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
     );
     drop(reg);
     assert!(
-        ok(&root, &["show", "m:v2"]).contains(&v1.to_string()),
+        ok(&s.root, &["show", "m:v2"]).contains(&v1.to_string()),
         "show prints the lineage"
     );
+}
 
-    // Forward: the old tasks' outputs are bit-identical; the new task is there.
-    let img = tmp.path().join("x.png");
+/// `predict` of m:v1 and m:v2 draws the old tasks' pictures bit for bit the same.
+fn old_tasks_predict_the_same(s: &AddTaskScene) {
+    let img = s.tmp.path().join("x.png");
     image::RgbImage::from_fn(40, 24, |x, y| {
         image::Rgb([(x * 5) as u8, (y * 9) as u8, 77])
     })
     .save(&img)
     .unwrap();
-    let (p1, p2) = (tmp.path().join("p1"), tmp.path().join("p2"));
-    ok(
-        &root,
-        &[
+    let predict = |reference: &str, out: &str| {
+        let out = s.tmp.path().join(out);
+        let args = [
             "predict",
-            "m:v1",
+            reference,
             "--image",
             img.to_str().unwrap(),
             "--out",
-            p1.to_str().unwrap(),
-        ],
-    );
-    ok(
-        &root,
-        &[
-            "predict",
-            "m:v2",
-            "--image",
-            img.to_str().unwrap(),
-            "--out",
-            p2.to_str().unwrap(),
-        ],
-    );
+        ];
+        let mut args = args.to_vec();
+        args.push(out.to_str().unwrap());
+        ok(&s.root, &args);
+        out
+    };
+    let (p1, p2) = (predict("m:v1", "p1"), predict("m:v2", "p2"));
     for task in ["semseg", "sal"] {
         let f = format!("x.{task}.png");
         assert_eq!(
@@ -164,56 +154,43 @@ fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
         );
     }
     assert!(p2.join("x.human_parts.png").is_file());
+}
 
-    // Bad requests: a task the bundle has, a task the dataset lacks.
-    let o = vmt_hub(
-        &root,
-        &[
-            "add-task",
-            "m:v1",
-            "--task",
-            "sal",
-            "--data",
-            d,
-            "--tag",
-            "m:bad",
-            "--steps",
-            "1",
-            "--quiet",
-            "--run-dir",
-            &run("bad1"),
-        ],
-    );
+/// add-task refuses a task the bundle has and a task the dataset lacks, naming them.
+fn add_task_refusals(s: &AddTaskScene) {
+    let o = s.add_task("m:v1", "sal", "m:bad", "bad1");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(
-        !o.status.success()
-            && String::from_utf8_lossy(&o.stderr).contains(r#"already has a task "sal""#),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        !o.status.success() && err.contains(r#"already has a task "sal""#),
+        "{err}"
     );
-    let o = vmt_hub(
-        &root,
-        &[
-            "add-task",
-            "m:v1",
-            "--task",
-            "edges",
-            "--data",
-            d,
-            "--tag",
-            "m:bad",
-            "--steps",
-            "1",
-            "--quiet",
-            "--run-dir",
-            &run("bad2"),
-        ],
-    );
+    let o = s.add_task("m:v1", "edges", "m:bad", "bad2");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(
         !o.status.success() && err.contains("dataset.json") && err.contains("edges"),
         "{err}"
     );
-    assert!(!ok(&root, &["list"]).contains("m:bad"));
+    assert!(!ok(&s.root, &["list"]).contains("m:bad"));
+}
+
+#[test]
+fn add_task_stores_only_the_delta_and_leaves_existing_tasks_unchanged() {
+    let s = step("train m:v1 (semseg, sal)", train_m_v1);
+    let before = blob_files(&s.root);
+    step("add-task human_parts as m:v2 stores the delta only", || {
+        let o = s.add_task("m:v1", "human_parts", "m:v2", "run2");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            blob_files(&s.root),
+            before + 3,
+            "one new component, one config, one manifest"
+        );
+    });
+    step("m:v2 extends m:v1", || v2_extends_v1(&s));
+    step("old tasks predict the same", || {
+        old_tasks_predict_the_same(&s)
+    });
+    step("add-task refusals", || add_task_refusals(&s));
 }
 
 /// Runs `forward` of `reference` on `input`; returns each output tensor's bytes.
@@ -249,18 +226,47 @@ fn store_bytes(root: &Path) -> u64 {
     blob_sizes(root).iter().sum()
 }
 
-#[test]
-fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
+/// A registry for the composition scenario: m:v1 (semseg, sal), its add-task children
+/// m:parts, m:normals and m:parts2 (human_parts again, other seed), and other:v1 trained
+/// on its own; with a forward input.
+struct ComposeScene {
+    tmp: tempfile::TempDir,
+    root: PathBuf,
+    input: PathBuf,
+}
+
+impl ComposeScene {
+    /// `forward` outputs of `reference` on the scene's input, by tensor name.
+    fn out(&self, reference: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let file = self
+            .tmp
+            .path()
+            .join(format!("{}.st", reference.replace(':', "_")));
+        outputs(&self.root, reference, &self.input, &file)
+    }
+
+    /// A command that must fail with an error naming `needle`.
+    fn refused(&self, args: &[&str], needle: &str) {
+        let o = vmt_hub(&self.root, args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            !o.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+fn compose_scene() -> ComposeScene {
     let tmp = tempfile::tempdir().unwrap();
     let (data, root) = (tmp.path().join("data"), tmp.path().join("reg"));
     synthesize(&data, 12, 32, 4).unwrap();
     let d = data.to_str().unwrap();
     let mut n = 0;
-    let mut step = |args: &[&str]| {
+    let mut run = |args: &[&str]| {
         n += 1;
         let run = tmp.path().join(format!("run{n}"));
-        let mut a: Vec<&str> = args.to_vec();
         let run = run.to_str().unwrap().to_string();
+        let mut a: Vec<&str> = args.to_vec();
         a.extend([
             "--data",
             d,
@@ -270,15 +276,13 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
             "2",
             "--image-size",
             "32",
-            "--quiet",
-            "--run-dir",
-            &run,
         ]);
+        a.extend(["--quiet", "--run-dir", &run]);
         ok(&root, &a);
     };
-    step(&["train", "--tasks", "semseg,sal", "--tag", "m:v1"]);
+    run(&["train", "--tasks", "semseg,sal", "--tag", "m:v1"]);
     // Two siblings of m:v1, and a stranger trained on its own.
-    step(&[
+    run(&[
         "add-task",
         "m:v1",
         "--task",
@@ -286,7 +290,7 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
         "--tag",
         "m:parts",
     ]);
-    step(&[
+    run(&[
         "add-task",
         "m:v1",
         "--task",
@@ -294,21 +298,19 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
         "--tag",
         "m:normals",
     ]);
-    step(&[
+    run(&[
         "train", "--tasks", "semseg", "--tag", "other:v1", "--seed", "9",
     ]);
     // Same task name as m:parts, other weights.
-    step(&[
+    let parts2 = [
         "add-task",
         "m:v1",
         "--task",
         "human_parts",
         "--tag",
         "m:parts2",
-        "--seed",
-        "5",
-    ]);
-
+    ];
+    run(&[&parts2[..], &["--seed", "5"]].concat());
     let input = tmp.path().join("x.safetensors");
     let pixels: Vec<f32> = (0..2 * 3 * 32 * 48)
         .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
@@ -321,80 +323,80 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
         )])),
     )
     .unwrap();
-    let out = |r: &str| {
-        outputs(
-            &root,
-            r,
-            &input,
-            &tmp.path().join(format!("{}.st", r.replace(':', "_"))),
-        )
-    };
+    ComposeScene { tmp, root, input }
+}
 
-    // merge: one bundle with all four tasks; each task's outputs bit for bit.
-    let (blobs, bytes) = (blob_files(&root), store_bytes(&root));
-    let said = ok(&root, &["merge", "m:parts", "m:normals", "--tag", "m:all"]);
+/// merge: one bundle with all four tasks, two new blobs, each task's outputs bit for bit.
+fn merge_keeps_outputs(s: &ComposeScene) {
+    let root = &s.root;
+    let (blobs, bytes) = (blob_files(root), store_bytes(root));
+    let said = ok(root, &["merge", "m:parts", "m:normals", "--tag", "m:all"]);
     assert!(said.contains("2 new blob(s)"), "{said}");
-    assert_eq!(blob_files(&root), blobs + 2, "a config and a manifest");
-    let grown = store_bytes(&root) - bytes;
+    assert_eq!(blob_files(root), blobs + 2, "a config and a manifest");
+    let grown = store_bytes(root) - bytes;
     assert!(grown < 16 << 10, "the registry grew by {grown} bytes");
-    let all = out("m:all");
-    let (parts, normals) = (out("m:parts"), out("m:normals"));
+    let all = s.out("m:all");
+    let (parts, normals) = (s.out("m:parts"), s.out("m:normals"));
     assert_eq!(all.len(), 4);
     for (task, want) in parts.iter().chain(normals.iter()) {
         assert_eq!(all.get(task), Some(want), "{task} differs after merge");
     }
+}
 
-    // drop-task and rename-task: likewise.
-    let blobs = blob_files(&root);
+/// drop-task and rename-task: two blobs each, the remaining outputs bit for bit.
+fn drop_and_rename_keep_outputs(s: &ComposeScene) {
+    let root = &s.root;
+    let blobs = blob_files(root);
     ok(
-        &root,
+        root,
         &["drop-task", "m:all", "--task", "sal", "--tag", "m:nosal"],
     );
-    ok(
-        &root,
-        &[
-            "rename-task",
-            "m:all",
-            "--task",
-            "semseg=seg",
-            "--tag",
-            "m:renamed",
-        ],
-    );
-    assert_eq!(blob_files(&root), blobs + 4);
-    let nosal = out("m:nosal");
+    let rename = [
+        "rename-task",
+        "m:all",
+        "--task",
+        "semseg=seg",
+        "--tag",
+        "m:renamed",
+    ];
+    ok(root, &rename);
+    assert_eq!(blob_files(root), blobs + 4);
+    let all = s.out("m:all");
+    let nosal = s.out("m:nosal");
     assert_eq!(nosal.len(), 3);
     for (task, got) in &nosal {
         assert_eq!(Some(got), all.get(task), "{task} after drop-task");
     }
-    let renamed = out("m:renamed");
+    let renamed = s.out("m:renamed");
     assert_eq!(renamed.get("seg"), all.get("semseg"), "renamed task output");
     assert!(!renamed.contains_key("semseg"));
-    // Every bundle kind (trained, added, merged, dropped, renamed) exports and
-    // re-imports as the same digest: its stored numbers (metrics) round-trip exactly.
-    let reg = Registry::open(&root).unwrap();
+}
+
+/// Every bundle kind (trained, added, merged, dropped, renamed) exports and re-imports
+/// as the same digest: its stored numbers (metrics) round-trip exactly.
+fn export_import_keeps_digests(s: &ComposeScene) {
+    let reg = Registry::open(&s.root).unwrap();
     let tags: Vec<(String, vmt_registry::Digest)> = reg.tag_list().unwrap();
     drop(reg);
     for (i, (tag, digest)) in tags.iter().enumerate() {
-        let exported = tmp.path().join(format!("export-{i}"));
-        ok(&root, &["export", tag, exported.to_str().unwrap()]);
+        let exported = s.tmp.path().join(format!("export-{i}"));
+        ok(&s.root, &["export", tag, exported.to_str().unwrap()]);
+        let again_tag = format!("again:{i}");
         let again = ok(
-            &root,
-            &[
-                "import",
-                exported.to_str().unwrap(),
-                "--tag",
-                &format!("again:{i}"),
-            ],
+            &s.root,
+            &["import", exported.to_str().unwrap(), "--tag", &again_tag],
         );
         assert!(
             again.contains(&digest.to_string()),
             "{tag} came back as another bundle: {again}"
         );
     }
+}
 
-    // diff names exactly the changed components.
-    let diff = ok(&root, &["diff", "m:parts", "m:all"]);
+/// diff names exactly the changed components; show the lineage; list --tree families.
+fn diff_lineage_and_families(s: &ComposeScene) {
+    let root = &s.root;
+    let diff = ok(root, &["diff", "m:parts", "m:all"]);
     let comp: Vec<&str> = diff
         .lines()
         .skip(1)
@@ -403,46 +405,38 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
     assert_eq!(comp.len(), 1, "{diff}");
     assert!(comp[0].starts_with("  + task/normals"), "{diff}");
     assert!(diff.contains("tasks.normals.kind"), "{diff}");
-    let diff = ok(&root, &["diff", "m:parts", "m:parts2"]);
+    let diff = ok(root, &["diff", "m:parts", "m:parts2"]);
     assert!(diff.contains("  ~ task/human_parts"), "{diff}");
-
-    // Lineage and families.
-    let show = ok(&root, &["show", "m:all"]);
+    let show = ok(root, &["show", "m:all"]);
     assert!(
         show.contains("merge: +normals") || show.contains("merge: +human_parts +normals"),
         "{show}"
     );
-    let tree = ok(&root, &["list", "--tree"]);
+    let tree = ok(root, &["list", "--tree"]);
     let families: Vec<&str> = tree.lines().filter(|l| l.starts_with("shared ")).collect();
     assert_eq!(families.len(), 2, "m:* and other:v1\n{tree}");
+}
 
-    // Refusals, each naming the reason, nothing written.
-    let blobs = blob_files(&root);
-    let refused = |args: &[&str], needle: &str| {
-        let o = vmt_hub(&root, args);
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(
-            !o.status.success() && err.contains(needle),
-            "{args:?}: {err}"
-        );
-    };
-    refused(
+/// Refusals, each naming the reason; nothing written.
+fn refusals_write_nothing(s: &ComposeScene) {
+    let blobs = blob_files(&s.root);
+    s.refused(
         &["merge", "m:v1", "other:v1", "--tag", "x:1"],
         "different shared components",
     );
-    refused(
+    s.refused(
         &["merge", "m:parts", "m:parts2", "--tag", "x:1"],
         "different weights",
     );
-    refused(
+    s.refused(
         &["drop-task", "other:v1", "--task", "semseg", "--tag", "x:1"],
         "only task",
     );
-    refused(
+    s.refused(
         &["drop-task", "m:v1", "--task", "depth", "--tag", "x:1"],
         "no task \"depth\"",
     );
-    refused(
+    s.refused(
         &[
             "rename-task",
             "m:v1",
@@ -454,21 +448,37 @@ fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
         "already has a task",
     );
     // Same shared component, another backbone: a config edited by hand.
-    let edited = tmp.path().join("edited");
-    ok(&root, &["export", "m:normals", edited.to_str().unwrap()]);
+    let edited = s.tmp.path().join("edited");
+    ok(&s.root, &["export", "m:normals", edited.to_str().unwrap()]);
     let p = edited.join("bundle.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     cfg["backbone"]["digest"] = format!("sha256:{}", "0".repeat(64)).into();
     std::fs::write(&p, serde_json::to_vec(&cfg).unwrap()).unwrap();
     ok(
-        &root,
+        &s.root,
         &["import", edited.to_str().unwrap(), "--tag", "m:edited"],
     );
     let blobs = blobs + 2;
-    refused(
+    s.refused(
         &["merge", "m:parts", "m:edited", "--tag", "x:1"],
         "different backbones",
     );
-    assert_eq!(blob_files(&root), blobs, "a refusal writes nothing");
-    assert!(!ok(&root, &["list"]).contains("x:1"));
+    assert_eq!(blob_files(&s.root), blobs, "a refusal writes nothing");
+    assert!(!ok(&s.root, &["list"]).contains("x:1"));
+}
+
+#[test]
+fn merge_drop_rename_and_diff_write_no_tensor_and_keep_outputs_exact() {
+    let s = step("train m:v1, add-task siblings, other:v1", compose_scene);
+    step("merge", || merge_keeps_outputs(&s));
+    step("drop-task and rename-task", || {
+        drop_and_rename_keep_outputs(&s)
+    });
+    step("export then import keeps every digest", || {
+        export_import_keeps_digests(&s)
+    });
+    step("diff, lineage and families", || {
+        diff_lineage_and_families(&s)
+    });
+    step("refusals", || refusals_write_nothing(&s));
 }

@@ -8,22 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{output_without_panic, vmt_hub_command};
+use common::{ok_with_stderr as ok, vmt_hub};
 use vmt_hub::data::synth::synthesize;
-
-fn vmt_hub(root: &Path, args: &[&str]) -> Output {
-    output_without_panic(vmt_hub_command().arg("--registry").arg(root).args(args))
-}
-
-fn ok(root: &Path, args: &[&str]) -> (String, String) {
-    let o = vmt_hub(root, args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    );
-    assert!(o.status.success(), "{args:?}: {err}");
-    (out, err)
-}
 
 fn train(root: &Path, data: &Path, run: &Path, size: Option<&str>, tag: &str) -> Output {
     let mut args = vec![

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::vmt_hub_command;
+use common::{blob_files as blob_count, vmt_hub_command};
 
 /// The `vmt-hub` command lines of the guide's shell blocks, continuation lines joined,
 /// `&&` chains split, comments dropped.
@@ -77,12 +77,6 @@ impl Drop for Served {
 fn serve(root: &Path) -> (Served, u16) {
     let (child, port) = common::spawn_serve(root, &[]);
     (Served(child), port)
-}
-
-fn blob_count(home: &Path) -> usize {
-    std::fs::read_dir(home.join("blobs/sha256"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 #[test]

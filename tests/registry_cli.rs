@@ -8,48 +8,10 @@ mod hostile;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{fixtures, output_without_panic, vmt_hub_command};
+use common::{blob_files, fails, fixtures, ok, vmt_hub_env as run};
 use vmt_registry::bundle::RawTensor;
 use vmt_registry::safetensors_canon::{canonical_bytes, parse};
-
-fn run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = vmt_hub_command();
-    c.arg("--registry")
-        .arg(root)
-        .args(args)
-        .envs(env.iter().copied());
-    output_without_panic(&mut c)
-}
-
-fn ok(root: &Path, args: &[&str]) -> String {
-    let o = run(root, args, &[]);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(root: &Path, args: &[&str], needles: &[&str]) {
-    let o = run(root, args, &[]);
-    assert!(!o.status.success(), "{args:?} should fail");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    for n in needles {
-        assert!(
-            stderr.contains(n),
-            "{args:?}: error should mention {n:?}: {stderr}"
-        );
-    }
-}
-
-fn blob_files(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
 
 fn copy_bundle(to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fixtures, output_without_panic, vmt_hub_command};
+use common::{blob_files, fixtures, output_without_panic, vmt_hub_command};
 use vmt_registry::bundle::{bundle_tensors, BundleDir};
 use vmt_registry::reference::TagName;
 use vmt_registry::remote::client::{Client, Credentials};
@@ -142,12 +142,6 @@ fn remote(port: u16, repo_tag: &str) -> RemoteRef {
 
 fn tag(s: &str) -> TagName {
     TagName::parse(s).unwrap()
-}
-
-fn blob_files(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs/sha256"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// The fixture bundle with only `tasks` (same shared adapter, same task components).
@@ -854,6 +848,7 @@ fn bearer_token_flow_from_the_challenge() {
         user: Some("alice".into()),
         password: Some(pw.into()),
         token: None,
+        source: None,
     };
     let good = Client::new(&base, creds("pw"));
     assert_eq!(
@@ -1011,4 +1006,217 @@ fn the_cli_works_in_a_registry_while_serve_serves_it() {
     )
     .unwrap();
     assert!(fresh.verify(None).unwrap().ok());
+}
+
+/// `vmt-hub --registry ROOT ARGS` with only the given credential environment: no
+/// VMT_REGISTRY_* variables, and HOME, XDG_* and DOCKER_CONFIG pointing into `home` so
+/// that no login of the machine's user is read.
+fn isolated(root: &Path, home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
+    c.arg("--registry").arg(root).args(args);
+    for k in [
+        "VMT_REGISTRY_TOKEN",
+        "VMT_REGISTRY_PASSWORD",
+        "REGISTRY_AUTH_FILE",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("DOCKER_CONFIG", home.join("docker"))
+        .envs(env.iter().copied());
+    output_without_panic(&mut c)
+}
+
+fn succeeded(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The login every OCI tool shares. `skopeo login` to docker-registry (htpasswd) writes
+/// auth.json; `vmt-hub push` and `pull` use it with no flag or variable. The same login
+/// from a docker config.json whose `credHelpers` names a helper (a script here).
+/// `vmt-hub login` writes what `skopeo inspect --authfile` reads. Wrong credentials: a
+/// 401 naming the host and the file they came from.
+#[test]
+fn logins_are_shared_with_skopeo_and_docker_credential_helpers() {
+    if common::docker_registry().is_none() {
+        return;
+    }
+    let has_skopeo = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !common::tool_available("skopeo", has_skopeo, "apt-get install -y skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dist = distribution(&tmp.path().join("d"), Some(("alice", "s3cret")));
+    let host = format!("127.0.0.1:{}", dist.port);
+    let (local, home) = (tmp.path().join("local"), tmp.path().join("home"));
+    let bundle = fixtures().join("tiny/bundle");
+    succeeded(
+        &isolated(
+            &local,
+            &home,
+            &[],
+            &["import", bundle.to_str().unwrap(), "--tag", "m:v1"],
+        ),
+        "import",
+    );
+    let url = |tag: &str| format!("oci://{host}/team/vmt:{tag}");
+
+    // 1. skopeo login -> auth.json (REGISTRY_AUTH_FILE) -> push and pull with no flag.
+    let auth = tmp.path().join("auth.json");
+    let o = Command::new("skopeo")
+        .args(["login", "--tls-verify=false", "--authfile"])
+        .arg(&auth)
+        .args(["-u", "alice", "-p", "s3cret", &host])
+        .output()
+        .unwrap();
+    succeeded(&o, "skopeo login");
+    let with_file = [("REGISTRY_AUTH_FILE", auth.to_str().unwrap())];
+    succeeded(
+        &isolated(
+            &local,
+            &home,
+            &with_file,
+            &["push", "m:v1", &url("v1"), "--quiet"],
+        ),
+        "push",
+    );
+    let pulled = tmp.path().join("pulled");
+    let args = ["pull", &url("v1"), "--tag", "p:v1", "--quiet"];
+    succeeded(&isolated(&pulled, &home, &with_file, &args), "pull");
+    // Without the login: refused, naming the host.
+    let o = isolated(&local, &home, &[], &["push", "m:v1", &url("v2"), "--quiet"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&host) && err.contains("401"),
+        "{err}"
+    );
+
+    // 2. docker's config.json with a credential helper on PATH.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-vmttest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\n[ \"$host\" = \"{host}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+             echo '{{\"ServerURL\":\"{host}\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(home.join("docker")).unwrap();
+    let config = format!(r#"{{"credHelpers": {{"{host}": "vmttest"}}}}"#);
+    std::fs::write(home.join("docker/config.json"), config).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let with_helper = [("PATH", path.as_str())];
+    let args = ["push", "m:v1", &url("v3"), "--quiet"];
+    succeeded(
+        &isolated(&local, &home, &with_helper, &args),
+        "push with a helper",
+    );
+
+    // 3. vmt-hub login writes what skopeo reads; logout removes it.
+    let written = tmp.path().join("vmt-auth.json");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
+    c.args([
+        "login",
+        &host,
+        "-u",
+        "alice",
+        "--password-stdin",
+        "--authfile",
+    ])
+    .arg(&written)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    succeeded(&child.wait_with_output().unwrap(), "vmt-hub login");
+    let o = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--authfile"])
+        .arg(&written)
+        .arg(format!("docker://{host}/team/vmt:v1"))
+        .output()
+        .unwrap();
+    succeeded(&o, "skopeo inspect with vmt-hub's login");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("application/vnd.vmt.bundle.v1+json"));
+    let o = isolated(
+        &local,
+        &home,
+        &[],
+        &["logout", &host, "--authfile", written.to_str().unwrap()],
+    );
+    succeeded(&o, "logout");
+    let o = isolated(
+        &local,
+        &home,
+        &[],
+        &["logout", &host, "--authfile", written.to_str().unwrap()],
+    );
+    assert!(
+        !o.status.success(),
+        "a second logout says there is no login"
+    );
+
+    // 4. Wrong credentials in the file: a 401 naming the host and the file.
+    let bad = tmp.path().join("bad.json");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:wrong");
+    std::fs::write(
+        &bad,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{b64}"}}}}}}"#),
+    )
+    .unwrap();
+    let args = [
+        "push",
+        "m:v1",
+        &url("v4"),
+        "--quiet",
+        "--authfile",
+        bad.to_str().unwrap(),
+    ];
+    let o = isolated(&local, &home, &[], &args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains(&host)
+            && err.contains("bad.json")
+            && err.contains("rejected"),
+        "{err}"
+    );
+    // Wrong password at login: refused, nothing written.
+    let never = tmp.path().join("never.json");
+    let o = isolated(
+        &local,
+        &home,
+        &[("VMT_REGISTRY_PASSWORD", "wrong")],
+        &[
+            "login",
+            &host,
+            "-u",
+            "alice",
+            "--authfile",
+            never.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !o.status.success() && !never.exists(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

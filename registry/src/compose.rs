@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::bundle::{task_component, BundleConfig, Provenance, TaskMetrics, SHARED_COMPONENT};
+use crate::bundle::{
+    task_component, BundleConfig, Provenance, TaskMetrics, TaskSpec, SHARED_COMPONENT,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Descriptor, Manifest};
@@ -117,6 +119,73 @@ fn set_extra(
     config.set_provenance(&provenance);
 }
 
+/// Refuses to merge `s` with `first` unless both have the same shared component, the
+/// same backbone and the same adapter and decoder geometry.
+fn check_mergeable(first: &Stored, s: &Stored) -> Result<()> {
+    let (shared, other) = (first.shared()?, s.shared()?);
+    if other.digest != shared.digest {
+        return Err(refuse(format!(
+            "{} and {} have different shared components ({} and {}): only bundles \
+             trained on the same shared adapter (add-task siblings) can be merged",
+            first.label, s.label, shared.digest, other.digest
+        )));
+    }
+    let (a, b) = (&first.config.backbone, &s.config.backbone);
+    if !a.same_shape(b) || a.digest != b.digest {
+        return Err(refuse(format!(
+            "{} and {} were trained on different backbones ({} {} vs {} {})",
+            first.label,
+            s.label,
+            a.describe(),
+            a.digest.as_deref().unwrap_or("?"),
+            b.describe(),
+            b.digest.as_deref().unwrap_or("?")
+        )));
+    }
+    if first.config.adapter != s.config.adapter || first.config.decoder != s.config.decoder {
+        return Err(refuse(format!(
+            "{} and {} have a different adapter or decoder geometry",
+            first.label, s.label
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the merged `config` (with `layers`) takes task `t` of `s` (stored in `layer`):
+/// yes for a new task, no for the same task with the same weights already in; refused
+/// for a task of that name with other weights, or one stored under a taken name.
+fn takes_task(
+    config: &BundleConfig,
+    layers: &[Descriptor],
+    s: &Stored,
+    t: &TaskSpec,
+    layer: &Descriptor,
+) -> Result<bool> {
+    if let Some(have) = config.task(&t.name) {
+        let same = layers.iter().any(|l| {
+            l.title() == Some(&task_component(have.stored_name())) && l.digest == layer.digest
+        });
+        if same && have.kind == t.kind && have.channels == t.channels {
+            return Ok(false);
+        }
+        return Err(refuse(format!(
+            "task {:?} is in more than one bundle (last in {}) with different weights; \
+             rename one first (vmt-hub rename-task)",
+            t.name, s.label
+        )));
+    }
+    if let Some(clash) = config.task_stored_as(t.stored_name()) {
+        return Err(refuse(format!(
+            "task {:?} of {} and task {:?} are both stored as {:?}",
+            t.name,
+            s.label,
+            clash.name,
+            t.stored_name()
+        )));
+    }
+    Ok(true)
+}
+
 /// Merges bundles trained on the same shared adapter into one with all their tasks.
 ///
 /// # Errors
@@ -133,63 +202,18 @@ pub fn merge(reg: &Registry, references: &[&str], tag: &TagName) -> Result<Publi
         .collect::<Result<_>>()?;
     let first = &sources[0];
     let shared = first.shared()?.clone();
-    let mut config = first.config.clone();
-    let mut layers = vec![shared.clone()];
-    let mut val = BTreeMap::new();
     for s in &sources {
-        let other = s.shared()?;
-        if other.digest != shared.digest {
-            return Err(refuse(format!(
-                "{} and {} have different shared components ({} and {}): only bundles \
-                 trained on the same shared adapter (add-task siblings) can be merged",
-                first.label, s.label, shared.digest, other.digest
-            )));
-        }
-        let (a, b) = (&first.config.backbone, &s.config.backbone);
-        if !a.same_shape(b) || a.digest != b.digest {
-            return Err(refuse(format!(
-                "{} and {} were trained on different backbones ({} {} vs {} {})",
-                first.label,
-                s.label,
-                a.describe(),
-                a.digest.as_deref().unwrap_or("?"),
-                b.describe(),
-                b.digest.as_deref().unwrap_or("?")
-            )));
-        }
-        if first.config.adapter != s.config.adapter || first.config.decoder != s.config.decoder {
-            return Err(refuse(format!(
-                "{} and {} have a different adapter or decoder geometry",
-                first.label, s.label
-            )));
-        }
+        check_mergeable(first, s)?;
     }
+    let mut config = first.config.clone();
+    let mut layers = vec![shared];
+    let mut val = BTreeMap::new();
     config.tasks.clear();
     for s in &sources {
         for t in &s.config.tasks {
             let layer = s.task_layer(&t.name)?;
-            if let Some(have) = config.task(&t.name) {
-                let same = layers.iter().any(|l| {
-                    l.title() == Some(&task_component(have.stored_name()))
-                        && l.digest == layer.digest
-                });
-                if same && have.kind == t.kind && have.channels == t.channels {
-                    continue; // the same task in two bundles: kept once
-                }
-                return Err(refuse(format!(
-                    "task {:?} is in more than one bundle (last in {}) with different weights; \
-                     rename one first (vmt-hub rename-task)",
-                    t.name, s.label
-                )));
-            }
-            if let Some(clash) = config.task_stored_as(t.stored_name()) {
-                return Err(refuse(format!(
-                    "task {:?} of {} and task {:?} are both stored as {:?}",
-                    t.name,
-                    s.label,
-                    clash.name,
-                    t.stored_name()
-                )));
+            if !takes_task(&config, &layers, s, t, layer)? {
+                continue; // the same task in two bundles: kept once
             }
             config.tasks.push(t.clone());
             layers.push(layer.clone());
@@ -442,4 +466,69 @@ pub fn diff(reg: &Registry, a: &str, b: &str) -> Result<BundleDiff> {
     };
     out.provenance = compare(&provenance(&a), &provenance(&b));
     Ok(out)
+}
+
+/// One bundle of a lineage, with what it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageStep {
+    /// The bundle's manifest digest.
+    pub digest: Digest,
+    /// Its tags in this registry.
+    pub tags: Vec<String>,
+    /// How it was made: the operation its provenance records (`train`, `add-task`,
+    /// `merge`, ...), or `(not in this registry)` for a parent only named.
+    pub operation: String,
+    /// Its tasks (empty for a bundle not in this registry).
+    pub tasks: Vec<String>,
+    /// Tasks it has that its parent had not.
+    pub added: Vec<String>,
+    /// Tasks its parent had that it has not.
+    pub removed: Vec<String>,
+}
+
+/// The lineage of `d`, oldest first: its parents (`provenance.parent`, followed while
+/// they are in the registry, at most 64 steps, never around a loop) and `d` itself.
+///
+/// # Errors
+/// The index cannot be read.
+pub fn lineage(reg: &Registry, d: &Digest) -> Result<Vec<LineageStep>> {
+    let mut chain = vec![*d];
+    while let Some(p) = reg.parent(chain.last().expect("non-empty"))? {
+        if chain.contains(&p) || chain.len() > 64 {
+            break;
+        }
+        chain.push(p);
+    }
+    let mut steps: Vec<LineageStep> = Vec::new();
+    for (i, digest) in chain.into_iter().rev().enumerate() {
+        let (tasks, operation) = match Stored::read(reg, &digest.to_string()) {
+            Ok(s) => {
+                let guess = if i == 0 { "train" } else { "add-task" };
+                let op = s.config.provenance().and_then(|p| p.operation);
+                let tasks = s.config.tasks.iter().map(|t| t.name.clone()).collect();
+                (tasks, op.unwrap_or_else(|| guess.into()))
+            }
+            Err(_) => (Vec::new(), "(not in this registry)".into()),
+        };
+        let before: &[String] = steps.last().map_or(&[], |s| &s.tasks);
+        let added = tasks
+            .iter()
+            .filter(|t| !before.contains(t))
+            .cloned()
+            .collect();
+        let removed = before
+            .iter()
+            .filter(|t| !tasks.contains(t))
+            .cloned()
+            .collect();
+        steps.push(LineageStep {
+            digest,
+            tags: reg.tags_of(&digest)?,
+            operation,
+            tasks,
+            added,
+            removed,
+        });
+    }
+    Ok(steps)
 }

@@ -155,6 +155,8 @@ pub enum Error {
         remote: String,
         /// The HTTP status, when the remote answered with an error status.
         status: Option<u16>,
+        /// The OCI error code of its answer's body, when it sent a known one.
+        code: Option<crate::oci::ErrorCode>,
         /// What happened.
         reason: String,
     },
@@ -191,6 +193,7 @@ impl Error {
         Self::Remote {
             remote: remote.into(),
             status,
+            code: None,
             reason: reason.into(),
         }
     }

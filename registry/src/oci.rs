@@ -130,3 +130,148 @@ pub fn canonical_json(v: &Value) -> Vec<u8> {
     }
     serde_json::to_vec(&sort(v)).expect("JSON value serialises")
 }
+
+/// The error codes of an error body (`{"errors": [{"code", "message"}]}`): those of the
+/// OCI distribution spec (v1.1, "Error Codes"), and `TAG_INVALID`, `UNAVAILABLE`, `NOT_FOUND`
+/// and `UNKNOWN`, which registries (distribution's among them) send beyond it. `serve`
+/// answers with these and the client reads them ([`crate::Error::Remote`]'s `code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The blob is not in the repository.
+    BlobUnknown,
+    /// The blob upload is invalid (a bad range, a wrong size).
+    BlobUploadInvalid,
+    /// The upload session is unknown (ended, or never started).
+    BlobUploadUnknown,
+    /// The content does not match its digest, or the digest is malformed.
+    DigestInvalid,
+    /// A blob the manifest references is not in the repository.
+    ManifestBlobUnknown,
+    /// The manifest is invalid.
+    ManifestInvalid,
+    /// The manifest is not in the repository.
+    ManifestUnknown,
+    /// The repository name is invalid.
+    NameInvalid,
+    /// The repository is unknown.
+    NameUnknown,
+    /// The content is larger than allowed, or of another size than declared.
+    SizeInvalid,
+    /// Authentication is required.
+    Unauthorized,
+    /// Access is denied.
+    Denied,
+    /// The operation is not supported.
+    Unsupported,
+    /// Too many requests.
+    TooManyRequests,
+    /// The tag is invalid (beyond the spec).
+    TagInvalid,
+    /// The registry is busy; try again (beyond the spec).
+    Unavailable,
+    /// No such endpoint (beyond the spec).
+    NotFound,
+    /// Any other failure (beyond the spec).
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Every code, in the order above.
+    pub const ALL: [ErrorCode; 18] = [
+        Self::BlobUnknown,
+        Self::BlobUploadInvalid,
+        Self::BlobUploadUnknown,
+        Self::DigestInvalid,
+        Self::ManifestBlobUnknown,
+        Self::ManifestInvalid,
+        Self::ManifestUnknown,
+        Self::NameInvalid,
+        Self::NameUnknown,
+        Self::SizeInvalid,
+        Self::Unauthorized,
+        Self::Denied,
+        Self::Unsupported,
+        Self::TooManyRequests,
+        Self::TagInvalid,
+        Self::Unavailable,
+        Self::NotFound,
+        Self::Unknown,
+    ];
+
+    /// The code as the wire has it (`BLOB_UNKNOWN`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BlobUnknown => "BLOB_UNKNOWN",
+            Self::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Self::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Self::DigestInvalid => "DIGEST_INVALID",
+            Self::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Self::ManifestInvalid => "MANIFEST_INVALID",
+            Self::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Self::NameInvalid => "NAME_INVALID",
+            Self::NameUnknown => "NAME_UNKNOWN",
+            Self::SizeInvalid => "SIZE_INVALID",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Denied => "DENIED",
+            Self::Unsupported => "UNSUPPORTED",
+            Self::TooManyRequests => "TOOMANYREQUESTS",
+            Self::TagInvalid => "TAG_INVALID",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::NotFound => "NOT_FOUND",
+            Self::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The code a wire string names, if it is one of these.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error body with one error: `{"errors": [{"code": CODE, "message": MESSAGE}]}`.
+pub fn error_body(code: ErrorCode, message: &str) -> String {
+    serde_json::json!({"errors": [{"code": code.as_str(), "message": message}]}).to_string()
+}
+
+/// The errors of an error body: each code (None for one this crate does not know) with
+/// its wire string and message; None for a body that is not one.
+pub fn parse_error_body(body: &str) -> Option<Vec<(Option<ErrorCode>, String, String)>> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let errors = v.get("errors")?.as_array()?;
+    let text = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    Some(
+        errors
+            .iter()
+            .map(|e| {
+                let code = text(e, "code");
+                (ErrorCode::parse(&code), code, text(e, "message"))
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod error_code_tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_through_an_error_body() {
+        for code in ErrorCode::ALL {
+            let body = error_body(code, "why");
+            let parsed = parse_error_body(&body).unwrap();
+            assert_eq!(
+                parsed,
+                vec![(Some(code), code.to_string(), "why".to_string())]
+            );
+        }
+        let other = parse_error_body(r#"{"errors":[{"code":"NEW_CODE"}]}"#).unwrap();
+        assert_eq!(other, vec![(None, "NEW_CODE".to_string(), String::new())]);
+        assert!(parse_error_body("<html>").is_none());
+    }
+}

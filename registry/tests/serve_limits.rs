@@ -658,6 +658,7 @@ fn serve_auth_that_standard_clients_follow_json_base_and_blob_ranges() {
         user: Some("me".into()),
         password: Some("s3cret".into()),
         token: None,
+        source: None,
     };
     push(
         &local,
@@ -693,4 +694,37 @@ fn serve_auth_that_standard_clients_follow_json_base_and_blob_ranges() {
     assert_eq!(code, 416);
     let (code, _, body) = curl(&["-u", "x:s3cret"], &url);
     assert_eq!((code, body), (200, whole));
+}
+
+/// serve's error codes are `ErrorCode` values on both sides: the client gets the code of
+/// serve's answer as a variant, not as text.
+#[test]
+fn error_codes_reach_the_client_as_variants() {
+    use vmt_registry::oci::ErrorCode;
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = start(&tmp.path().join("remote"), |_| {});
+    let local = Registry::open(&tmp.path().join("local")).unwrap();
+    let missing = RemoteRef::parse(&format!("oci://{}/m:nope", serve.addr), false).unwrap();
+    let client = Client::new(&missing.base, Credentials::default());
+    match pull(&local, &missing, &client, None, &mut Quiet) {
+        Err(vmt_registry::Error::Remote {
+            status: Some(404),
+            code: Some(ErrorCode::ManifestUnknown),
+            ..
+        }) => {}
+        other => panic!("expected MANIFEST_UNKNOWN, got {:?}", other.err()),
+    }
+    let bad = client.send("GET", "/v2/m/blobs/sha256:zz", &[], None, "a blob");
+    assert!(
+        matches!(
+            bad,
+            Err(vmt_registry::Error::Remote {
+                status: Some(400),
+                code: Some(ErrorCode::DigestInvalid),
+                ..
+            })
+        ),
+        "{:?}",
+        bad.err()
+    );
 }

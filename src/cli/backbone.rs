@@ -2,9 +2,9 @@
 
 use clap::Subcommand;
 
-use crate::model::backbone::read_config;
-use crate::model::hub::{cached, fetch, list_cached, HubEnv, HubRef};
-use crate::model::swin::parameter_count;
+use vmt_hub::model::backbone::read_config;
+use vmt_hub::model::hub::{cached, fetch, list_cached, HubEnv, HubRef};
+use vmt_hub::model::swin::parameter_count;
 
 #[derive(Debug, Subcommand)]
 pub enum BackboneCommand {

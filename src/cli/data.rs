@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::benchmarks::{self, Benchmark};
+use vmt_hub::data::benchmarks::{self, Benchmark};
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -52,7 +52,7 @@ pub struct ImportArgs {
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
         DataCommand::Synth(a) => {
-            crate::data::synth::synthesize(&a.out, a.count, a.size, a.seed)?;
+            vmt_hub::data::synth::synthesize(&a.out, a.count, a.size, a.seed)?;
             println!(
                 "wrote {} scenes of {}x{} to {}",
                 a.count,

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use clap::Args;
 use vmt_registry::reference::TagName;
 
-use crate::adapter::{build_model, Adapter, LoadedBundle};
-use crate::data::Dataset;
-use crate::device::parse_device;
-use crate::eval::evaluate;
-use crate::model::Backbone;
-use crate::predict::predict_sample;
-use crate::train::{train, TrainOptions, TrainOutcome};
+use vmt_hub::adapter::{read_bundle, Adapter, BundleSource};
+use vmt_hub::data::Dataset;
+use vmt_hub::device::parse_device;
+use vmt_hub::eval::evaluate;
+use vmt_hub::predict::predict_sample;
+use vmt_hub::train::{TrainOptions, TrainOutcome, Trainer};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -110,7 +109,7 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         a.size,
         data.display()
     );
-    crate::data::synth::synthesize(&data, a.count, a.size, 0)?;
+    vmt_hub::data::synth::synthesize(&data, a.count, a.size, 0)?;
     let tasks: Vec<String> = ["semseg", "human_parts", "sal", "normals"]
         .map(String::from)
         .to_vec();
@@ -131,7 +130,8 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
         a.steps,
         run_dir.display()
     );
-    let TrainOutcome::Finished(bundle) = train(&opts, &device)? else {
+    let mut trainer = Trainer::new(opts, &device)?;
+    let TrainOutcome::Finished(bundle) = trainer.run(&mut ())? else {
         anyhow::bail!("training stopped early");
     };
     let reg = vmt_registry::Registry::open(&registry)?;
@@ -140,21 +140,21 @@ pub fn run_demo(root: Option<&Path>, a: DemoArgs) -> anyhow::Result<()> {
     drop(reg);
     println!("   stored as {tag} ({digest}) in {}", registry.display());
     println!("3/4 evaluating on the validation split");
-    let backbone = Backbone::load(&a.backbone, &device)?;
-    let loaded = LoadedBundle {
-        bundle: *bundle,
-        origin: "demo bundle".into(),
-        digest: Some(digest),
+    // The bundle as stored, on the backbone it was trained on.
+    let source = BundleSource::Registry {
+        root: registry.clone(),
+        reference: digest.to_string(),
     };
-    let model = build_model(&loaded, &backbone)?;
+    let adapter = Adapter::with_backbone(read_bundle(&source)?, trainer.backbone().clone())?;
+    let model = &adapter.model;
     let dataset = Arc::new(Dataset::open(&data)?);
     let val = dataset.split("val")?;
-    let report = evaluate(&model, Arc::clone(&dataset), "val", a.size, 8, 2)?;
+    let report = evaluate(model, Arc::clone(&dataset), "val", a.size, 8, 2)?;
     print!("{}", report.table());
     let pictures = a.out.join("predictions");
     println!("4/4 drawing predictions -> {}", pictures.display());
     for id in val.iter().take(4) {
-        predict_sample(&model, &dataset, id, &pictures)?;
+        predict_sample(model, &dataset, id, &pictures)?;
     }
     // The binary as the user ran it (cargo run, an installed vmt-hub, a path).
     let me = std::env::args()

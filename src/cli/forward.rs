@@ -7,10 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use vmt_registry::bundle::{trainable_count, BundleConfig};
 
-use crate::adapter::{Adapter, BundleSource};
-use crate::device::parse_device;
-use crate::forward::{read_pixels, write_outputs};
-use crate::model::{Backbone, BackboneSource};
+use vmt_hub::adapter::{Adapter, BundleSource};
+use vmt_hub::device::parse_device;
+use vmt_hub::forward::{read_pixels, write_outputs};
+use vmt_hub::model::{Backbone, BackboneSource};
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
@@ -41,10 +41,7 @@ pub struct ForwardArgs {
 
 /// The bundle a command names: a directory, else a reference into the registry.
 pub fn bundle_source(root: Option<&Path>, bundle: &str) -> BundleSource {
-    let root = root
-        .map(PathBuf::from)
-        .unwrap_or_else(vmt_registry::store::default_root);
-    BundleSource::parse(&root, bundle)
+    BundleSource::parse(&super::registry::root(root), bundle)
 }
 
 /// `--backbone`, parsed, if given.
@@ -67,7 +64,7 @@ pub fn forward(root: Option<&Path>, args: ForwardArgs) -> anyhow::Result<()> {
             let img = image::open(image)
                 .with_context(|| format!("{}: cannot decode image", image.display()))?
                 .to_rgb8();
-            crate::predict::image_tensor(&img, &device)?
+            vmt_hub::predict::image_tensor(&img, &device)?
         }
         (None, None) => anyhow::bail!("--input or --image is needed"),
     };

@@ -5,6 +5,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 pub(crate) mod backbone;
+mod bench;
 pub(crate) mod compose;
 pub(crate) mod data;
 mod demo;
@@ -106,93 +107,19 @@ pub(crate) enum Command {
     Pull(remote::PullArgs),
     /// Answer the OCI Distribution API from this registry.
     Serve(remote::ServeArgs),
+    /// Store a login for a registry where skopeo, podman and oras find it too (checked
+    /// against the registry first).
+    Login(remote::LoginArgs),
+    /// Remove the stored login of a registry.
+    Logout(remote::LogoutArgs),
     /// Benchmarks (results belong in docs/benchmarks.md).
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum BenchCommand {
-    /// Time the multi-task forward pass (backbone + adapters + every decoder).
-    Forward {
-        /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
-        #[arg(long, default_value = "random:swin-t")]
-        backbone: String,
-        /// Tasks: a comma-separated list, or a count N (as `bench train --tasks`).
-        #[arg(long, default_value = "semseg,human_parts,sal,normals")]
-        tasks: String,
-        /// Batch sizes, comma-separated.
-        #[arg(long, default_value = "1,2", value_delimiter = ',')]
-        batch: Vec<usize>,
-        /// Square image side in pixels.
-        #[arg(long, default_value_t = 224)]
-        size: usize,
-        /// Timed iterations (after a warm-up).
-        #[arg(long, default_value_t = 10)]
-        iters: usize,
-        /// Where to run: cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Print JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Training throughput and peak memory (one configuration per process, so that the
-    /// peak is this configuration's).
-    Train {
-        /// Backbone: a Hugging Face repo id[@revision], a directory, or random:tiny / random:swin-t.
-        #[arg(long, default_value = "random:swin-t")]
-        backbone: String,
-        /// Tasks: a comma-separated list, or a count N for the first N of semseg,
-        /// human_parts, sal, normals, depth, then more 21-class segmentations.
-        #[arg(long, default_value = "4")]
-        tasks: String,
-        /// Images per step.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-        /// Square image side in pixels.
-        #[arg(long, default_value_t = 224)]
-        size: usize,
-        /// Timed steps after one warm-up step.
-        #[arg(long, default_value_t = 3)]
-        steps: usize,
-        /// Where to run: cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Time an add-task step instead: the shared adapter frozen, only the tasks'
-        /// KEMs and decoders trained.
-        #[arg(long)]
-        add_task: bool,
-        /// Print one line of JSON per result.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Push and pull throughput against a remote (e.g. a local docker-registry or
-    /// `vmt-hub serve` on loopback).
-    Transfer {
-        /// oci://HOST:PORT/REPO (each round uses tag r<i>).
-        #[arg(long)]
-        remote: String,
-        /// Push/pull rounds to time.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Print one line of JSON per result.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Import, export and verify throughput of a Swin-T-sized four-task bundle.
-    Registry {
-        /// Timed iterations (after a warm-up).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// Print one line of JSON per result.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench::BenchCommand),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    vmt_hub::model::fused::Kernels::from_env().install();
     let root = cli.registry.as_deref();
     match cli.command {
         Command::Backbone(cmd) => backbone::run(cmd),
@@ -203,6 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(args) => remote::run_push(root, args),
         Command::Pull(args) => remote::run_pull(root, args),
         Command::Serve(args) => remote::run_serve(root, args),
+        Command::Login(args) => remote::run_login(args),
+        Command::Logout(args) => remote::run_logout(args),
         Command::Import(args) => registry::import(root, args),
         Command::Export(args) => registry::export(root, args),
         Command::List { tree } => registry::list(root, tree),
@@ -219,101 +148,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(args) => forward::forward(root, args),
         Command::Demo(args) => demo::run_demo(root, args),
         Command::Predict(args) => demo::run_predict(root, args),
-        Command::Bench(BenchCommand::Forward {
-            backbone,
-            tasks,
-            batch,
-            size,
-            iters,
-            device,
-            json,
-        }) => {
-            let device = crate::device::parse_device(&device)?;
-            let rows =
-                crate::bench::bench_forward(&backbone, &tasks, &batch, size, iters, &device)?;
-            for r in rows {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{} {} tasks, batch {}, {}x{}: median {:.1} ms (encoder {:.1} ms, decoders {:.1} ms), min {:.1} ms, {:.2} images/s ({} runs)",
-                        r.backbone, r.tasks, r.batch, r.size, r.size, r.median_s * 1e3,
-                        r.encoder_median_s * 1e3, r.decoder_median_s * 1e3, r.min_s * 1e3, r.images_per_s, r.iters
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Train {
-            backbone,
-            tasks,
-            batch,
-            size,
-            steps,
-            device,
-            add_task,
-            json,
-        }) => {
-            let device = crate::device::parse_device(&device)?;
-            let r = crate::bench::bench_train(
-                &backbone, &tasks, batch, size, steps, add_task, &device,
-            )?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "{} {} tasks{}, batch {}, {}x{}: {:.2} s/step, {:.2} images/s, peak RSS {}",
-                    r.backbone,
-                    r.tasks,
-                    if r.add_task { " (add-task)" } else { "" },
-                    r.batch,
-                    r.size,
-                    r.size,
-                    r.step_s,
-                    r.images_per_s,
-                    r.peak_rss_mib
-                        .map_or("n/a".into(), |m| format!("{m:.0} MiB"))
-                );
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Transfer {
-            remote,
-            rounds,
-            json,
-        }) => {
-            let tmp = tempfile::tempdir()?;
-            for r in crate::bench::bench_transfer(&remote, rounds, tmp.path())? {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{:<44} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
-                        r.operation,
-                        r.mb_per_s,
-                        r.median_s * 1e3,
-                        r.bytes as f64 / 1e6
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Registry { iters, json }) => {
-            let tmp = tempfile::tempdir()?;
-            for r in crate::bench::bench_registry(tmp.path(), iters)? {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{:<52} {:>8.1} MB/s  ({:.1} ms for {:.2} MB)",
-                        r.operation,
-                        r.mb_per_s,
-                        r.median_s * 1e3,
-                        r.bytes as f64 / 1e6
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -6,21 +6,29 @@ use anyhow::{bail, Context};
 use clap::Args;
 use vmt_registry::bundle::{bundle_tensors, BundleDir};
 use vmt_registry::reference::TagName;
-use vmt_registry::store::{config_value, default_root, rebuild_index};
+use vmt_registry::store::{config_value, rebuild_index, DefaultRoot, OpenOptions};
 use vmt_registry::Registry;
+
+/// The registry chosen by `--registry`, else `VMT_HOME`, else `~/.vmt-hub`.
+pub fn root(given: Option<&Path>) -> PathBuf {
+    given
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DefaultRoot::from_env().0)
+}
 
 /// Opens the registry chosen by `--registry` / `VMT_HOME`, creating it: for commands
 /// that write.
-pub fn open(root: Option<&Path>) -> anyhow::Result<Registry> {
-    let root = root.map(PathBuf::from).unwrap_or_else(default_root);
-    Ok(Registry::open(&root)?)
+pub fn open(given: Option<&Path>) -> anyhow::Result<Registry> {
+    Ok(Registry::open_with(&root(given), OpenOptions::from_env())?)
 }
 
 /// Opens an existing registry: for commands that only read, so that a mistyped
 /// `--registry` is an error, not a new empty registry.
-pub fn open_existing(root: Option<&Path>) -> anyhow::Result<Registry> {
-    let root = root.map(PathBuf::from).unwrap_or_else(default_root);
-    Ok(Registry::open_existing(&root)?)
+pub fn open_existing(given: Option<&Path>) -> anyhow::Result<Registry> {
+    Ok(Registry::open_existing_with(
+        &root(given),
+        OpenOptions::from_env(),
+    )?)
 }
 
 /// Human-readable byte counts.
@@ -133,75 +141,26 @@ pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
 /// The lineage of `d`, oldest first: each step with its tags, how it was made and
 /// which tasks it added or removed.
 fn print_lineage(reg: &vmt_registry::Registry, d: &vmt_registry::Digest) -> anyhow::Result<()> {
-    let mut chain = vec![*d];
-    while let Some(p) = reg.parent(chain.last().expect("non-empty"))? {
-        if chain.contains(&p) || chain.len() > 64 {
-            break;
-        }
-        chain.push(p);
-    }
-    if chain.len() == 1 {
+    let steps = vmt_registry::compose::lineage(reg, d)?;
+    if steps.len() == 1 {
         println!("lineage: (no parent)");
         return Ok(());
     }
     println!("lineage (oldest first):");
-    let mut before: Vec<String> = Vec::new();
-    for (i, step) in chain.iter().rev().enumerate() {
-        let tags = reg.tags_of(step)?;
-        let label = if tags.is_empty() {
-            step.to_string()
+    for (i, step) in steps.iter().enumerate() {
+        let label = match step.tags.is_empty() {
+            true => step.digest.to_string(),
+            false => format!("{} ({})", step.digest, step.tags.join(", ")),
+        };
+        let added = step.added.iter().map(|t| format!("+{t}"));
+        let removed = step.removed.iter().map(|t| format!("-{t}"));
+        let change = added.chain(removed).collect::<Vec<_>>().join(" ");
+        let change = if change.is_empty() {
+            "(tasks unchanged)".to_string()
         } else {
-            format!("{step} ({})", tags.join(", "))
+            change
         };
-        let (tasks, operation) = match vmt_registry::compose::Stored::read(reg, &step.to_string()) {
-            Ok(s) => {
-                let op = s
-                    .config
-                    .provenance()
-                    .and_then(|p| p.operation)
-                    .unwrap_or_else(|| {
-                        if i == 0 {
-                            "train".into()
-                        } else {
-                            "add-task".into()
-                        }
-                    });
-                (
-                    s.config
-                        .tasks
-                        .iter()
-                        .map(|t| t.name.clone())
-                        .collect::<Vec<_>>(),
-                    op,
-                )
-            }
-            Err(_) => (Vec::new(), "(not in this registry)".into()),
-        };
-        let added: Vec<String> = tasks
-            .iter()
-            .filter(|t| !before.contains(t))
-            .map(|t| format!("+{t}"))
-            .collect();
-        let removed: Vec<String> = before
-            .iter()
-            .filter(|t| !tasks.contains(t))
-            .map(|t| format!("-{t}"))
-            .collect();
-        let change = added
-            .into_iter()
-            .chain(removed)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let pad = "  ".repeat(i);
-        println!(
-            "  {pad}{label}  {operation}: {}",
-            if change.is_empty() {
-                "(tasks unchanged)".to_string()
-            } else {
-                change
-            }
-        );
-        before = tasks;
+        println!("  {}{label}  {}: {change}", "  ".repeat(i), step.operation);
     }
     Ok(())
 }
@@ -430,7 +389,7 @@ pub struct VerifyArgs {
 
 pub fn verify(root: Option<&Path>, args: VerifyArgs) -> anyhow::Result<()> {
     if args.rebuild_index {
-        let dir = root.map(PathBuf::from).unwrap_or_else(default_root);
+        let dir = self::root(root);
         let r = rebuild_index(&dir)
             .with_context(|| format!("rebuilding the index of {}", dir.display()))?;
         println!(

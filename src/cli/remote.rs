@@ -2,13 +2,14 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use std::time::Duration;
 use vmt_registry::reference::TagName;
 
 use vmt_registry::remote::client::{Client, Credentials, Timeouts};
+use vmt_registry::remote::logins::{self, AuthFiles};
 use vmt_registry::remote::server::{serve_blocking, ServeOptions};
 use vmt_registry::remote::transfer::{pull, push, Progress};
 use vmt_registry::remote::RemoteRef;
@@ -22,6 +23,10 @@ pub struct AuthArgs {
     /// Use http even for a host that is not loopback.
     #[arg(long)]
     pub insecure: bool,
+    /// Credentials file to read logins from (default: $REGISTRY_AUTH_FILE, else
+    /// containers' auth.json, then docker's config.json, as skopeo and docker read them).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -111,29 +116,117 @@ pub struct ServeArgs {
     pub max_connections: usize,
 }
 
-fn credentials(a: &AuthArgs) -> anyhow::Result<Credentials> {
+/// The credentials for `remote`: VMT_REGISTRY_TOKEN, else --user with its password, else
+/// the login a credentials file (or its helper) has for the host, else none.
+fn credentials(a: &AuthArgs, remote: &RemoteRef) -> anyhow::Result<Credentials> {
     let token = std::env::var("VMT_REGISTRY_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    let password = match &a.user {
-        Some(user) => match std::env::var("VMT_REGISTRY_PASSWORD") {
-            Ok(p) => Some(p),
-            Err(_) => Some(
-                rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--user {user}: no password: VMT_REGISTRY_PASSWORD is not set and \
-                         there is no terminal to ask on ({e})"
-                    )
-                })?,
-            ),
-        },
-        None => None,
-    };
-    Ok(Credentials {
-        user: a.user.clone(),
-        password,
-        token,
+    if let Some(user) = &a.user {
+        return Ok(Credentials {
+            user: Some(user.clone()),
+            password: Some(password(user)?),
+            token,
+            source: None,
+        });
+    }
+    if token.is_some() {
+        return Ok(Credentials {
+            token,
+            ..Credentials::default()
+        });
+    }
+    let files = auth_files(a.authfile.as_deref());
+    Ok(files
+        .lookup(&remote.host, &remote.repo)?
+        .unwrap_or_default())
+}
+
+fn auth_files(given: Option<&Path>) -> AuthFiles {
+    given.map_or_else(AuthFiles::from_env, AuthFiles::only)
+}
+
+/// The password of `user`: VMT_REGISTRY_PASSWORD, else asked on the terminal.
+fn password(user: &str) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("VMT_REGISTRY_PASSWORD") {
+        return Ok(p);
+    }
+    rpassword::prompt_password(format!("password for {user}: ")).map_err(|e| {
+        anyhow::anyhow!(
+            "--user {user}: no password: VMT_REGISTRY_PASSWORD is not set and there is no \
+             terminal to ask on ({e})"
+        )
     })
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry: HOST[:PORT].
+    pub host: String,
+    /// User name.
+    #[arg(long, short)]
+    pub username: String,
+    /// Read the password from standard input (else VMT_REGISTRY_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Credentials file to write (default: $REGISTRY_AUTH_FILE, else containers'
+    /// auth.json, where skopeo and podman read it).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+    /// Use http even for a host that is not loopback.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry: HOST[:PORT].
+    pub host: String,
+    /// Credentials file to change (default: as `login`).
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+}
+
+/// `login`: checks the credentials against the registry, then stores them.
+pub fn run_login(a: LoginArgs) -> anyhow::Result<()> {
+    let password = if a.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        password(&a.username)?
+    };
+    // The base URL (http for loopback or --insecure) as a remote on that host has it.
+    let base = RemoteRef::parse(&format!("oci://{}/login:check", a.host), a.insecure)?.base;
+    let creds = Credentials {
+        user: Some(a.username.clone()),
+        password: Some(password.clone()),
+        ..Credentials::default()
+    };
+    let files = auth_files(a.authfile.as_deref());
+    let client = Client::new(&base, creds);
+    let file = logins::login(&files, &client, &a.host, &a.username, &password)?;
+    println!(
+        "logged in to {} as {} (saved in {})",
+        a.host,
+        a.username,
+        file.display()
+    );
+    Ok(())
+}
+
+/// `logout`: forgets the stored login of a host.
+pub fn run_logout(a: LogoutArgs) -> anyhow::Result<()> {
+    let files = auth_files(a.authfile.as_deref());
+    if !files.erase(&a.host)? {
+        anyhow::bail!("not logged in to {} (in {})", a.host, files.write.display());
+    }
+    println!(
+        "logged out of {} (removed from {})",
+        a.host,
+        files.write.display()
+    );
+    Ok(())
 }
 
 /// An indicatif bar, hidden with --quiet or when stdout is not a terminal.
@@ -171,7 +264,11 @@ impl Progress for Bar {
 
 pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
-    let mut client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
+    let mut client = Client::with_timeouts(
+        &remote.base,
+        credentials(&a.auth, &remote)?,
+        a.auth.timeouts()?,
+    );
     if let Some(n) = std::env::var("VMT_PUSH_CHUNK_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -202,7 +299,11 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
 pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
     let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
     let tag = a.tag.as_deref().map(TagName::parse).transpose()?;
-    let client = Client::with_timeouts(&remote.base, credentials(&a.auth)?, a.auth.timeouts()?);
+    let client = Client::with_timeouts(
+        &remote.base,
+        credentials(&a.auth, &remote)?,
+        a.auth.timeouts()?,
+    );
     let reg = super::registry::open(root)?;
     let r = pull(
         &reg,

@@ -9,12 +9,11 @@ use clap::Args;
 use vmt_registry::bundle::AdapterKind;
 use vmt_registry::reference::TagName;
 
-use crate::adapter::{backbone_for, build_model, read_bundle};
-use crate::data::Dataset;
-use crate::device::parse_device;
-use crate::eval::{evaluate, read_baseline};
-use crate::model::Backbone;
-use crate::train::{train, Base, TrainOptions, TrainOutcome};
+use vmt_hub::adapter::{backbone_for, read_bundle, Adapter};
+use vmt_hub::data::Dataset;
+use vmt_hub::device::parse_device;
+use vmt_hub::eval::{evaluate, read_baseline, select_tasks};
+use vmt_hub::train::{Base, StepRecord, TrainEvents, TrainOptions, TrainOutcome, Trainer};
 
 /// Settings of a training run, shared by `train` and `add-task`.
 #[derive(Debug, Args)]
@@ -196,7 +195,6 @@ fn run_options(
         run_dir,
         resume: run.resume,
         stop_after: run.stop_after,
-        quiet: run.quiet,
         ..TrainOptions::default()
     }
 }
@@ -206,10 +204,11 @@ fn run_and_publish(
     root: Option<&Path>,
     opts: &TrainOptions,
     tag: &TagName,
-    device_name: &str,
+    run: &RunArgs,
 ) -> anyhow::Result<()> {
-    let device = parse_device(device_name)?;
-    match train(opts, &device)? {
+    let device = parse_device(&run.device)?;
+    let mut bar = Bar::new(run.quiet);
+    match Trainer::new(opts.clone(), &device)?.run(&mut bar)? {
         TrainOutcome::Stopped(step) => {
             println!(
                 "stopped at step {step}; continue with --resume (run directory {})",
@@ -232,6 +231,43 @@ fn run_and_publish(
     Ok(())
 }
 
+/// The training progress bar (hidden with --quiet).
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        if quiet {
+            return Self(indicatif::ProgressBar::hidden());
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Self(bar)
+    }
+}
+
+impl TrainEvents for Bar {
+    fn started(&mut self, start: usize, end: usize) {
+        self.0.set_length(end.saturating_sub(start) as u64);
+    }
+
+    fn step(&mut self, r: &StepRecord) {
+        let (loss, lr, ips) = (r.loss, r.lr, r.images_per_s);
+        self.0
+            .set_message(format!("loss {loss:.4}  lr {lr:.2e}  {ips:.1} img/s"));
+        self.0.inc(1);
+    }
+
+    fn steps_done(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
     let tag = TagName::parse(&a.run.tag)?;
     let tasks = if a.tasks.is_empty() {
@@ -251,7 +287,7 @@ pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
     opts.decoder_dim = a.decoder_dim;
     opts.decoder_hidden = a.decoder_hidden;
     opts.loss_weights = parse_weights(&a.loss_weights)?;
-    run_and_publish(root, &opts, &tag, &a.run.device)
+    run_and_publish(root, &opts, &tag, &a.run)
 }
 
 /// `add-task`: trains only the new tasks' KEMs and decoders on the bundle's frozen shared
@@ -262,7 +298,7 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     for entry in &a.tasks {
         let spec = if entry.contains(':') {
-            crate::tasks::parse_tasks(entry)
+            vmt_hub::tasks::parse_tasks(entry)
                 .with_context(|| format!("--task {entry}"))?
                 .into_iter()
                 .next()
@@ -296,7 +332,7 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
         bundle: loaded.bundle,
         parent: loaded.digest,
     });
-    run_and_publish(root, &opts, &tag, &a.run.device)
+    run_and_publish(root, &opts, &tag, &a.run)
 }
 
 #[derive(Debug, Args)]
@@ -338,75 +374,15 @@ pub fn run_eval(root: Option<&Path>, a: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let dataset = Arc::new(Dataset::open(&a.data)?);
     let mut loaded = read_bundle(&super::forward::bundle_source(root, &a.reference))?;
-    let bundle = &mut loaded.bundle;
-    let in_bundle = |t: &str| bundle.config.task(t).is_some();
-    let in_data = |t: &str| dataset.task(t).is_some();
-    let wanted: Vec<String> = if a.tasks.is_empty() {
-        // The tasks both have; say which of either side's are left out.
-        for t in &dataset.info.tasks {
-            if !in_bundle(&t.name) {
-                eprintln!(
-                    "skipped {}: bundle {} has no such task",
-                    t.name, a.reference
-                );
-            }
-        }
-        for t in &bundle.config.tasks {
-            if !in_data(&t.name) {
-                eprintln!(
-                    "skipped {}: dataset {} has no such task",
-                    t.name,
-                    dataset.root.display()
-                );
-            }
-        }
-        dataset
-            .info
-            .tasks
-            .iter()
-            .map(|t| t.name.clone())
-            .filter(|t| in_bundle(t))
-            .collect()
-    } else {
-        a.tasks.clone()
-    };
-    if wanted.is_empty() {
-        anyhow::bail!(
-            "bundle {} and dataset {} have no task in common",
-            a.reference,
-            dataset.root.display()
-        );
+    let selection = select_tasks(&loaded.bundle.config, &a.reference, &dataset, &a.tasks)?;
+    for why in &selection.skipped {
+        eprintln!("skipped {why}");
     }
-    for t in &wanted {
-        if !in_bundle(t) {
-            anyhow::bail!(
-                "task {t:?} was asked for, but bundle {} lacks it (it has {})",
-                a.reference,
-                bundle
-                    .config
-                    .tasks
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        dataset.require_task(t)?;
-    }
-    // Evaluate only the wanted tasks: drop the others' decoders.
-    bundle.config.tasks.retain(|t| wanted.contains(&t.name));
-    let keep = vmt_registry::bundle::bundle_tensors(&bundle.config);
-    bundle
-        .tensors
-        .retain(|n, _| keep.iter().any(|s| &s.name == n));
-    let spec = backbone_for(
-        &loaded,
-        super::forward::backbone_arg(a.backbone.as_deref())?.as_ref(),
-    )?;
-    let backbone = Backbone::open(&spec, &device)?;
-    let model = build_model(&loaded, &backbone)?;
+    loaded.keep_tasks(&selection.tasks);
     let size = image_size_for(a.image_size, &loaded.bundle.config);
-    let mut report = evaluate(&model, dataset, &a.split, size, a.batch, 2)?;
+    let backbone = super::forward::backbone_arg(a.backbone.as_deref())?;
+    let adapter = Adapter::from_loaded(loaded, backbone.as_ref(), &device)?;
+    let mut report = evaluate(&adapter.model, dataset, &a.split, size, a.batch, 2)?;
     if let Some(b) = &a.baseline {
         report = report.with_baseline(&read_baseline(b)?);
     }

@@ -47,47 +47,74 @@ fn nearest(i: usize, out: usize, inp: usize) -> usize {
     (((i as f64 + 0.5) * inp as f64 / out as f64) as usize).min(inp - 1)
 }
 
+/// Where each output pixel comes from: a crop window on the image scaled to `sh x sw`,
+/// mirrored with `flip`.
+struct Window {
+    size: usize,
+    sh: usize,
+    sw: usize,
+    oy: isize,
+    ox: isize,
+    flip: bool,
+}
+
+impl Window {
+    /// The window of `aug` (None: a plain resize to `size x size`) on an `h x w` image.
+    fn new(h: usize, w: usize, size: usize, aug: Option<AugParams>) -> Self {
+        let (sh, sw, oy, ox) = match aug {
+            None => (size, size, 0isize, 0isize),
+            Some(a) => {
+                let k = size as f32 * a.scale / h.min(w) as f32;
+                let (sh, sw) = (
+                    ((h as f32 * k).round() as usize).max(1),
+                    ((w as f32 * k).round() as usize).max(1),
+                );
+                let room =
+                    |s: usize, f: f32| ((s.saturating_sub(size)) as f32 * f).floor() as isize;
+                (sh, sw, room(sh, a.crop_y), room(sw, a.crop_x))
+            }
+        };
+        let flip = aug.is_some_and(|a| a.flip);
+        Self {
+            size,
+            sh,
+            sw,
+            oy,
+            ox,
+            flip,
+        }
+    }
+
+    /// For output pixel (y, x): the scaled-image pixel it shows, if any.
+    fn source(&self, y: usize, x: usize) -> Option<(usize, usize)> {
+        let x = if self.flip { self.size - 1 - x } else { x };
+        let (sy, sx) = (y as isize + self.oy, x as isize + self.ox);
+        (sy >= 0 && sx >= 0 && (sy as usize) < self.sh && (sx as usize) < self.sw)
+            .then_some((sy as usize, sx as usize))
+    }
+}
+
 /// Prepares `sample` at `size x size`; `aug` None means evaluation (plain resize).
 pub fn prepare(sample: &Sample, size: usize, aug: Option<AugParams>) -> Example {
     let (h, w) = (sample.height, sample.width);
-    // Scaled size and crop window in scaled coordinates.
-    let (sh, sw, oy, ox) = match aug {
-        None => (size, size, 0isize, 0isize),
-        Some(a) => {
-            let k = size as f32 * a.scale / h.min(w) as f32;
-            let (sh, sw) = (
-                ((h as f32 * k).round() as usize).max(1),
-                ((w as f32 * k).round() as usize).max(1),
-            );
-            let room = |s: usize, f: f32| ((s.saturating_sub(size)) as f32 * f).floor() as isize;
-            (sh, sw, room(sh, a.crop_y), room(sw, a.crop_x))
-        }
-    };
-    let flip = aug.is_some_and(|a| a.flip);
+    let win = Window::new(h, w, size, aug);
     let img = image::RgbImage::from_raw(w as u32, h as u32, sample.rgb.clone())
         .expect("rgb buffer matches size");
-    let scaled = if (sh, sw) == (h, w) {
+    let scaled = if (win.sh, win.sw) == (h, w) {
         img
     } else {
         image::imageops::resize(
             &img,
-            sw as u32,
-            sh as u32,
+            win.sw as u32,
+            win.sh as u32,
             image::imageops::FilterType::Triangle,
         )
-    };
-    // For output pixel (y, x): the scaled-image pixel it shows, if any.
-    let source = |y: usize, x: usize| -> Option<(usize, usize)> {
-        let x = if flip { size - 1 - x } else { x };
-        let (sy, sx) = (y as isize + oy, x as isize + ox);
-        (sy >= 0 && sx >= 0 && (sy as usize) < sh && (sx as usize) < sw)
-            .then_some((sy as usize, sx as usize))
     };
     let n = size * size;
     let mut pixels = vec![0f32; 3 * n];
     for y in 0..size {
         for x in 0..size {
-            if let Some((sy, sx)) = source(y, x) {
+            if let Some((sy, sx)) = win.source(y, x) {
                 let p = scaled.get_pixel(sx as u32, sy as u32).0;
                 for c in 0..3 {
                     pixels[c * n + y * size + x] = (p[c] as f32 / 255.0 - MEAN[c]) / STD[c];
@@ -95,58 +122,43 @@ pub fn prepare(sample: &Sample, size: usize, aug: Option<AugParams>) -> Example 
             }
         }
     }
-    // Labels: nearest neighbour from the original to the scaled grid.
-    let to_orig = |sy: usize, sx: usize| (nearest(sy, sh, h), nearest(sx, sw, w));
+    // Labels: each output pixel takes the original pixel nearest to its scaled-grid source.
+    let origin: Vec<Option<usize>> = (0..n)
+        .map(|i| {
+            let (sy, sx) = win.source(i / size, i % size)?;
+            Some(nearest(sy, win.sh, h) * w + nearest(sx, win.sw, w))
+        })
+        .collect();
     let labels = sample
         .labels
         .iter()
-        .map(|label| match label {
-            Label::Classes(v) => {
-                let mut out = vec![255u8; n];
-                for y in 0..size {
-                    for x in 0..size {
-                        if let Some((sy, sx)) = source(y, x) {
-                            let (oy, ox) = to_orig(sy, sx);
-                            out[y * size + x] = v[oy * w + ox];
-                        }
-                    }
-                }
-                Label::Classes(out)
-            }
-            Label::Depth(v) => {
-                let mut out = vec![0f32; n];
-                for y in 0..size {
-                    for x in 0..size {
-                        if let Some((sy, sx)) = source(y, x) {
-                            let (oy, ox) = to_orig(sy, sx);
-                            out[y * size + x] = v[oy * w + ox];
-                        }
-                    }
-                }
-                Label::Depth(out)
-            }
-            Label::Normals(v) => {
-                let m = h * w;
-                let mut out = vec![255f32; 3 * n];
-                for y in 0..size {
-                    for x in 0..size {
-                        if let Some((sy, sx)) = source(y, x) {
-                            let (oy, ox) = to_orig(sy, sx);
-                            let i = oy * w + ox;
-                            if v[i] != 255.0 {
-                                let nx = if flip { -v[i] } else { v[i] };
-                                out[y * size + x] = nx;
-                                out[n + y * size + x] = v[m + i];
-                                out[2 * n + y * size + x] = v[2 * m + i];
-                            }
-                        }
-                    }
-                }
-                Label::Normals(out)
-            }
-        })
+        .map(|label| resample(label, &origin, h * w, win.flip))
         .collect();
     Example { pixels, labels }
+}
+
+/// `label` (of `m` pixels) at the output pixels, each from its `origin` pixel (None:
+/// outside the image, the "ignore" value); normals' x flips with the image.
+fn resample(label: &Label, origin: &[Option<usize>], m: usize, flip: bool) -> Label {
+    let n = origin.len();
+    match label {
+        Label::Classes(v) => {
+            Label::Classes(origin.iter().map(|o| o.map_or(255, |i| v[i])).collect())
+        }
+        Label::Depth(v) => Label::Depth(origin.iter().map(|o| o.map_or(0.0, |i| v[i])).collect()),
+        Label::Normals(v) => {
+            let mut out = vec![255f32; 3 * n];
+            for (j, i) in origin.iter().enumerate() {
+                let Some(i) = *i else { continue };
+                if v[i] != 255.0 {
+                    out[j] = if flip { -v[i] } else { v[i] };
+                    out[n + j] = v[m + i];
+                    out[2 * n + j] = v[2 * m + i];
+                }
+            }
+            Label::Normals(out)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -449,64 +449,8 @@ fn matrix(r: &mut Reader, depth: usize, at: usize) -> Result<(String, MatValue),
             }
             MatValue::Cell { dims, elems }
         }
-        MX_STRUCT => {
-            let (_, _, len_raw) = r.element()?;
-            let len = numbers(MI_INT32, len_raw, big, at)?
-                .first()
-                .copied()
-                .unwrap_or(0.0) as usize;
-            let (_, _, names) = r.element()?;
-            if len == 0 || names.len() % len != 0 {
-                return Err(format!(
-                    "struct at byte {at}: field names of {} bytes in slots of {len}",
-                    names.len()
-                ));
-            }
-            let fields: Vec<String> = names
-                .chunks(len)
-                .map(|c| {
-                    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-                    String::from_utf8_lossy(&c[..end]).into_owned()
-                })
-                .collect();
-            if fields.is_empty() && count > r.bytes.len() {
-                return Err(format!(
-                    "struct at byte {at}: {count} elements without fields"
-                ));
-            }
-            let mut elems = Vec::new();
-            for _ in 0..count {
-                let mut row = Vec::with_capacity(fields.len());
-                for _ in 0..fields.len() {
-                    row.push(child(r, depth, at)?);
-                }
-                elems.push(row);
-            }
-            MatValue::Struct {
-                dims,
-                fields,
-                elems,
-            }
-        }
-        MX_CHAR => {
-            let (ty, _, data) = r.element()?;
-            let codes = numbers(ty, data, big, at)?;
-            if codes.len() != count {
-                return Err(format!(
-                    "char array at byte {at}: {} characters for dimensions {dims:?}",
-                    codes.len()
-                ));
-            }
-            let text = if ty == MI_UTF8 {
-                String::from_utf8_lossy(data).into_owned()
-            } else {
-                codes
-                    .iter()
-                    .map(|&c| char::from_u32(c as u32).unwrap_or('\u{fffd}'))
-                    .collect()
-            };
-            MatValue::Char { dims, text }
-        }
+        MX_STRUCT => struct_body(r, depth, at, dims, count)?,
+        MX_CHAR => char_body(r, at, dims, count)?,
         MX_SPARSE => return Err(format!("sparse array at byte {at} is not supported")),
         6..=15 => {
             let (ty, _, data) = r.element()?;
@@ -525,6 +469,82 @@ fn matrix(r: &mut Reader, depth: usize, at: usize) -> Result<(String, MatValue),
         other => return Err(format!("matrix at byte {at}: unsupported class {other}")),
     };
     Ok((name, value))
+}
+
+/// The fields of an `mxSTRUCT_CLASS` matrix: field-name length, names, then one nested
+/// matrix per field and element.
+fn struct_body(
+    r: &mut Reader,
+    depth: usize,
+    at: usize,
+    dims: Vec<usize>,
+    count: usize,
+) -> Result<MatValue, String> {
+    let big = r.big;
+    let (_, _, len_raw) = r.element()?;
+    let len = numbers(MI_INT32, len_raw, big, at)?
+        .first()
+        .copied()
+        .unwrap_or(0.0) as usize;
+    let (_, _, names) = r.element()?;
+    if len == 0 || names.len() % len != 0 {
+        return Err(format!(
+            "struct at byte {at}: field names of {} bytes in slots of {len}",
+            names.len()
+        ));
+    }
+    let fields: Vec<String> = names
+        .chunks(len)
+        .map(|c| {
+            let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+            String::from_utf8_lossy(&c[..end]).into_owned()
+        })
+        .collect();
+    if fields.is_empty() && count > r.bytes.len() {
+        return Err(format!(
+            "struct at byte {at}: {count} elements without fields"
+        ));
+    }
+    let mut elems = Vec::new();
+    for _ in 0..count {
+        let mut row = Vec::with_capacity(fields.len());
+        for _ in 0..fields.len() {
+            row.push(child(r, depth, at)?);
+        }
+        elems.push(row);
+    }
+    Ok(MatValue::Struct {
+        dims,
+        fields,
+        elems,
+    })
+}
+
+/// The characters of an `mxCHAR_CLASS` matrix.
+fn char_body(
+    r: &mut Reader,
+    at: usize,
+    dims: Vec<usize>,
+    count: usize,
+) -> Result<MatValue, String> {
+    let big = r.big;
+    let (ty, _, data) = r.element()?;
+    let codes = numbers(ty, data, big, at)?;
+    if codes.len() != count {
+        return Err(format!(
+            "char array at byte {at}: {} characters for dimensions {dims:?}",
+            codes.len()
+        ));
+    }
+    let text = if ty == MI_UTF8 {
+        String::from_utf8_lossy(data).into_owned()
+    } else {
+        codes
+            .iter()
+            .map(|&c| char::from_u32(c as u32).unwrap_or('\u{fffd}'))
+            .collect()
+    };
+    Ok(MatValue::Char { dims, text })
 }
 
 /// One nested `miMATRIX` (a cell or a struct field).

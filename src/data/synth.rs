@@ -157,8 +157,15 @@ fn jitter(rng: &mut ChaCha8Rng, base: [f32; 3], amount: f32) -> [f32; 3] {
 
 /// Renders scene number `index` of `seed` at `size x size`.
 pub fn render(size: usize, seed: u64, index: u64) -> Scene {
+    // One generator, drawn in this order: objects, figure, background, pixel noise.
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, index));
-    let s = size as f32;
+    let mut objects = random_objects(&mut rng, size as f32);
+    objects.extend(figure(&mut rng, size as f32));
+    rasterise(&mut rng, size, &objects)
+}
+
+/// One to three discs, rectangles and triangles somewhere in a scene of side `s`.
+fn random_objects(rng: &mut ChaCha8Rng, s: f32) -> Vec<Object> {
     let mut objects = Vec::new();
     let flat_tilt =
         |rng: &mut ChaCha8Rng| normalize([rng.gen_range(-0.6..0.6), rng.gen_range(-0.6..0.6), 1.0]);
@@ -189,21 +196,27 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
         objects.push(Object {
             shape,
             z: rng.gen_range(3.0..7.0),
-            tilt: flat_tilt(&mut rng),
-            colour: jitter(&mut rng, colour, 0.15),
+            tilt: flat_tilt(rng),
+            colour: jitter(rng, colour, 0.15),
             texture,
             semseg: kind + 1,
             part: 0,
             salient: false,
         });
     }
-    // The figure: head, torso, legs.
+    objects
+}
+
+/// The figure (the person of semseg class 4, salient, with three parts): head, torso
+/// and two legs.
+fn figure(rng: &mut ChaCha8Rng, s: f32) -> Vec<Object> {
+    let mut objects = Vec::new();
     let (fx, fy) = (rng.gen_range(0.25..0.75) * s, rng.gen_range(0.3..0.6) * s);
     let u = rng.gen_range(0.06..0.1) * s;
     let z = rng.gen_range(2.5..5.0);
-    let skin = jitter(&mut rng, [0.9, 0.7, 0.55], 0.08);
-    let shirt = jitter(&mut rng, [0.9, 0.8, 0.2], 0.25);
-    let trousers = jitter(&mut rng, [0.25, 0.2, 0.45], 0.1);
+    let skin = jitter(rng, [0.9, 0.7, 0.55], 0.08);
+    let shirt = jitter(rng, [0.9, 0.8, 0.2], 0.25);
+    let trousers = jitter(rng, [0.25, 0.2, 0.45], 0.1);
     let part = |shape, colour, texture, part, dz: f32| Object {
         shape,
         z: z + dz,
@@ -254,10 +267,15 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
             0.05,
         ));
     }
+    objects
+}
 
-    let n = size * size;
+/// The scene's pixels and labels: each pixel shows the nearest object (or the background
+/// plane), shaded by one light, with a little noise.
+fn rasterise(rng: &mut ChaCha8Rng, size: usize, objects: &[Object]) -> Scene {
+    let (n, s) = (size * size, size as f32);
     let light = normalize([0.4, 0.5, 1.0]);
-    let bg = jitter(&mut rng, [0.55, 0.5, 0.45], 0.2);
+    let bg = jitter(rng, [0.55, 0.5, 0.45], 0.2);
     let bg_normal = normalize([0.0, 0.35, 1.0]);
     let mut scene = Scene {
         size,
@@ -278,7 +296,7 @@ pub fn render(size: usize, seed: u64, index: u64) -> Scene {
             let wave = 0.9 + 0.1 * (px * 0.15).sin() * (py * 0.11).cos();
             let mut albedo = bg.map(|c| c * wave);
             let (mut class, mut part, mut salient) = (0u8, 0u8, false);
-            for o in &objects {
+            for o in objects {
                 if let Some((nrm, d)) = o.hit(px, py) {
                     if d < depth {
                         (depth, normal, albedo) = (d, normalize(nrm), o.albedo(px, py));

@@ -12,6 +12,7 @@ use vmt_registry::bundle::{TaskKind, TaskSpec};
 
 use crate::data::loader::{eval_plans, Loader};
 use crate::data::{Dataset, Label};
+use crate::error::{invalid, Error, Result};
 use crate::model::VmtModel;
 use metrics::{delta_m, DepthMetric, NormalsMetric, SalMetric, SegMetric};
 
@@ -171,6 +172,64 @@ impl Evaluator {
     }
 }
 
+/// Which tasks an evaluation runs, and which it leaves out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSelection {
+    /// The tasks to evaluate, in the dataset's order (or as asked for).
+    pub tasks: Vec<String>,
+    /// One line for each task of either side left out, saying why.
+    pub skipped: Vec<String>,
+}
+
+/// The tasks to evaluate a bundle (`config`, called `bundle` in messages) on:
+/// `wanted` if given, else every task both it and `dataset` have, the others named in
+/// [`TaskSelection::skipped`].
+///
+/// # Errors
+/// [`Error::Invalid`] when no task is in common, or a wanted task is missing from the
+/// bundle; a wanted task missing from the dataset.
+pub fn select_tasks(
+    config: &vmt_registry::bundle::BundleConfig,
+    bundle: &str,
+    dataset: &Dataset,
+    wanted: &[String],
+) -> Result<TaskSelection> {
+    let in_bundle = |t: &str| config.task(t).is_some();
+    let mut skipped = Vec::new();
+    let tasks: Vec<String> = if wanted.is_empty() {
+        for t in dataset.info.tasks.iter().filter(|t| !in_bundle(&t.name)) {
+            skipped.push(format!("{}: bundle {bundle} has no such task", t.name));
+        }
+        for t in config
+            .tasks
+            .iter()
+            .filter(|t| dataset.task(&t.name).is_none())
+        {
+            let root = dataset.root.display();
+            skipped.push(format!("{}: dataset {root} has no such task", t.name));
+        }
+        let both = dataset.info.tasks.iter().filter(|t| in_bundle(&t.name));
+        both.map(|t| t.name.clone()).collect()
+    } else {
+        wanted.to_vec()
+    };
+    if tasks.is_empty() {
+        let root = dataset.root.display();
+        invalid!("bundle {bundle} and dataset {root} have no task in common");
+    }
+    for t in &tasks {
+        if !in_bundle(t) {
+            let has: Vec<&str> = config.tasks.iter().map(|t| t.name.as_str()).collect();
+            invalid!(
+                "task {t:?} was asked for, but bundle {bundle} lacks it (it has {})",
+                has.join(", ")
+            );
+        }
+        dataset.require_task(t)?;
+    }
+    Ok(TaskSelection { tasks, skipped })
+}
+
 /// Evaluates `model` on `split`, images resized to `size`.
 pub fn evaluate(
     model: &VmtModel,
@@ -179,12 +238,12 @@ pub fn evaluate(
     size: usize,
     batch: usize,
     workers: usize,
-) -> anyhow::Result<EvalReport> {
+) -> Result<EvalReport> {
     let tasks: Vec<TaskSpec> = model.config.tasks.clone();
     for t in &tasks {
         let d = dataset.require_task(&t.name)?;
         if d.kind != t.kind || d.channels != t.channels {
-            anyhow::bail!(
+            invalid!(
                 "{}: task {:?} is {:?} with {} channels there, {:?} with {} in the bundle",
                 dataset.root.join("dataset.json").display(),
                 t.name,
@@ -248,18 +307,18 @@ pub const BASELINES: [Baseline; 1] = [Baseline {
 ///
 /// # Errors
 /// An unknown name that is not a readable file of either form.
-pub fn read_baseline(spec: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+pub fn read_baseline(spec: &str) -> Result<BTreeMap<String, f64>> {
     if let Some(b) = BASELINES.iter().find(|b| b.name == spec) {
         return Ok(b.values.iter().map(|&(t, v)| (t.to_string(), v)).collect());
     }
     let path = Path::new(spec);
     let text = std::fs::read_to_string(path).map_err(|e| {
         let names: Vec<&str> = BASELINES.iter().map(|b| b.name).collect();
-        anyhow::anyhow!(
+        Error::Invalid(format!(
             "{}: {e} (a baseline is a file or one of: {})",
             path.display(),
             names.join(", ")
-        )
+        ))
     })?;
     if let Ok(report) = serde_json::from_str::<EvalReport>(&text) {
         return Ok(report
@@ -269,10 +328,10 @@ pub fn read_baseline(spec: &str) -> anyhow::Result<BTreeMap<String, f64>> {
             .collect());
     }
     serde_json::from_str::<BTreeMap<String, f64>>(&text).map_err(|e| {
-        anyhow::anyhow!(
+        Error::Invalid(format!(
             "{}: expected an `eval --json` report or {{\"task\": value}}: {e}",
             path.display()
-        )
+        ))
     })
 }
 

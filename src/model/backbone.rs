@@ -379,49 +379,31 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
         } else if let Some(rest) = name.strip_prefix("norm.") {
             format!("layernorm.{rest}")
         } else if let Some(rest) = name.strip_prefix("layers.") {
-            let (stage, rest) = rest.split_once('.').unwrap_or((rest, ""));
-            let stage: usize = stage.parse().map_err(|_| ModelError::UnexpectedTensor {
+            let bad = |reason: &str| ModelError::UnexpectedTensor {
                 file: origin.clone(),
                 name: name.clone(),
-                reason: "layers.<N> with N not a number".into(),
-            })?;
+                reason: reason.into(),
+            };
+            let (stage, rest) = rest.split_once('.').unwrap_or((rest, ""));
+            let stage: usize = stage
+                .parse()
+                .map_err(|_| bad("layers.<N> with N not a number"))?;
             if let Some(d) = rest.strip_prefix("downsample.") {
-                let at = if downsample_at_end {
-                    stage
-                } else {
-                    stage
+                let at = match downsample_at_end {
+                    true => stage,
+                    false => stage
                         .checked_sub(1)
-                        .ok_or_else(|| ModelError::UnexpectedTensor {
-                            file: origin.clone(),
-                            name: name.clone(),
-                            reason: "a downsample before the first stage".into(),
-                        })?
+                        .ok_or_else(|| bad("a downsample before the first stage"))?,
                 };
                 format!("encoder.layers.{at}.downsample.{d}")
             } else if let Some(rest) = rest.strip_prefix("blocks.") {
                 let (block, part) = rest.split_once('.').unwrap_or((rest, ""));
                 let p = format!("encoder.layers.{stage}.blocks.{block}");
                 if let Some(kind) = part.strip_prefix("attn.qkv.") {
-                    let c = t.dim(0)? / 3;
-                    for (i, n) in ["query", "key", "value"].iter().enumerate() {
-                        out.insert(
-                            format!("{p}.attention.self.{n}.{kind}"),
-                            t.narrow(0, i * c, c)?,
-                        );
-                    }
+                    split_qkv(&mut out, &p, kind, &t)?;
                     continue;
                 }
-                let part = part
-                    .replace("norm1.", "layernorm_before.")
-                    .replace("norm2.", "layernorm_after.")
-                    .replace("attn.proj.", "attention.output.dense.")
-                    .replace(
-                        "attn.relative_position_bias_table",
-                        "attention.self.relative_position_bias_table",
-                    )
-                    .replace("mlp.fc1.", "intermediate.dense.")
-                    .replace("mlp.fc2.", "output.dense.");
-                format!("{p}.{part}")
+                format!("{p}.{}", timm_block_part(part))
             } else {
                 format!("encoder.layers.{stage}.{rest}")
             }
@@ -433,119 +415,109 @@ pub fn canonical_names(raw: NamedTensors) -> Result<NamedTensors> {
     Ok(NamedTensors::new(origin, out))
 }
 
+/// timm's fused `qkv` of block `p` as Hugging Face's `query`, `key` and `value`.
+fn split_qkv(out: &mut HashMap<String, Tensor>, p: &str, kind: &str, t: &Tensor) -> Result<()> {
+    let c = t.dim(0)? / 3;
+    for (i, n) in ["query", "key", "value"].iter().enumerate() {
+        out.insert(
+            format!("{p}.attention.self.{n}.{kind}"),
+            t.narrow(0, i * c, c)?,
+        );
+    }
+    Ok(())
+}
+
+/// A timm block's tensor name (after `blocks.N.`) in Hugging Face's naming.
+fn timm_block_part(part: &str) -> String {
+    part.replace("norm1.", "layernorm_before.")
+        .replace("norm2.", "layernorm_after.")
+        .replace("attn.proj.", "attention.output.dense.")
+        .replace(
+            "attn.relative_position_bias_table",
+            "attention.self.relative_position_bias_table",
+        )
+        .replace("mlp.fc1.", "intermediate.dense.")
+        .replace("mlp.fc2.", "output.dense.")
+}
+
+/// Builds seeded random weights in checkpoint order: every `randn` draws from one
+/// generator, so the same seed gives the same weights everywhere.
+struct RandomInit {
+    rng: rand_chacha::ChaCha8Rng,
+    normal: Normal<f32>,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl RandomInit {
+    /// N(0, 0.02) values.
+    fn randn(&mut self, name: String, shape: Vec<usize>) {
+        let n: usize = shape.iter().product();
+        let values = (0..n).map(|_| self.normal.sample(&mut self.rng)).collect();
+        self.tensors.insert(name, (shape, values));
+    }
+
+    /// A constant vector of `n`.
+    fn fill(&mut self, name: String, n: usize, value: f32) {
+        self.tensors.insert(name, (vec![n], vec![value; n]));
+    }
+
+    /// `{name}.weight` `[out, inp]` random, `{name}.bias` zero.
+    fn linear(&mut self, name: &str, out: usize, inp: usize) {
+        self.randn(format!("{name}.weight"), vec![out, inp]);
+        self.fill(format!("{name}.bias"), out, 0.0);
+    }
+
+    /// A LayerNorm of `c` channels: weight one, bias zero.
+    fn norm(&mut self, name: &str, c: usize) {
+        self.fill(format!("{name}.weight"), c, 1.0);
+        self.fill(format!("{name}.bias"), c, 0.0);
+    }
+
+    /// One Swin block of `c` channels and `heads` heads.
+    fn block(&mut self, b: &str, g: &SwinGeometry, c: usize, heads: usize) {
+        self.norm(&format!("{b}.layernorm_before"), c);
+        self.norm(&format!("{b}.layernorm_after"), c);
+        for n in ["query", "key", "value"] {
+            self.linear(&format!("{b}.attention.self.{n}"), c, c);
+        }
+        let span = (2 * g.window_size - 1).pow(2);
+        let table = format!("{b}.attention.self.relative_position_bias_table");
+        self.randn(table, vec![span, heads]);
+        self.linear(&format!("{b}.attention.output.dense"), c, c);
+        let hidden = g.mlp_hidden(c);
+        self.linear(&format!("{b}.intermediate.dense"), hidden, c);
+        self.linear(&format!("{b}.output.dense"), c, hidden);
+    }
+}
+
 /// Seeded random weights in a built-in geometry: same name, same weights, everywhere.
 pub fn random_weights(geometry: &SwinGeometry, seed: u64, device: &Device) -> Result<NamedTensors> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let normal = Normal::new(0f32, 0.02).expect("valid normal");
-    let mut t = BTreeMap::new();
-    let mut randn = |shape: Vec<usize>| -> Vec<f32> {
-        let n: usize = shape.iter().product();
-        (0..n).map(|_| normal.sample(&mut rng)).collect()
-    };
-    let add = |t: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-               name: String,
-               shape: Vec<usize>,
-               values: Vec<f32>| {
-        t.insert(name, (shape, values));
+    let mut init = RandomInit {
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        normal: Normal::new(0f32, 0.02).expect("valid normal"),
+        tensors: BTreeMap::new(),
     };
     let g = geometry;
     let (c0, p) = (g.embed_dim, g.patch_size);
-    let zeros = |n: usize| vec![0f32; n];
-    let ones = |n: usize| vec![1f32; n];
-    add(
-        &mut t,
-        "embeddings.patch_embeddings.projection.weight".into(),
-        vec![c0, 3, p, p],
-        randn(vec![c0, 3, p, p]),
-    );
-    add(
-        &mut t,
-        "embeddings.patch_embeddings.projection.bias".into(),
-        vec![c0],
-        zeros(c0),
-    );
-    add(&mut t, "embeddings.norm.weight".into(), vec![c0], ones(c0));
-    add(&mut t, "embeddings.norm.bias".into(), vec![c0], zeros(c0));
-    let span = (2 * g.window_size - 1).pow(2);
+    let patch = "embeddings.patch_embeddings.projection";
+    init.randn(format!("{patch}.weight"), vec![c0, 3, p, p]);
+    init.fill(format!("{patch}.bias"), c0, 0.0);
+    init.norm("embeddings.norm", c0);
     let dims = g.stage_dims();
     for (i, (&depth, &heads)) in g.depths.iter().zip(&g.num_heads).enumerate() {
         let c = dims[i];
-        let hidden = g.mlp_hidden(c);
         for j in 0..depth {
-            let b = format!("encoder.layers.{i}.blocks.{j}");
-            for n in ["layernorm_before", "layernorm_after"] {
-                add(&mut t, format!("{b}.{n}.weight"), vec![c], ones(c));
-                add(&mut t, format!("{b}.{n}.bias"), vec![c], zeros(c));
-            }
-            for n in ["query", "key", "value"] {
-                add(
-                    &mut t,
-                    format!("{b}.attention.self.{n}.weight"),
-                    vec![c, c],
-                    randn(vec![c, c]),
-                );
-                add(
-                    &mut t,
-                    format!("{b}.attention.self.{n}.bias"),
-                    vec![c],
-                    zeros(c),
-                );
-            }
-            add(
-                &mut t,
-                format!("{b}.attention.self.relative_position_bias_table"),
-                vec![span, heads],
-                randn(vec![span, heads]),
-            );
-            add(
-                &mut t,
-                format!("{b}.attention.output.dense.weight"),
-                vec![c, c],
-                randn(vec![c, c]),
-            );
-            add(
-                &mut t,
-                format!("{b}.attention.output.dense.bias"),
-                vec![c],
-                zeros(c),
-            );
-            add(
-                &mut t,
-                format!("{b}.intermediate.dense.weight"),
-                vec![hidden, c],
-                randn(vec![hidden, c]),
-            );
-            add(
-                &mut t,
-                format!("{b}.intermediate.dense.bias"),
-                vec![hidden],
-                zeros(hidden),
-            );
-            add(
-                &mut t,
-                format!("{b}.output.dense.weight"),
-                vec![c, hidden],
-                randn(vec![c, hidden]),
-            );
-            add(&mut t, format!("{b}.output.dense.bias"), vec![c], zeros(c));
+            init.block(&format!("encoder.layers.{i}.blocks.{j}"), g, c, heads);
         }
         if i + 1 < g.depths.len() {
             let d = format!("encoder.layers.{i}.downsample");
-            add(&mut t, format!("{d}.norm.weight"), vec![4 * c], ones(4 * c));
-            add(&mut t, format!("{d}.norm.bias"), vec![4 * c], zeros(4 * c));
-            add(
-                &mut t,
-                format!("{d}.reduction.weight"),
-                vec![2 * c, 4 * c],
-                randn(vec![2 * c, 4 * c]),
-            );
+            init.norm(&format!("{d}.norm"), 4 * c);
+            init.randn(format!("{d}.reduction.weight"), vec![2 * c, 4 * c]);
         }
     }
-    let last = *dims.last().expect("at least one stage");
-    add(&mut t, "layernorm.weight".into(), vec![last], ones(last));
-    add(&mut t, "layernorm.bias".into(), vec![last], zeros(last));
+    init.norm("layernorm", *dims.last().expect("at least one stage"));
     let mut tensors = HashMap::new();
-    for (name, (shape, values)) in t {
+    for (name, (shape, values)) in init.tensors {
         tensors.insert(name, Tensor::from_vec(values, shape, device)?);
     }
     Ok(NamedTensors::new(format!("random seed {seed}"), tensors))

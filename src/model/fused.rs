@@ -6,7 +6,7 @@
 //! [`super::swin::attention_plain`], the KEM loop in [`super::vmt`]) do, but keep every
 //! intermediate alive until backward. These custom ops keep only their inputs and output:
 //! the backward pass recomputes what it needs. CPU and f32 only; other devices use the
-//! plain-op versions, and `VMT_FUSED=0` selects them on CPU too (for A/B runs). Each
+//! plain-op versions, and [`Kernels::Plain`] (`VMT_FUSED=0`) selects them on CPU too (for A/B runs). Each
 //! kernel is tested against its plain-op version, values and gradients (tests below); the
 //! inner loops are in `src/model/simd.rs`.
 
@@ -15,11 +15,47 @@ use rayon::prelude::*;
 
 use super::simd::{self, sum16, CE_BLOCK};
 
-/// Whether `x` goes through the fused kernels: f32 on CPU, unless `VMT_FUSED=0` (kept for
-/// comparisons in benchmarks).
+/// The kernels the CPU path runs: the fused ones of this module (the default), or
+/// candle's plain ops (for A/B comparisons in benchmarks). A process-wide setting:
+/// [`Kernels::install`] sets it, [`Kernels::from_env`] reads `VMT_FUSED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fused kernels of this module.
+    #[default]
+    Fused,
+    /// candle's plain ops only.
+    Plain,
+}
+
+static PLAIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Kernels {
+    /// `VMT_FUSED=0`: [`Kernels::Plain`]; anything else: [`Kernels::Fused`].
+    pub fn from_env() -> Self {
+        match std::env::var("VMT_FUSED") {
+            Ok(v) if v == "0" => Self::Plain,
+            _ => Self::Fused,
+        }
+    }
+
+    /// Makes these the kernels of every model of this process from now on.
+    pub fn install(self) {
+        PLAIN.store(self == Self::Plain, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kernels installed.
+    pub fn current() -> Self {
+        match PLAIN.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Self::Plain,
+            false => Self::Fused,
+        }
+    }
+}
+
+/// Whether `x` goes through the fused kernels: f32 on CPU, unless [`Kernels::Plain`] is
+/// installed.
 pub fn enabled(x: &Tensor) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VMT_FUSED").map_or(true, |v| v != "0"))
+    Kernels::current() == Kernels::Fused
         && x.device().is_cpu()
         && x.dtype() == candle_core::DType::F32
 }
@@ -40,7 +76,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
-pub struct LayerNormOp {
+pub(crate) struct LayerNormOp {
     /// Epsilon.
     pub eps: f64,
 }
@@ -112,7 +148,7 @@ impl CustomOp3 for LayerNormOp {
 }
 
 /// Softmax over the last dimension.
-pub struct SoftmaxOp;
+pub(crate) struct SoftmaxOp;
 
 impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
@@ -145,7 +181,7 @@ const ELEMENTS_PER_TASK: usize = 16384;
 /// (`simd::erf_fast`; within 2e-6 of candle's `gelu_erf`); its backward is one pass over the
 /// input (candle's is about a dozen tensor ops, each a pass and an allocation over the
 /// MLP's hidden activations).
-pub struct GeluOp;
+pub(crate) struct GeluOp;
 
 impl CustomOp1 for GeluOp {
     fn name(&self) -> &'static str {
@@ -745,7 +781,7 @@ impl CustomOp3 for KemGradOp {
 /// `out_h x out_w`, two taps per axis: the decoders' upsampling to full resolution without
 /// the dense resize matrices' products (56 multiply-adds per output and axis where two are
 /// not zero). Its backward is the transposed taps, per map.
-pub struct ResizeOp {
+pub(crate) struct ResizeOp {
     /// Output height.
     pub out_h: usize,
     /// Output width.
@@ -846,7 +882,7 @@ impl CustomOp1 for ResizeGradOp {
 /// backward is `g * (softmax(x) - onehot(label))`, with the log-sum-exp recovered from the
 /// forward's result (`loss + x[label]`): one pass over the `[B, K, H, W]` logits each way
 /// instead of the dozen of the plain-op version.
-pub struct CrossEntropyOp;
+pub(crate) struct CrossEntropyOp;
 
 impl CrossEntropyOp {
     /// `(B, K, H*W)`, after checking that the labels fit the logits and that every label

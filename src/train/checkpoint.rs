@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use vmt_registry::bundle::RawTensor;
@@ -13,7 +12,11 @@ use vmt_registry::safetensors_canon::{canonical_bytes, parse};
 
 use super::optim::AdamW;
 use super::TrainOptions;
+use crate::error::{Context, Error, Result};
 use crate::model::tensors::to_raw;
+
+/// The run directory's log of steps, one JSON line each.
+pub const METRICS: &str = "metrics.jsonl";
 
 fn train_split() -> String {
     "train".into()
@@ -70,11 +73,18 @@ impl Fingerprint {
     }
 }
 
+/// `trainer.json`: where a checkpoint stands.
 #[derive(Debug, Serialize, Deserialize)]
-struct TrainerState {
-    step: usize,
-    adam_t: u64,
-    fingerprint: Fingerprint,
+pub struct TrainerState {
+    /// Steps done.
+    pub step: usize,
+    /// AdamW's update count.
+    pub adam_t: u64,
+    /// The loss of the last step (absent in checkpoints of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// The run's settings.
+    pub fingerprint: Fingerprint,
 }
 
 /// A restored checkpoint.
@@ -82,6 +92,7 @@ pub struct Checkpoint {
     pub dir: PathBuf,
     pub step: usize,
     adam_t: u64,
+    loss: Option<f64>,
     fingerprint: Fingerprint,
     pub params: BTreeMap<String, RawTensor>,
     moments: BTreeMap<String, RawTensor>,
@@ -92,7 +103,7 @@ fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 }
 
 /// Completed checkpoints, oldest first.
-fn list(run_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
+fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let dir = checkpoints_dir(run_dir);
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -111,14 +122,8 @@ fn list(run_dir: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>> {
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint of `step` and keeps only the newest `keep`.
-    pub fn save(
-        run_dir: &Path,
-        step: usize,
-        fingerprint: &Fingerprint,
-        opt: &AdamW,
-        keep: usize,
-    ) -> anyhow::Result<()> {
+    /// Writes the checkpoint of `state` and keeps only the newest `keep`.
+    pub fn save(run_dir: &Path, state: &TrainerState, opt: &AdamW, keep: usize) -> Result<()> {
         let dir = checkpoints_dir(run_dir);
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
         let mut tensors = BTreeMap::new();
@@ -127,25 +132,20 @@ impl Checkpoint {
             tensors.insert(format!("adam_m.{}", p.name), to_raw(&p.m)?);
             tensors.insert(format!("adam_v.{}", p.name), to_raw(&p.v)?);
         }
-        let state = TrainerState {
-            step,
-            adam_t: opt.t,
-            fingerprint: fingerprint.clone(),
-        };
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-step-")
-            .tempdir_in(&dir)?;
-        std::fs::write(
-            tmp.path().join("state.safetensors"),
-            canonical_bytes(&tensors),
-        )?;
-        std::fs::write(
-            tmp.path().join("trainer.json"),
-            serde_json::to_vec_pretty(&state)?,
-        )?;
-        let final_dir = dir.join(format!("step-{step:08}"));
+            .tempdir_in(&dir)
+            .with_context(|| dir.display().to_string())?;
+        for (name, bytes) in [
+            ("state.safetensors", canonical_bytes(&tensors)),
+            ("trainer.json", serde_json::to_vec_pretty(state)?),
+        ] {
+            let path = tmp.path().join(name);
+            std::fs::write(&path, bytes).map_err(|e| Error::io(path, e))?;
+        }
+        let final_dir = dir.join(format!("step-{:08}", state.step));
         if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
+            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
         std::fs::rename(tmp.keep(), &final_dir).with_context(|| final_dir.display().to_string())?;
         let all = list(run_dir)?;
@@ -156,7 +156,7 @@ impl Checkpoint {
     }
 
     /// The newest checkpoint of a run, if any.
-    pub fn latest(run_dir: &Path) -> anyhow::Result<Option<Self>> {
+    pub fn latest(run_dir: &Path) -> Result<Option<Self>> {
         let Some((_, dir)) = list(run_dir)?.pop() else {
             return Ok(None);
         };
@@ -183,6 +183,7 @@ impl Checkpoint {
             dir,
             step: state.step,
             adam_t: state.adam_t,
+            loss: state.loss,
             fingerprint: state.fingerprint,
             params,
             moments,
@@ -190,7 +191,7 @@ impl Checkpoint {
     }
 
     /// Refuses to resume with other settings, naming what differs.
-    pub fn check_fingerprint(&self, now: &Fingerprint) -> anyhow::Result<()> {
+    pub fn check_fingerprint(&self, now: &Fingerprint) -> Result<()> {
         if &self.fingerprint == now {
             return Ok(());
         }
@@ -210,18 +211,25 @@ impl Checkpoint {
                 )
             })
             .collect();
-        bail!(
-            "resume: {} was made with other settings: {}",
-            self.dir.display(),
-            differing.join("; ")
-        )
+        Err(Error::SettingsChanged {
+            checkpoint: self.dir.clone(),
+            differing,
+        })
+    }
+
+    /// The loss of the checkpoint's last step: recorded in the checkpoint, or (for
+    /// checkpoints of earlier versions) read from the run's metrics; NaN if neither has it.
+    pub fn loss(&self, run_dir: &Path) -> f64 {
+        self.loss
+            .or_else(|| metrics_loss(&run_dir.join(METRICS), self.step))
+            .unwrap_or(f64::NAN)
     }
 
     /// Puts the AdamW moments and update count back.
-    pub fn restore_optimizer(&self, opt: &mut AdamW, device: &Device) -> anyhow::Result<()> {
+    pub fn restore_optimizer(&self, opt: &mut AdamW, device: &Device) -> Result<()> {
         opt.t = self.adam_t;
         for p in &mut opt.params {
-            let get = |kind: &str| -> anyhow::Result<Tensor> {
+            let get = |kind: &str| -> Result<Tensor> {
                 let t = self
                     .moments
                     .get(&format!("{kind}.{}", p.name))
@@ -235,27 +243,36 @@ impl Checkpoint {
     }
 }
 
-/// Drops metric lines past `step` (written after the checkpoint a run resumes from).
-pub fn truncate_metrics(path: &Path, step: usize) -> anyhow::Result<()> {
-    if step == 0 {
-        if path.exists() {
-            std::fs::remove_file(path)?;
-        }
-        return Ok(());
-    }
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
+/// The step number of a metrics line.
+fn line_step(line: &str) -> Option<(usize, serde_json::Value)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some((v.get("step")?.as_u64()? as usize, v))
+}
+
+/// The loss of `step` in a run's metrics, if recorded.
+fn metrics_loss(path: &Path, step: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(line_step)
+        .find(|(s, _)| *s == step)
+        .and_then(|(_, v)| v.get("loss")?.as_f64())
+}
+
+/// Opens the run's metrics for appending after `step`: lines past it (written after the
+/// checkpoint a run resumes from) are dropped; a fresh run (`step` 0) starts empty.
+pub fn open_metrics(run_dir: &Path, step: usize) -> Result<std::fs::File> {
+    let path = run_dir.join(METRICS);
+    let kept: String = match std::fs::read_to_string(&path) {
+        Ok(text) if step > 0 => text
+            .lines()
+            .filter(|l| line_step(l).is_some_and(|(s, _)| s <= step))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        _ => String::new(),
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step")?.as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept)?;
-    Ok(())
+    std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))
 }

@@ -10,25 +10,26 @@ pub mod optim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 use vmt_registry::bundle::{
     bundle_tensors, AdapterConfig, AdapterKind, BundleConfig, BundleDir, DecoderConfig, Metrics,
-    Provenance, TaskProvenance, TaskSpec,
+    Provenance, RawTensor, TaskSpec,
 };
 
-use crate::data::loader::{train_plan, Loader};
+use crate::data::loader::{train_plan, Batch, Loader};
 use crate::data::Dataset;
+use crate::error::{invalid, Context, Error, Result};
 use crate::eval::evaluate;
 use crate::model::init::init_bundle;
 use crate::model::tensors::{from_raw, to_raw};
 use crate::model::{task_loss, Backbone, NamedTensors, VmtModel};
-use checkpoint::{Checkpoint, Fingerprint};
+use checkpoint::Checkpoint;
+pub(crate) use checkpoint::Fingerprint;
 use optim::{learning_rate, AdamW};
 
 /// Everything a training run needs.
@@ -83,8 +84,6 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Stop (with a checkpoint, without a bundle) once this step is reached.
     pub stop_after: Option<usize>,
-    /// No progress bar.
-    pub quiet: bool,
     /// add-task: a trained bundle whose shared adapter and tasks stay frozen; `tasks`
     /// are the new tasks, and the adapter/decoder settings come from this bundle.
     pub base: Option<Base>,
@@ -134,7 +133,6 @@ impl Default for TrainOptions {
             run_dir: PathBuf::from("runs/default"),
             resume: false,
             stop_after: None,
-            quiet: false,
             base: None,
         }
     }
@@ -177,276 +175,528 @@ pub fn default_loss_weight(task: &str) -> f64 {
 pub enum TrainOutcome {
     /// The trained bundle, with provenance and validation metrics in its config.
     Finished(Box<BundleDir>),
-    /// Stopped early at this step (`--stop-after`); resume to finish.
+    /// Stopped early at this step (`stop_after`); resume to finish.
     Stopped(usize),
 }
 
-/// Trains a new bundle.
-pub fn train(opts: &TrainOptions, device: &Device) -> anyhow::Result<TrainOutcome> {
-    if opts.steps == 0 || opts.batch == 0 || opts.image_size == 0 {
-        bail!(
-            "steps ({}), batch ({}) and image_size ({}) must be positive",
-            opts.steps,
-            opts.batch,
-            opts.image_size
-        );
-    }
-    let dataset = Arc::new(Dataset::open(&opts.data)?);
-    let tasks: Vec<TaskSpec> = opts
-        .tasks
-        .iter()
-        .map(|name| Ok(dataset.require_task(name)?.clone()))
-        .collect::<anyhow::Result<_>>()?;
-    let train_ids = dataset.split(&opts.train_split)?;
-    let has_val = dataset.root.join("splits/val.txt").is_file();
-    let data_digest = dataset.digest()?;
-    tracing::info!(
-        "dataset {}: {} training images, data {data_digest}",
-        dataset.root.display(),
-        train_ids.len()
-    );
-    let backbone = Backbone::load(&opts.backbone, device)?;
-    tracing::info!("backbone {}: {}", backbone.source, backbone.digest);
-    // The configuration trained here: every task for a new bundle; for add-task, the base's
-    // adapter and decoder settings with only the new tasks.
-    let mut config = match &opts.base {
-        None => BundleConfig::new(
-            backbone.geometry_with_provenance(),
-            AdapterConfig::new(opts.adapter, opts.reduction, opts.scale),
-            DecoderConfig::new(opts.decoder_dim, opts.decoder_hidden),
-            tasks.clone(),
-        ),
-        Some(base) => {
-            backbone.check_matches(&base.bundle.config.backbone)?;
-            for t in &tasks {
-                if base.bundle.config.task(&t.name).is_some() {
-                    bail!(
-                        "the bundle already has a task {:?}; add-task adds new tasks only",
-                        t.name
-                    );
-                }
-            }
-            let mut c = base.bundle.config.clone();
-            c.tasks = tasks.clone();
-            c.extra.remove("provenance");
-            c.extra.remove("metrics");
-            c
-        }
-    };
-    config.validate().map_err(anyhow::Error::msg)?;
-    let weights: Vec<f64> = tasks
-        .iter()
-        .map(|t| {
-            opts.loss_weights
-                .get(&t.name)
-                .copied()
-                .unwrap_or_else(|| default_loss_weight(&t.name))
-        })
-        .collect();
-    let fingerprint = Fingerprint::new(opts, &backbone.digest, &data_digest.to_string());
+/// What one optimisation step measured: one line of `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRecord {
+    /// Steps done, this one included (1-based).
+    pub step: usize,
+    /// The learning rate used.
+    pub lr: f64,
+    /// The weighted total loss.
+    pub loss: f64,
+    /// Unweighted loss per task.
+    pub losses: serde_json::Map<String, serde_json::Value>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Images per second of this step.
+    pub images_per_s: f64,
+}
 
-    // Trainable tensors: fresh, or restored from the last checkpoint.
-    std::fs::create_dir_all(&opts.run_dir).with_context(|| opts.run_dir.display().to_string())?;
-    let restored = if opts.resume {
-        Checkpoint::latest(&opts.run_dir)?
-    } else {
-        None
-    };
-    if opts.resume && restored.is_none() {
-        bail!(
-            "resume: {} has no checkpoint",
-            opts.run_dir.join("checkpoints").display()
-        );
-    }
-    // A fresh run never mixes with an old one: a folder holding a run's checkpoints is
-    // refused; one left by a run that failed before its first checkpoint starts clean.
-    if !opts.resume {
-        let checkpoints = opts.run_dir.join("checkpoints");
-        let holds_run = std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some());
-        if holds_run {
-            bail!(
-                "run directory {} holds a run already: continue it with --resume, or \
-                 choose another with --run-dir (or remove it)",
-                opts.run_dir.display()
+/// What a run reports as it goes. The CLI draws a progress bar from these events; a
+/// library user can log them, plot them or ignore them (`()` ignores them all).
+pub trait TrainEvents {
+    /// Steps `start..end` are about to run (`start` > 0 on resume).
+    fn started(&mut self, _start: usize, _end: usize) {}
+    /// A step finished.
+    fn step(&mut self, _record: &StepRecord) {}
+    /// A checkpoint of `step` was written to `run_dir`.
+    fn checkpoint(&mut self, _step: usize, _run_dir: &Path) {}
+    /// The steps are over; validation and the bundle follow.
+    fn steps_done(&mut self) {}
+}
+
+impl TrainEvents for () {}
+
+/// Trains a new bundle (or, with [`TrainOptions::base`], adds tasks to one): the short
+/// form of [`Trainer::new`] then [`Trainer::run`], with no events.
+///
+/// # Errors
+/// See [`Trainer::new`] and [`Trainer::run`].
+pub fn train(opts: &TrainOptions, device: &Device) -> Result<TrainOutcome> {
+    Trainer::new(opts.clone(), device)?.run(&mut ())
+}
+
+/// A training run in three pieces: [`Trainer::new`] sets it up (dataset, backbone,
+/// configuration, the run directory, fresh or restored weights), [`Trainer::step`] runs
+/// one optimisation step on a batch, and [`Trainer::finish`] turns the weights into a
+/// bundle with its provenance and validation metrics. [`Trainer::run`] strings them
+/// together with the loader and checkpoints.
+///
+/// ```
+/// use vmt_hub::train::{Trainer, TrainOptions, TrainOutcome};
+/// # let dir = tempfile::tempdir()?;
+/// // 8 synthetic scenes of 32x32 (a train and a val split).
+/// vmt_hub::data::synth::synthesize(&dir.path().join("data"), 8, 32, 0)?;
+/// let opts = TrainOptions {
+///     data: dir.path().join("data"),
+///     tasks: vec!["semseg".into(), "sal".into()],
+///     steps: 2,
+///     batch: 2,
+///     image_size: 32,
+///     run_dir: dir.path().join("run"),
+///     ..TrainOptions::default()
+/// };
+/// let mut trainer = Trainer::new(opts, &candle_core::Device::Cpu)?;
+/// assert_eq!(trainer.steps_done(), 0);
+/// let TrainOutcome::Finished(bundle) = trainer.run(&mut ())? else { unreachable!() };
+/// assert_eq!(trainer.steps_done(), 2);
+/// assert_eq!(bundle.config.tasks.len(), 2);
+/// // Validation metrics of both tasks, measured on the val split.
+/// assert_eq!(bundle.config.metrics().unwrap().val.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Trainer {
+    opts: TrainOptions,
+    dataset: Arc<Dataset>,
+    /// The tasks trained (for add-task: the new ones only).
+    tasks: Vec<TaskSpec>,
+    train_ids: Vec<String>,
+    data_digest: vmt_registry::Digest,
+    /// The configuration trained: every task, or for add-task the base's settings with
+    /// the new tasks only.
+    config: BundleConfig,
+    /// Loss weight of each task in `tasks`.
+    weights: Vec<f64>,
+    fingerprint: Fingerprint,
+    backbone: Backbone,
+    model: VmtModel,
+    opt: AdamW,
+    device: Device,
+    /// Steps done.
+    done: usize,
+    last_loss: f64,
+    metrics: std::fs::File,
+}
+
+impl Trainer {
+    /// Sets a run up: opens the dataset and the backbone, builds the configuration,
+    /// prepares the run directory and the trainable tensors (fresh from the seed, or
+    /// restored from the last checkpoint with `resume`).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for zero steps, batch or size, an unknown task or an add-task
+    /// of a task the base has; [`Error::RunDirInUse`] for a fresh run in a directory
+    /// holding another run; [`Error::NoCheckpoint`] and [`Error::SettingsChanged`] for a
+    /// resume that cannot continue; the dataset's and the backbone's errors.
+    pub fn new(opts: TrainOptions, device: &Device) -> Result<Self> {
+        if opts.steps == 0 || opts.batch == 0 || opts.image_size == 0 {
+            invalid!(
+                "steps ({}), batch ({}) and image_size ({}) must be positive",
+                opts.steps,
+                opts.batch,
+                opts.image_size
             );
         }
-        let _ = std::fs::remove_file(opts.run_dir.join("metrics.jsonl"));
+        let dataset = Arc::new(Dataset::open(&opts.data)?);
+        let tasks: Vec<TaskSpec> = opts
+            .tasks
+            .iter()
+            .map(|name| Ok(dataset.require_task(name)?.clone()))
+            .collect::<Result<_>>()?;
+        let train_ids = dataset.split(&opts.train_split)?;
+        let data_digest = dataset.digest()?;
+        tracing::info!(
+            "dataset {}: {} training images, data {data_digest}",
+            dataset.root.display(),
+            train_ids.len()
+        );
+        let backbone = Backbone::load(&opts.backbone, device)?;
+        tracing::info!("backbone {}: {}", backbone.source, backbone.digest);
+        let config = trained_config(&opts, &backbone, &tasks)?;
+        let weights = tasks.iter().map(|t| opts.loss_weight(&t.name)).collect();
+        let fingerprint = Fingerprint::new(&opts, &backbone.digest, &data_digest.to_string());
+        let restored = prepare_run_dir(&opts)?;
+        let mut initial = init_bundle(&config, opts.seed);
+        if let Some(base) = &opts.base {
+            base.keep_shared(&mut initial);
+        }
+        let (mut done, mut last_loss) = (0, f64::NAN);
+        if let Some(c) = &restored {
+            c.check_fingerprint(&fingerprint)?;
+            (done, last_loss) = (c.step, c.loss(&opts.run_dir));
+            initial.extend(c.params.clone());
+        }
+        let frozen_shared = opts.base.is_some();
+        let (model, mut opt) = trainable(&config, &backbone, &initial, opts.weight_decay, |s| {
+            !(frozen_shared && s.component == vmt_registry::bundle::SHARED_COMPONENT)
+        })?;
+        if let Some(c) = &restored {
+            c.restore_optimizer(&mut opt, device)?;
+        }
+        let metrics = checkpoint::open_metrics(&opts.run_dir, done)?;
+        Ok(Self {
+            opts,
+            dataset,
+            tasks,
+            train_ids,
+            data_digest,
+            config,
+            weights,
+            fingerprint,
+            backbone,
+            model,
+            opt,
+            device: device.clone(),
+            done,
+            last_loss,
+            metrics,
+        })
     }
-    // Fresh values; for add-task, the base's shared adapter in place of fresh ones.
-    let mut initial = init_bundle(&config, opts.seed);
-    if let Some(base) = &opts.base {
-        for (name, t) in &base.bundle.tensors {
+
+    /// Steps done so far (the checkpoint's step after a resume).
+    pub fn steps_done(&self) -> usize {
+        self.done
+    }
+
+    /// The model being trained (its trainable tensors are the optimizer's variables).
+    pub fn model(&self) -> &VmtModel {
+        &self.model
+    }
+
+    /// The frozen backbone the run trains on.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+
+    /// The step after which this run stops: `steps`, or `stop_after` if earlier.
+    fn end(&self) -> usize {
+        let steps = self.opts.steps;
+        self.opts.stop_after.map_or(steps, |s| s.min(steps))
+    }
+
+    /// The batches of the remaining steps (up to `stop_after`), in order, prepared on
+    /// the loader's threads: batch `k` is a function of the seed and the step only, so a
+    /// resumed run sees what an uninterrupted one would have.
+    ///
+    /// Driving a run by hand, step by step:
+    ///
+    /// ```
+    /// use vmt_hub::train::{Trainer, TrainOptions};
+    /// # let dir = tempfile::tempdir()?;
+    /// vmt_hub::data::synth::synthesize(&dir.path().join("data"), 6, 32, 0)?;
+    /// let opts = TrainOptions {
+    ///     data: dir.path().join("data"),
+    ///     tasks: vec!["sal".into()],
+    ///     steps: 3,
+    ///     batch: 2,
+    ///     image_size: 32,
+    ///     run_dir: dir.path().join("run"),
+    ///     ..TrainOptions::default()
+    /// };
+    /// let mut trainer = Trainer::new(opts, &candle_core::Device::Cpu)?;
+    /// for batch in trainer.batches() {
+    ///     let record = trainer.step(&batch?)?;
+    ///     assert!(record.loss.is_finite());
+    /// }
+    /// trainer.checkpoint()?; // run/checkpoints/step-00000003
+    /// let bundle = trainer.finish()?;
+    /// assert_eq!(bundle.config.tasks[0].name, "sal");
+    /// assert!(dir.path().join("run/checkpoints/step-00000003").is_dir());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn batches(&self) -> Loader {
+        let (start, end) = (self.done, self.end());
+        let (ids, seed, batch) = (self.train_ids.clone(), self.opts.seed, self.opts.batch);
+        Loader::spawn(
+            Arc::clone(&self.dataset),
+            self.tasks.clone(),
+            self.opts.image_size,
+            (start..end).map(move |step| train_plan(&ids, seed, batch, step)),
+            self.opts.workers,
+            2,
+        )
+    }
+
+    /// Runs the remaining steps (up to `stop_after`), writing checkpoints every
+    /// `checkpoint_every` steps and at the end; then, when every step is done, the
+    /// bundle ([`Trainer::finish`]).
+    ///
+    /// # Errors
+    /// A batch that cannot be loaded, a step that fails ([`Error::NonFiniteLoss`]
+    /// among them), a checkpoint or metrics line that cannot be written.
+    pub fn run(&mut self, events: &mut dyn TrainEvents) -> Result<TrainOutcome> {
+        let (start, steps) = (self.done, self.opts.steps);
+        let end = self.end();
+        let loader = self.batches();
+        events.started(start, end);
+        for b in loader {
+            let b = b?;
+            let record = self.step(&b)?;
+            events.step(&record);
+            if self.done.is_multiple_of(self.opts.checkpoint_every.max(1)) || self.done == end {
+                self.checkpoint()?;
+                events.checkpoint(self.done, &self.opts.run_dir);
+            }
+        }
+        events.steps_done();
+        if end < steps {
+            return Ok(TrainOutcome::Stopped(end));
+        }
+        Ok(TrainOutcome::Finished(Box::new(self.finish()?)))
+    }
+
+    /// One optimisation step on `batch` at the schedule's learning rate; appends its
+    /// line to `metrics.jsonl`.
+    ///
+    /// # Errors
+    /// candle's errors, named with the step and the images; [`Error::NonFiniteLoss`].
+    pub fn step(&mut self, batch: &Batch) -> Result<StepRecord> {
+        let (t0, step, o) = (Instant::now(), self.done, &self.opts);
+        let (pixels, targets) = batch.tensors(&self.tasks, &self.device)?;
+        let warmup = o.warmup.unwrap_or(o.steps / 20);
+        let lr = learning_rate(o.lr, step, warmup, o.steps);
+        let stats = train_step(
+            &self.model,
+            &mut self.opt,
+            &pixels,
+            &targets,
+            &self.weights,
+            lr,
+            o.clip_grad,
+        )
+        .with_context(|| format!("step {step}, images {}", batch.ids.join(",")))?;
+        if !stats.loss.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                step,
+                loss: stats.loss,
+            });
+        }
+        let record = StepRecord {
+            step: step + 1,
+            lr,
+            loss: stats.loss,
+            losses: stats.losses,
+            grad_norm: stats.grad_norm,
+            images_per_s: batch.ids.len() as f64 / t0.elapsed().as_secs_f64(),
+        };
+        let metrics_path = self.opts.run_dir.join(checkpoint::METRICS);
+        writeln!(self.metrics, "{}", serde_json::to_string(&record)?)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        (self.done, self.last_loss) = (step + 1, stats.loss);
+        Ok(record)
+    }
+
+    /// Writes the checkpoint of the steps done (keeping the newest `keep_checkpoints`).
+    ///
+    /// # Errors
+    /// The checkpoint or the metrics cannot be written.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let run_dir = &self.opts.run_dir;
+        self.metrics
+            .flush()
+            .map_err(|e| Error::io(run_dir.join(checkpoint::METRICS), e))?;
+        let state = checkpoint::TrainerState {
+            step: self.done,
+            adam_t: self.opt.t,
+            loss: self.last_loss.is_finite().then_some(self.last_loss),
+            fingerprint: self.fingerprint.clone(),
+        };
+        Checkpoint::save(run_dir, &state, &self.opt, self.opts.keep_checkpoints)?;
+        tracing::info!(
+            "step {}/{}: loss {:.4}, checkpoint in {}",
+            self.done,
+            self.opts.steps,
+            self.last_loss,
+            run_dir.display()
+        );
+        Ok(())
+    }
+
+    /// The trained bundle: the weights, the provenance of each task and validation
+    /// metrics (on the dataset's `val` split, when it has one). For add-task, the base's
+    /// tasks and shared adapter unchanged with the new tasks after them.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] before every step is done; validation's errors.
+    pub fn finish(&self) -> Result<BundleDir> {
+        if self.done < self.opts.steps {
+            invalid!("finish: {} of {} steps done", self.done, self.opts.steps);
+        }
+        let mut tensors = BTreeMap::new();
+        for p in &self.opt.params {
+            tensors.insert(p.name.clone(), to_raw(p.var.as_tensor())?);
+        }
+        let has_val = self.dataset.root.join("splits/val.txt").is_file();
+        let mut metrics = Metrics {
+            train_loss: self.last_loss.is_finite().then_some(self.last_loss),
+            ..Metrics::default()
+        };
+        let mut provenance = self.provenance(has_val);
+        let mut config = self.config.clone();
+        if let Some(base) = &self.opts.base {
+            config = base.extended(&self.tasks, &mut tensors, &mut provenance, &mut metrics);
+        }
+        config.set_provenance(&provenance);
+        if has_val {
+            let o = &self.opts;
+            let dataset = Arc::clone(&self.dataset);
+            let report = evaluate(
+                &self.model,
+                dataset,
+                "val",
+                o.image_size,
+                o.batch,
+                o.workers,
+            )?;
+            for (t, r) in report.tasks {
+                metrics
+                    .val
+                    .insert(t, serde_json::from_value(serde_json::to_value(r)?)?);
+            }
+        }
+        config.set_metrics(&metrics);
+        Ok(BundleDir::new(config, tensors, &self.opts.run_dir)?)
+    }
+
+    /// This run's provenance, with a per-task record for each task it trained.
+    fn provenance(&self, has_val: bool) -> Provenance {
+        let o = &self.opts;
+        let mut provenance = Provenance {
+            code_version: Some(concat!("vmt-hub ", env!("CARGO_PKG_VERSION")).into()),
+            data_digest: Some(self.data_digest.to_string()),
+            seed: Some(o.seed),
+            steps: Some(o.steps),
+            batch: Some(o.batch),
+            lr: Some(o.lr),
+            image_size: Some(o.image_size),
+            loss_weights: Some(
+                self.tasks
+                    .iter()
+                    .zip(&self.weights)
+                    .map(|(t, w)| (t.name.clone(), *w))
+                    .collect(),
+            ),
+            ..Provenance::default()
+        };
+        let mut run = provenance.run_record();
+        run.metrics_image_size = has_val.then_some(o.image_size);
+        let per_task = self.tasks.iter().map(|t| (t.name.clone(), run.clone()));
+        provenance.tasks = Some(per_task.collect());
+        provenance
+    }
+}
+
+impl TrainOptions {
+    /// The loss weight of `task`: [`TrainOptions::loss_weights`] or the default.
+    pub fn loss_weight(&self, task: &str) -> f64 {
+        self.loss_weights
+            .get(task)
+            .copied()
+            .unwrap_or_else(|| default_loss_weight(task))
+    }
+}
+
+impl Base {
+    /// The base's shared adapter in place of the fresh one in `initial`.
+    fn keep_shared(&self, initial: &mut BTreeMap<String, RawTensor>) {
+        for (name, t) in &self.bundle.tensors {
             if initial.contains_key(name) {
                 initial.insert(name.clone(), t.clone());
             }
         }
     }
-    let mut start = 0;
-    if let Some(c) = &restored {
-        c.check_fingerprint(&fingerprint)?;
-        start = c.step;
-        initial.extend(c.params.clone());
-    }
-    let frozen_shared = opts.base.is_some();
-    let (model, mut opt) = trainable(&config, &backbone, &initial, opts.weight_decay, |s| {
-        !(frozen_shared && s.component == vmt_registry::bundle::SHARED_COMPONENT)
-    })?;
-    if let Some(c) = &restored {
-        c.restore_optimizer(&mut opt, device)?;
-    }
-    let metrics_path = opts.run_dir.join("metrics.jsonl");
-    checkpoint::truncate_metrics(&metrics_path, start)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| metrics_path.display().to_string())?;
 
-    let end = opts.stop_after.map_or(opts.steps, |s| s.min(opts.steps));
-    let warmup = opts.warmup.unwrap_or(opts.steps / 20);
-    let (seed, batch) = (opts.seed, opts.batch);
-    let ids = train_ids.clone();
-    let loader = Loader::spawn(
-        Arc::clone(&dataset),
-        tasks.clone(),
-        opts.image_size,
-        (start..end).map(move |step| train_plan(&ids, seed, batch, step)),
-        opts.workers,
-        2,
-    );
-    let bar = progress_bar(opts, start, end);
-    let mut last_loss = f64::NAN;
-    for (step, b) in (start..end).zip(loader) {
-        let t0 = Instant::now();
-        let b = b?;
-        let (pixels, targets) = b.tensors(&tasks, device)?;
-        let lr = learning_rate(opts.lr, step, warmup, opts.steps);
-        let stats = train_step(
-            &model,
-            &mut opt,
-            &pixels,
-            &targets,
-            &weights,
-            lr,
-            opts.clip_grad,
-        )
-        .with_context(|| format!("step {step}, images {}", b.ids.join(",")))?;
-        last_loss = stats.loss;
-        if !last_loss.is_finite() {
-            bail!("step {step}: the loss is {last_loss} (a lower learning rate may help)");
-        }
-        let (losses, norm) = (stats.losses, stats.grad_norm);
-        let ips = batch as f64 / t0.elapsed().as_secs_f64();
-        let line = json!({"step": step + 1, "lr": lr, "loss": last_loss, "losses": losses, "grad_norm": norm, "images_per_s": ips});
-        writeln!(metrics, "{line}").with_context(|| metrics_path.display().to_string())?;
-        bar.set_message(format!("loss {last_loss:.4}  lr {lr:.2e}  {ips:.1} img/s"));
-        bar.inc(1);
-        let done = step + 1;
-        if done % opts.checkpoint_every.max(1) == 0 || done == end {
-            metrics.flush()?;
-            Checkpoint::save(
-                &opts.run_dir,
-                done,
-                &fingerprint,
-                &opt,
-                opts.keep_checkpoints,
-            )?;
-            tracing::info!(
-                "step {done}/{}: loss {last_loss:.4}, checkpoint in {}",
-                opts.steps,
-                opts.run_dir.display()
+    /// The configuration add-task trains: the base's settings with only the new tasks.
+    fn trained_config(&self, backbone: &Backbone, tasks: &[TaskSpec]) -> Result<BundleConfig> {
+        backbone.check_matches(&self.bundle.config.backbone)?;
+        if let Some(t) = tasks
+            .iter()
+            .find(|t| self.bundle.config.task(&t.name).is_some())
+        {
+            invalid!(
+                "the bundle already has a task {:?}; add-task adds new tasks only",
+                t.name
             );
         }
-    }
-    bar.finish_and_clear();
-    if end < opts.steps {
-        return Ok(TrainOutcome::Stopped(end));
+        let mut c = self.bundle.config.clone();
+        c.tasks = tasks.to_vec();
+        c.extra.remove("provenance");
+        c.extra.remove("metrics");
+        Ok(c)
     }
 
-    // The finished bundle: trained tensors, provenance and validation metrics.
-    let mut tensors = BTreeMap::new();
-    for p in &opt.params {
-        tensors.insert(p.name.clone(), to_raw(p.var.as_tensor())?);
-    }
-    let mut provenance = Provenance {
-        code_version: Some(concat!("vmt-hub ", env!("CARGO_PKG_VERSION")).into()),
-        data_digest: Some(data_digest.to_string()),
-        seed: Some(opts.seed),
-        steps: Some(opts.steps),
-        batch: Some(opts.batch),
-        lr: Some(opts.lr),
-        image_size: Some(opts.image_size),
-        loss_weights: Some(
-            tasks
-                .iter()
-                .zip(&weights)
-                .map(|(t, w)| (t.name.clone(), *w))
-                .collect(),
-        ),
-        ..Provenance::default()
-    };
-    let mut metrics = Metrics {
-        train_loss: Some(last_loss),
-        ..Metrics::default()
-    };
-    // Each task's own record: this run for the tasks it trained; for add-task, the
-    // base's tasks keep the records of the runs that trained them.
-    let mut run = provenance.run_record();
-    run.metrics_image_size = has_val.then_some(opts.image_size);
-    let mut per_task: BTreeMap<String, TaskProvenance> = BTreeMap::new();
-    if let Some(base) = &opts.base {
-        let inherited = base.bundle.config.provenance().unwrap_or_default();
-        for t in &base.bundle.config.tasks {
+    /// The whole bundle after add-task: the base's configuration, tasks and tensors with
+    /// the new ones after them; the base's tasks keep their provenance and metrics.
+    fn extended(
+        &self,
+        new_tasks: &[TaskSpec],
+        tensors: &mut BTreeMap<String, RawTensor>,
+        provenance: &mut Provenance,
+        metrics: &mut Metrics,
+    ) -> BundleConfig {
+        let base = &self.bundle.config;
+        tensors.extend(self.bundle.tensors.clone());
+        let inherited = base.provenance().unwrap_or_default();
+        let per_task = provenance.tasks.get_or_insert_with(BTreeMap::new);
+        for t in &base.tasks {
             per_task.insert(t.name.clone(), inherited.task(&t.name));
         }
-    }
-    for t in &tasks {
-        per_task.insert(t.name.clone(), run.clone());
-    }
-    provenance.tasks = Some(per_task);
-    if let Some(base) = &opts.base {
-        // The base's tasks and shared adapter, unchanged; the new tasks after them.
-        tensors.extend(base.bundle.tensors.clone());
-        let mut all = base.bundle.config.tasks.clone();
-        all.extend(tasks.clone());
-        config = base.bundle.config.clone();
-        config.tasks = all;
-        provenance.parent = base.parent.map(|d| d.to_string());
-        provenance.added_tasks = Some(opts.tasks.clone());
-        if let Some(m) = base.bundle.config.metrics() {
+        provenance.parent = self.parent.map(|d| d.to_string());
+        provenance.added_tasks = Some(new_tasks.iter().map(|t| t.name.clone()).collect());
+        if let Some(m) = base.metrics() {
             metrics.val = m.val;
         }
+        let mut config = base.clone();
+        config.tasks.extend(new_tasks.iter().cloned());
+        config
     }
-    config.set_provenance(&provenance);
-    if has_val {
-        let report = evaluate(
-            &model,
-            Arc::clone(&dataset),
-            "val",
-            opts.image_size,
-            opts.batch,
-            opts.workers,
-        )?;
-        for (t, r) in report.tasks {
-            metrics
-                .val
-                .insert(t, serde_json::from_value(serde_json::to_value(r)?)?);
-        }
+}
+
+/// The configuration a run trains: every task for a new bundle; for add-task, the base's
+/// adapter and decoder settings with only the new tasks.
+fn trained_config(
+    opts: &TrainOptions,
+    backbone: &Backbone,
+    tasks: &[TaskSpec],
+) -> Result<BundleConfig> {
+    let config = match &opts.base {
+        None => BundleConfig::new(
+            backbone.geometry_with_provenance(),
+            AdapterConfig::new(opts.adapter, opts.reduction, opts.scale),
+            DecoderConfig::new(opts.decoder_dim, opts.decoder_hidden),
+            tasks.to_vec(),
+        ),
+        Some(base) => base.trained_config(backbone, tasks)?,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Creates the run directory; with `resume`, the checkpoint to continue from. A fresh run
+/// never mixes with an old one: a folder holding a run's checkpoints is refused; one left
+/// by a run that failed before its first checkpoint starts clean.
+fn prepare_run_dir(opts: &TrainOptions) -> Result<Option<Checkpoint>> {
+    let run_dir = &opts.run_dir;
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    if opts.resume {
+        return match Checkpoint::latest(run_dir)? {
+            None => Err(Error::NoCheckpoint(run_dir.join("checkpoints"))),
+            some => Ok(some),
+        };
     }
-    config.set_metrics(&metrics);
-    let bundle = BundleDir::new(config, tensors, &opts.run_dir)?;
-    Ok(TrainOutcome::Finished(Box::new(bundle)))
+    let checkpoints = run_dir.join("checkpoints");
+    if std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(Error::RunDirInUse(run_dir.clone()));
+    }
+    Ok(None)
 }
 
 /// The model over `initial`: a Var for each tensor `is_trainable` accepts (plain, frozen
 /// tensors for the others), and an AdamW over the Vars that decays only the matrices.
+///
+/// # Errors
+/// A tensor of the configuration missing from `initial`; candle's errors.
 pub fn trainable(
     config: &BundleConfig,
     backbone: &Backbone,
-    initial: &BTreeMap<String, vmt_registry::bundle::RawTensor>,
+    initial: &BTreeMap<String, RawTensor>,
     weight_decay: f64,
     is_trainable: impl Fn(&vmt_registry::bundle::TensorSpec) -> bool,
-) -> anyhow::Result<(VmtModel, AdamW)> {
+) -> Result<(VmtModel, AdamW)> {
     let plain = from_raw(initial, "initial tensors", &backbone.swin.device)?;
     let mut params = Vec::new();
     let mut tensors = HashMap::new();
@@ -483,6 +733,9 @@ pub struct StepStats {
 
 /// One step: forward for all tasks, the weighted sum of their losses, backward, global
 /// gradient-norm clipping and an AdamW update at `lr`.
+///
+/// # Errors
+/// candle's errors.
 pub fn train_step(
     model: &VmtModel,
     opt: &mut AdamW,
@@ -491,7 +744,7 @@ pub fn train_step(
     weights: &[f64],
     lr: f64,
     clip_grad: Option<f64>,
-) -> anyhow::Result<StepStats> {
+) -> Result<StepStats> {
     // The backward pass too runs on rayon's pool (see `model::on_pool`).
     crate::model::on_pool(|| {
         let out = model.forward(pixels)?;
@@ -517,19 +770,4 @@ pub fn train_step(
             grad_norm,
         })
     })
-}
-
-fn progress_bar(opts: &TrainOptions, start: usize, end: usize) -> indicatif::ProgressBar {
-    if opts.quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new((end - start) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }

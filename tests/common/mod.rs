@@ -57,6 +57,81 @@ pub fn vmt_hub_command() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_vmt-hub"))
 }
 
+/// `vmt-hub --registry ROOT ARGS...`, run to completion.
+pub fn vmt_hub(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    vmt_hub_env(root, args, &[])
+}
+
+/// [`vmt_hub`] with environment variables set.
+pub fn vmt_hub_env(
+    root: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut c = vmt_hub_command();
+    c.arg("--registry")
+        .arg(root)
+        .args(args)
+        .envs(env.iter().copied());
+    output_without_panic(&mut c)
+}
+
+/// [`vmt_hub`] that must succeed; its stdout.
+pub fn ok(root: &std::path::Path, args: &[&str]) -> String {
+    ok_with_stderr(root, args).0
+}
+
+/// [`vmt_hub`] that must succeed; its stdout and stderr.
+pub fn ok_with_stderr(root: &std::path::Path, args: &[&str]) -> (String, String) {
+    let o = vmt_hub(root, args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{args:?}: {err}");
+    (out, err)
+}
+
+/// [`vmt_hub`] that must fail with an error naming each of `needles`.
+pub fn fails(root: &std::path::Path, args: &[&str], needles: &[&str]) {
+    let o = vmt_hub(root, args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for n in needles {
+        assert!(
+            stderr.contains(n),
+            "{args:?}: error should mention {n:?}: {stderr}"
+        );
+    }
+}
+
+/// The size of every blob file of the registry at `root` (none if it has no blobs).
+pub fn blob_sizes(root: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .map(|d| d.map(|e| e.unwrap().metadata().unwrap().len()).collect())
+        .unwrap_or_default()
+}
+
+/// How many blob files the registry at `root` holds.
+pub fn blob_files(root: &std::path::Path) -> usize {
+    blob_sizes(root).len()
+}
+
+/// Runs one named step of a scenario test: a failure in it says which step failed.
+pub fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("step {name:?} failed: {msg}")
+        }
+    }
+}
+
 /// Runs a command to completion; a panic in the process fails the test.
 pub fn output_without_panic(cmd: &mut std::process::Command) -> std::process::Output {
     let o = cmd.output().unwrap();

@@ -340,8 +340,16 @@ impl BundleConfig {
         self.tasks.iter().find(|t| t.stored_name() == stored)
     }
 
-    /// Checks what serde cannot: the format, the task names and channel counts.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what serde cannot: the format, the geometry, the task names and channel
+    /// counts, and the limits on sizes.
+    ///
+    /// # Errors
+    /// [`InvalidConfig`], naming the field and the rule it breaks.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        self.check().map_err(InvalidConfig)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.format != BUNDLE_FORMAT {
             return Err(format!(
                 "unknown format {:?} (this vmt-hub reads {BUNDLE_FORMAT:?})",
@@ -501,8 +509,19 @@ fn check_limits(cfg: &BundleConfig) -> Result<(), String> {
             ));
         }
     }
-    // Exact count of what `bundle_tensors` would make, in u64; every factor is bounded
-    // above, so nothing overflows.
+    let params = trainable_params(cfg);
+    if params > MAX_PARAMS {
+        return Err(format!(
+            "the config implies about {params} trainable parameters, more than the limit of {MAX_PARAMS}"
+        ));
+    }
+    Ok(())
+}
+
+/// The exact count of what `bundle_tensors` would make, in u64; every factor is bounded
+/// above by [`check_limits`]'s earlier checks, so nothing overflows.
+fn trainable_params(cfg: &BundleConfig) -> u64 {
+    let g = &cfg.backbone;
     let tasks = cfg.tasks.len() as u64;
     let (d, hidden) = (cfg.decoder.dim as u64, cfg.decoder.hidden as u64);
     let dims = g.stage_dims();
@@ -512,17 +531,14 @@ fn check_limits(cfg: &BundleConfig) -> Result<(), String> {
         params += depth as u64 * (2 * c * r + r + c + tasks * 2 * c);
         params += tasks * (2 * c + d * c + d);
     }
-    params += cfg
-        .tasks
-        .iter()
-        .map(|t| hidden * (dims.len() as u64 * d) + 3 * hidden + (t.channels as u64 + 1) * hidden)
-        .sum::<u64>();
-    if params > MAX_PARAMS {
-        return Err(format!(
-            "the config implies about {params} trainable parameters, more than the limit of {MAX_PARAMS}"
-        ));
-    }
-    Ok(())
+    params
+        + cfg
+            .tasks
+            .iter()
+            .map(|t| {
+                hidden * (dims.len() as u64 * d) + 3 * hidden + (t.channels as u64 + 1) * hidden
+            })
+            .sum::<u64>()
 }
 
 /// Task names become part of tensor and component names: keep them simple.
@@ -716,6 +732,12 @@ impl BundleConfig {
         }
     }
 }
+
+/// A bundle configuration that breaks a rule serde cannot check (the message names the
+/// field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use safetensors::tensor::Dtype;
 
 pub use crate::safetensors_canon::RawTensor;
 
-use super::config::BundleConfig;
+use super::config::{BundleConfig, InvalidConfig};
 use super::layout::{bundle_tensors, component_of};
 use crate::error::{Error, Result};
 use crate::safetensors_canon::{canonical_bytes, parse};
@@ -83,10 +83,12 @@ pub fn parse_config(bytes: &[u8], origin: &Path) -> Result<BundleConfig> {
         path: origin.into(),
         source: e,
     })?;
-    config.validate().map_err(|reason| Error::BadBundle {
-        path: origin.into(),
-        reason,
-    })?;
+    config
+        .validate()
+        .map_err(|InvalidConfig(reason)| Error::BadBundle {
+            path: origin.into(),
+            reason,
+        })?;
     Ok(config)
 }
 

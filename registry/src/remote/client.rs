@@ -23,6 +23,7 @@ use ureq::RequestExt as _;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::oci::{parse_error_body, ErrorCode};
 
 /// How long a remote operation may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,15 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
+/// Retries spent on one request.
+#[derive(Default)]
+struct Tries {
+    /// Retries of any kind so far.
+    attempt: u32,
+    /// Of which after a timeout.
+    timeouts: u32,
+}
+
 /// Credentials for a remote. Never printed: `Debug` redacts them.
 #[derive(Clone, Default)]
 pub struct Credentials {
@@ -74,6 +84,8 @@ pub struct Credentials {
     pub password: Option<String>,
     /// A bearer token used as is (`VMT_REGISTRY_TOKEN`).
     pub token: Option<String>,
+    /// Where they came from (a credentials file, a helper), said when they are refused.
+    pub source: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -82,6 +94,7 @@ impl std::fmt::Debug for Credentials {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -318,20 +331,19 @@ pub(crate) fn parse_challenge(h: &str) -> (String, Vec<(String, String)>) {
 
 /// The message of an OCI error body (`{"errors": [{"code", "message"}]}`), if any.
 fn oci_error(body: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let errs = v.get("errors")?.as_array()?;
-    Some(
-        errs.iter()
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.get("code").and_then(|c| c.as_str()).unwrap_or("?"),
-                    e.get("message").and_then(|c| c.as_str()).unwrap_or("")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
+    let errors = parse_error_body(body)?;
+    let text: Vec<String> = errors
+        .iter()
+        .map(|(_, code, message)| format!("{code}: {message}"))
+        .collect();
+    Some(text.join("; "))
+}
+
+/// The first known code of an error body.
+fn oci_code(body: &str) -> Option<ErrorCode> {
+    parse_error_body(body)?
+        .into_iter()
+        .find_map(|(code, _, _)| code)
 }
 
 impl Client {
@@ -534,39 +546,14 @@ impl Client {
         what: &str,
     ) -> Result<Reply> {
         let mut authed_after_challenge = false;
-        let mut attempt = 0;
-        let mut timeouts_retried = 0;
+        let mut tries = Tries::default();
         let url = self.url(url);
         loop {
             let auth = self.auth_header();
             let reply = match self.exchange(method, &url, headers, body, auth.as_deref(), what)? {
                 Ok(r) => r,
                 Err(e) => {
-                    let timed_out = matches!(e, ureq::Error::Timeout(_));
-                    let reason = describe(&e, &self.timeouts);
-                    // A refused, reset or garbled connection may work on a second try;
-                    // an unknown host, a bad URL or a TLS failure will not.
-                    let transient = matches!(
-                        e,
-                        ureq::Error::Io(_)
-                            | ureq::Error::ConnectionFailed
-                            | ureq::Error::Protocol(_)
-                    );
-                    let retry = if timed_out {
-                        timeouts_retried < 1
-                            && !matches!(e, ureq::Error::Timeout(ureq::Timeout::Global))
-                    } else {
-                        transient && attempt < self.retries
-                    };
-                    if !retry {
-                        return Err(Error::remote(&self.base, None, format!("{what}: {reason}")));
-                    }
-                    if timed_out {
-                        timeouts_retried += 1;
-                    }
-                    attempt += 1;
-                    tracing::warn!("{}: {what}: {reason}; retrying ({attempt})", self.base);
-                    std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
+                    self.retry_after(&e, what, &mut tries)?;
                     continue;
                 }
             };
@@ -574,25 +561,7 @@ impl Client {
                 200..=399 => return Ok(reply),
                 401 if !authed_after_challenge => {
                     authed_after_challenge = true;
-                    let challenge = reply.header("WWW-Authenticate").unwrap_or_default();
-                    drop(reply);
-                    let (scheme, params) = parse_challenge(&challenge);
-                    let has_bearer = self.bearer.lock().expect("lock").is_some();
-                    if scheme == "bearer" && self.creds.token.is_none() && !has_bearer {
-                        let token = self.fetch_token(&params)?;
-                        *self.bearer.lock().expect("lock") = Some(token);
-                        continue;
-                    }
-                    let given =
-                        self.creds.token.is_some() || self.creds.user.is_some() || has_bearer;
-                    return Err(Error::Auth {
-                        remote: self.base.clone(),
-                        reason: if given {
-                            format!("{what}: HTTP 401, the credentials were rejected")
-                        } else {
-                            format!("{what}: HTTP 401, credentials needed (--user with VMT_REGISTRY_PASSWORD, or VMT_REGISTRY_TOKEN)")
-                        },
-                    });
+                    self.answer_challenge(reply, what)?;
                 }
                 code @ (401 | 403) => {
                     let detail = oci_error(&reply.text(64 << 10)).unwrap_or_default();
@@ -603,25 +572,84 @@ impl Client {
                             .to_string(),
                     });
                 }
-                code if code >= 500 && attempt < self.retries => {
+                code if code >= 500 && tries.attempt < self.retries => {
                     drop(reply);
-                    attempt += 1;
+                    tries.attempt += 1;
+                    let attempt = tries.attempt;
                     tracing::warn!("{}: {what}: HTTP {code}; retrying ({attempt})", self.base);
                     std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
                 }
                 code => {
                     let body = reply.text(64 << 10);
+                    let oci = oci_code(&body);
                     let detail = oci_error(&body).unwrap_or(body);
-                    return Err(Error::remote(
-                        &self.base,
-                        Some(code),
-                        format!("{what}: HTTP {code} {}", sanitize(&detail))
-                            .trim()
-                            .to_string(),
-                    ));
+                    let reason = format!("{what}: HTTP {code} {}", sanitize(&detail));
+                    return Err(Error::Remote {
+                        remote: self.base.clone(),
+                        status: Some(code),
+                        code: oci,
+                        reason: reason.trim().to_string(),
+                    });
                 }
             }
         }
+    }
+
+    /// After a transport error: waits and returns `Ok` when a second try may work (a
+    /// refused, reset or garbled connection, within the retries; a timeout once), else
+    /// the error naming the host and the bound that was hit.
+    fn retry_after(&self, e: &ureq::Error, what: &str, tries: &mut Tries) -> Result<()> {
+        let timed_out = matches!(e, ureq::Error::Timeout(_));
+        let reason = describe(e, &self.timeouts);
+        // An unknown host, a bad URL or a TLS failure will not work on a second try.
+        let transient = matches!(
+            e,
+            ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Protocol(_)
+        );
+        let retry = if timed_out {
+            tries.timeouts < 1 && !matches!(e, ureq::Error::Timeout(ureq::Timeout::Global))
+        } else {
+            transient && tries.attempt < self.retries
+        };
+        if !retry {
+            return Err(Error::remote(&self.base, None, format!("{what}: {reason}")));
+        }
+        if timed_out {
+            tries.timeouts += 1;
+        }
+        tries.attempt += 1;
+        let attempt = tries.attempt;
+        tracing::warn!("{}: {what}: {reason}; retrying ({attempt})", self.base);
+        std::thread::sleep(backoff(attempt).min(self.remaining(what)?));
+        Ok(())
+    }
+
+    /// The first 401: fetches a bearer token when the challenge asks for one and none
+    /// was given (`Ok`: send again); otherwise the refusal, saying whether credentials
+    /// were rejected or missing.
+    fn answer_challenge(&self, reply: Reply, what: &str) -> Result<()> {
+        let challenge = reply.header("WWW-Authenticate").unwrap_or_default();
+        drop(reply);
+        let (scheme, params) = parse_challenge(&challenge);
+        let has_bearer = self.bearer.lock().expect("lock").is_some();
+        if scheme == "bearer" && self.creds.token.is_none() && !has_bearer {
+            let token = self.fetch_token(&params)?;
+            *self.bearer.lock().expect("lock") = Some(token);
+            return Ok(());
+        }
+        let given = self.creds.token.is_some() || self.creds.user.is_some() || has_bearer;
+        Err(Error::Auth {
+            remote: self.base.clone(),
+            reason: if given {
+                let from = self.creds.source.as_deref().map(|s| format!(" (from {s})"));
+                format!(
+                    "{what}: HTTP 401, the credentials{} were rejected",
+                    from.unwrap_or_default()
+                )
+            } else {
+                format!("{what}: HTTP 401, credentials needed (--user with VMT_REGISTRY_PASSWORD, or VMT_REGISTRY_TOKEN)")
+            },
+        })
     }
 
     /// HEAD that reports existence (200) or absence (404) instead of an error.
@@ -674,6 +702,7 @@ mod tests {
             user: Some("me".into()),
             password: Some("hunter2".into()),
             token: Some("tok".into()),
+            source: None,
         };
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && !s.contains("tok\"") && s.contains("me"));

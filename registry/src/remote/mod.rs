@@ -4,6 +4,7 @@
 //! hosts (or with `--insecure`), `https` otherwise.
 
 pub mod client;
+pub mod logins;
 pub mod server;
 pub mod transfer;
 

@@ -41,7 +41,7 @@ use super::{valid_repo_name, valid_tag};
 use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
 use crate::bundle::dir::parse_config;
 use crate::digest::Digest;
-use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
+use crate::oci::{error_body, ErrorCode, Manifest, MANIFEST_MEDIA_TYPE};
 use crate::reference::TagName;
 use crate::store::Registry;
 
@@ -117,12 +117,11 @@ struct ServerState {
 
 type Shared = Arc<ServerState>;
 
-fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message}]});
+fn oci_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (
         status,
         [("Content-Type", "application/json")],
-        body.to_string(),
+        error_body(code, message),
     )
         .into_response()
 }
@@ -132,7 +131,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("internal error: {e}");
     oci_error(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "UNKNOWN",
+        ErrorCode::Unknown,
         "internal server error (details are in the server's log)",
     )
 }
@@ -140,7 +139,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 fn not_allowed() -> Response {
     oci_error(
         StatusCode::METHOD_NOT_ALLOWED,
-        "UNSUPPORTED",
+        ErrorCode::Unsupported,
         "method not allowed",
     )
 }
@@ -411,7 +410,7 @@ async fn use_index(st: &Shared) -> Result<IndexUse, Response> {
             tracing::warn!("{e}");
             Err(oci_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
+                ErrorCode::Unavailable,
                 "the registry is busy with another vmt-hub process; try again",
             ))
         }
@@ -419,54 +418,75 @@ async fn use_index(st: &Shared) -> Result<IndexUse, Response> {
     }
 }
 
+/// 401 with a Basic challenge when serve has a token and `headers` do not carry it.
+fn refuse_unauthorized(st: &Shared, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let t = st.opts.token.as_ref()?;
+    let given = headers.get("Authorization").and_then(|v| v.to_str().ok());
+    if authorized(given, t) {
+        return None;
+    }
+    let mut r = oci_error(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        "authentication required: the token as a bearer token, or as the password \
+         of basic auth (any user name)",
+    );
+    // Basic: what docker, skopeo, oras and curl -u answer with a user and password; a
+    // bearer token sent directly is accepted as well.
+    r.headers_mut().insert(
+        "WWW-Authenticate",
+        HeaderValue::from_static("Basic realm=\"vmt-hub\""),
+    );
+    r.headers_mut()
+        .insert("Connection", HeaderValue::from_static("close"));
+    Some(r)
+}
+
+/// `/v2/`: this is a registry of the distribution API.
+fn api_base() -> Response {
+    (
+        StatusCode::OK,
+        [
+            ("Docker-Distribution-API-Version", "registry/2.0"),
+            ("Content-Type", "application/json"),
+        ],
+        "{}",
+    )
+        .into_response()
+}
+
+/// DELETE of an upload session: forgets it and its bytes.
+fn cancel_upload(st: &Shared, id: &str) -> Response {
+    if let Some(u) = st.uploads.lock().expect("lock").remove(id) {
+        let _ = std::fs::remove_file(u.path);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn handle_request(st: &Shared, req: Request) -> Response {
     let st = Arc::clone(st);
     let (parts, body) = req.into_parts();
     // Authentication comes first: an unauthenticated body is never read.
-    if let Some(t) = &st.opts.token {
-        let given = parts
-            .headers
-            .get("Authorization")
-            .and_then(|v| v.to_str().ok());
-        if !authorized(given, t) {
-            let mut r = oci_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "authentication required: the token as a bearer token, or as the password \
-                 of basic auth (any user name)",
-            );
-            // Basic: what docker, skopeo, oras and curl -u answer with a user and
-            // password; a bearer token sent directly is accepted as well.
-            r.headers_mut().insert(
-                "WWW-Authenticate",
-                HeaderValue::from_static("Basic realm=\"vmt-hub\""),
-            );
-            r.headers_mut()
-                .insert("Connection", HeaderValue::from_static("close"));
-            return r;
-        }
+    if let Some(refused) = refuse_unauthorized(&st, &parts.headers) {
+        return refused;
     }
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let Some(route) = route(uri.path()) else {
-        return oci_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown endpoint");
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "unknown endpoint",
+        );
     };
     if route.name().is_some_and(|n| !valid_repo_name(n)) {
         return oci_error(
             StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
+            ErrorCode::NameInvalid,
             "invalid repository name",
         );
     }
     match (route, method) {
-        (Route::Base, _) => (
-            StatusCode::OK,
-            [
-                ("Docker-Distribution-API-Version", "registry/2.0"),
-                ("Content-Type", "application/json"),
-            ],
-            "{}",
-        )
-            .into_response(),
+        (Route::Base, _) => api_base(),
         (Route::Catalog, Method::GET) => with_index(st, move |st| catalog(st, &uri)).await,
         (Route::Tags(n), Method::GET) => with_index(st, move |st| tags(st, &n, &uri)).await,
         (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
@@ -489,12 +509,7 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
         }
         (Route::Upload(n, id), Method::PUT) => finish_upload(&st, &n, &id, &uri, body).await,
         (Route::Upload(n, id), Method::GET) => upload_status(&st, &n, &id),
-        (Route::Upload(_, id), Method::DELETE) => {
-            if let Some(u) = st.uploads.lock().expect("lock").remove(&id) {
-                let _ = std::fs::remove_file(u.path);
-            }
-            StatusCode::NO_CONTENT.into_response()
-        }
+        (Route::Upload(_, id), Method::DELETE) => cancel_upload(&st, &id),
         (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
             let range = headers.get("Range").and_then(|v| v.to_str().ok());
             get_blob(&st, &d, m == Method::HEAD, range).await
@@ -525,7 +540,7 @@ async fn read_small_body(st: &ServerState, body: Body, limit: u64) -> Result<Vec
 fn body_timeout() -> Response {
     oci_error(
         StatusCode::REQUEST_TIMEOUT,
-        "BLOB_UPLOAD_INVALID",
+        ErrorCode::BlobUploadInvalid,
         "the request body stalled",
     )
 }
@@ -534,13 +549,17 @@ fn bad_body(e: impl std::fmt::Display) -> Response {
     tracing::debug!("request body: {e}");
     oci_error(
         StatusCode::BAD_REQUEST,
-        "BLOB_UPLOAD_INVALID",
+        ErrorCode::BlobUploadInvalid,
         "the request body could not be read",
     )
 }
 
 fn too_large(message: &str) -> Response {
-    oci_error(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", message)
+    oci_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::SizeInvalid,
+        message,
+    )
 }
 
 /// Streams a request body onto the end of `path`, refusing more than `limit` bytes
@@ -647,7 +666,7 @@ fn tags(st: &ServerState, name: &str, uri: &Uri) -> Response {
             if tags.is_empty() {
                 return oci_error(
                     StatusCode::NOT_FOUND,
-                    "NAME_UNKNOWN",
+                    ErrorCode::NameUnknown,
                     &format!("repository {name} is not known"),
                 );
             }
@@ -669,15 +688,19 @@ fn manifest_digest(
     reference: &str,
 ) -> Result<Option<Digest>, Response> {
     if reference.starts_with("sha256:") {
-        let d: Digest = reference
-            .parse()
-            .map_err(|_| oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest"))?;
+        let d: Digest = reference.parse().map_err(|_| {
+            oci_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                "invalid digest",
+            )
+        })?;
         return Ok(st.reg.knows_manifest(&d).map_err(internal)?.then_some(d));
     }
     if !valid_tag(reference) {
         return Err(oci_error(
             StatusCode::BAD_REQUEST,
-            "TAG_INVALID",
+            ErrorCode::TagInvalid,
             "invalid tag",
         ));
     }
@@ -692,7 +715,7 @@ fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Re
         Ok(None) => {
             return oci_error(
                 StatusCode::NOT_FOUND,
-                "MANIFEST_UNKNOWN",
+                ErrorCode::ManifestUnknown,
                 &format!("{name}:{reference} is not known"),
             )
         }
@@ -719,7 +742,7 @@ fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Re
 fn manifest_invalid(reason: impl std::fmt::Display) -> Response {
     oci_error(
         StatusCode::BAD_REQUEST,
-        "MANIFEST_INVALID",
+        ErrorCode::ManifestInvalid,
         &reason.to_string(),
     )
 }
@@ -734,7 +757,7 @@ fn validate_pushed(st: &ServerState, body: &[u8]) -> Result<crate::bundle::Bundl
         if st.reg.blob_store().size(&desc.digest) != Some(desc.size) {
             return Err(oci_error(
                 StatusCode::BAD_REQUEST,
-                "MANIFEST_BLOB_UNKNOWN",
+                ErrorCode::ManifestBlobUnknown,
                 &format!(
                     "blob {} of {} bytes is not uploaded",
                     desc.digest, desc.size
@@ -765,7 +788,7 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
         if reference != d.to_string() {
             return oci_error(
                 StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
+                ErrorCode::DigestInvalid,
                 "the manifest does not match the digest in the URL",
             );
         }
@@ -773,10 +796,20 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
     } else if valid_tag(reference) {
         match TagName::parse(&format!("{name}:{reference}")) {
             Ok(t) => Some(t),
-            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "TAG_INVALID", &e.to_string()),
+            Err(e) => {
+                return oci_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::TagInvalid,
+                    &e.to_string(),
+                )
+            }
         }
     } else {
-        return oci_error(StatusCode::BAD_REQUEST, "TAG_INVALID", "invalid tag");
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TagInvalid,
+            "invalid tag",
+        );
     };
     let config = match validate_pushed(st, body) {
         Ok(c) => c,
@@ -816,7 +849,7 @@ fn new_upload(st: &ServerState) -> Result<String, Response> {
     if uploads.len() >= st.opts.max_uploads {
         return Err(oci_error(
             StatusCode::TOO_MANY_REQUESTS,
-            "TOOMANYREQUESTS",
+            ErrorCode::TooManyRequests,
             "too many upload sessions are open; finish or cancel one, or try later",
         ));
     }
@@ -847,7 +880,11 @@ fn upload_headers(name: &str, id: &str, size: u64) -> [(&'static str, String); 3
 async fn store_file(st: &Shared, name: &str, digest: &str, file: PathBuf) -> Response {
     let Ok(want) = digest.parse::<Digest>() else {
         let _ = std::fs::remove_file(&file);
-        return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            "invalid digest",
+        );
     };
     let st = Arc::clone(st);
     let name = name.to_string();
@@ -868,7 +905,7 @@ async fn store_file(st: &Shared, name: &str, digest: &str, file: PathBuf) -> Res
             }
             Err(crate::Error::DigestMismatch { .. }) => oci_error(
                 StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
+                ErrorCode::DigestInvalid,
                 &format!("the uploaded bytes do not match {want}"),
             ),
             Err(e) => internal(e),
@@ -917,12 +954,12 @@ fn claim(st: &ServerState, id: &str) -> Result<(PathBuf, u64), Response> {
     match uploads.get_mut(id) {
         None => Err(oci_error(
             StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::BlobUploadUnknown,
             "unknown upload",
         )),
         Some(u) if u.busy => Err(oci_error(
             StatusCode::CONFLICT,
-            "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadInvalid,
             "another request is writing to this upload",
         )),
         Some(u) => {
@@ -970,7 +1007,7 @@ async fn append(
     let refuse = |msg: String| {
         oci_error(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadInvalid,
             &msg,
         )
     };
@@ -1020,7 +1057,7 @@ fn upload_status(st: &ServerState, name: &str, id: &str) -> Response {
         Some(u) => (StatusCode::NO_CONTENT, upload_headers(name, id, u.size)).into_response(),
         None => oci_error(
             StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::BlobUploadUnknown,
             "unknown upload",
         ),
     }
@@ -1030,7 +1067,7 @@ async fn finish_upload(st: &Shared, name: &str, id: &str, uri: &Uri, body: Body)
     let Some(d) = query(uri, "digest") else {
         return oci_error(
             StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
+            ErrorCode::DigestInvalid,
             "the final PUT needs ?digest=",
         );
     };
@@ -1040,7 +1077,7 @@ async fn finish_upload(st: &Shared, name: &str, id: &str, uri: &Uri, body: Body)
     let Some(u) = st.uploads.lock().expect("lock").remove(id) else {
         return oci_error(
             StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::BlobUploadUnknown,
             "unknown upload",
         );
     };
@@ -1136,14 +1173,35 @@ pub(crate) fn blob_range(header: Option<&str>, size: u64) -> Option<Result<(u64,
     Some(Ok(range))
 }
 
+/// `len` bytes of `file` from where it stands, streamed in 64 KiB reads.
+fn file_body(file: tokio::fs::File, len: u64) -> Body {
+    let stream = futures_util::stream::try_unfold((file, len), |(mut f, left)| async move {
+        if left == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        let mut buf = vec![0u8; (64 << 10).min(left as usize)];
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((axum::body::Bytes::from(buf), (f, left - n as u64))))
+    });
+    Body::from_stream(stream)
+}
+
 async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) -> Response {
     let Ok(d) = digest.parse::<Digest>() else {
-        return oci_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            "invalid digest",
+        );
     };
     if blob_intact(st, d).await != Some(true) {
         return oci_error(
             StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
+            ErrorCode::BlobUnknown,
             &format!("blob {d} is not known"),
         );
     }
@@ -1151,7 +1209,7 @@ async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) ->
     let Ok(file) = tokio::fs::File::open(&path).await else {
         return oci_error(
             StatusCode::NOT_FOUND,
-            "BLOB_UNKNOWN",
+            ErrorCode::BlobUnknown,
             &format!("blob {d} is not known"),
         );
     };
@@ -1168,7 +1226,7 @@ async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) ->
         Some(Err(())) => {
             let mut r = oci_error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
+                ErrorCode::BlobUnknown,
                 &format!("the range is outside the blob's {size} bytes"),
             );
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -1192,20 +1250,7 @@ async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) ->
         if first > 0 && file.seek(std::io::SeekFrom::Start(first)).await.is_err() {
             return internal("seek");
         }
-        // Streamed from the file in 64 KiB reads, `len` bytes in all.
-        let stream = futures_util::stream::try_unfold((file, len), |(mut f, left)| async move {
-            if left == 0 {
-                return Ok::<_, std::io::Error>(None);
-            }
-            let mut buf = vec![0u8; (64 << 10).min(left as usize)];
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            buf.truncate(n);
-            Ok(Some((axum::body::Bytes::from(buf), (f, left - n as u64))))
-        });
-        (status, Body::from_stream(stream)).into_response()
+        (status, file_body(file, len)).into_response()
     };
     for (k, v) in headers {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -18,6 +18,7 @@ use super::client::{sanitize, Client};
 use super::{RemoteRef, RemoteTarget};
 use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
 use crate::bundle::dir::parse_config;
+use crate::bundle::BundleConfig;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
@@ -125,6 +126,71 @@ fn upload(
     }
 }
 
+/// PATCHes `bytes` to the upload session at `loc` in chunks of the client's size; after
+/// a failed chunk, asks the registry how much it has and goes on from there (a fresh
+/// session when it cannot say), up to three times. Returns the session's last location.
+fn upload_chunks(
+    client: &Client,
+    repo: &str,
+    d: &Digest,
+    bytes: &[u8],
+    mut loc: String,
+    what: &str,
+    progress: &mut dyn Progress,
+) -> Result<String> {
+    let chunk = client.chunk_size.max(1);
+    let (mut offset, mut failures) = (0usize, 0);
+    while offset < bytes.len() {
+        let end = (offset + chunk).min(bytes.len());
+        let range = format!("{offset}-{}", end - 1);
+        let headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Range", range.as_str()),
+        ];
+        match client.send("PATCH", &loc, &headers, Some(&bytes[offset..end]), what) {
+            Ok(reply) => {
+                loc = location(&reply, &client.base)?;
+                progress.advance((end - offset) as u64);
+                offset = end;
+            }
+            Err(e) if failures < 3 => {
+                failures += 1;
+                tracing::debug!("{what}: {e}; resuming");
+                (offset, loc) = resume_point(client, repo, d, loc, bytes.len(), what)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(loc)
+}
+
+/// Where an interrupted upload goes on: the end of the range the registry says it has
+/// (and its new location), or 0 in a fresh session when it cannot say (distribution's
+/// upload state may have moved on).
+fn resume_point(
+    client: &Client,
+    repo: &str,
+    d: &Digest,
+    loc: String,
+    len: usize,
+    what: &str,
+) -> Result<(usize, String)> {
+    match client.send("GET", &loc, &[], None, what) {
+        Ok(status) => {
+            let offset = status
+                .header("Range")
+                .and_then(|r| range_end(&r))
+                .filter(|&end| end <= len)
+                .unwrap_or(0);
+            Ok((offset, status.header("Location").unwrap_or(loc)))
+        }
+        Err(_) => {
+            let restart = start_upload(client, repo, d, None, what)?;
+            Ok((0, location(&restart, &client.base)?))
+        }
+    }
+}
+
 fn upload_once(
     client: &Client,
     repo: &str,
@@ -139,9 +205,8 @@ fn upload_once(
         progress.advance(bytes.len() as u64);
         return Ok(Sent::Mounted);
     }
-    let mut loc = location(&start, &client.base)?;
-    let chunk = client.chunk_size.max(1);
-    if bytes.len() <= chunk {
+    let loc = location(&start, &client.base)?;
+    if bytes.len() <= client.chunk_size.max(1) {
         client.send(
             "PUT",
             &with_digest(&loc, d),
@@ -152,53 +217,7 @@ fn upload_once(
         progress.advance(bytes.len() as u64);
         return Ok(Sent::Uploaded);
     }
-    let mut offset = 0usize;
-    let mut failures = 0;
-    while offset < bytes.len() {
-        let end = (offset + chunk).min(bytes.len());
-        let range = format!("{offset}-{}", end - 1);
-        match client.send(
-            "PATCH",
-            &loc,
-            &[
-                ("Content-Type", "application/octet-stream"),
-                ("Content-Range", &range),
-            ],
-            Some(&bytes[offset..end]),
-            &what,
-        ) {
-            Ok(reply) => {
-                loc = location(&reply, &client.base)?;
-                progress.advance((end - offset) as u64);
-                offset = end;
-            }
-            Err(e) if failures < 3 => {
-                // Ask the registry how much it has and continue from there; a registry
-                // that cannot say (distribution's upload state has moved on) gets a
-                // fresh upload of this blob.
-                failures += 1;
-                tracing::debug!("{what}: {e}; resuming");
-                match client.send("GET", &loc, &[], None, &what) {
-                    Ok(status) => {
-                        offset = status
-                            .header("Range")
-                            .and_then(|r| range_end(&r))
-                            .filter(|&end| end <= bytes.len())
-                            .unwrap_or(0);
-                        if let Some(l) = status.header("Location") {
-                            loc = l;
-                        }
-                    }
-                    Err(_) => {
-                        let restart = start_upload(client, repo, d, None, &what)?;
-                        loc = location(&restart, &client.base)?;
-                        offset = 0;
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let loc = upload_chunks(client, repo, d, bytes, loc, &what, progress)?;
     client.send(
         "PUT",
         &with_digest(&loc, d),
@@ -207,6 +226,49 @@ fn upload_once(
         &what,
     )?;
     Ok(Sent::Uploaded)
+}
+
+/// Uploads (or mounts) each blob of `manifest` the remote lacks; returns the digests now
+/// on the remote.
+fn push_blobs(
+    reg: &Registry,
+    manifest: &Manifest,
+    mounts: &[Option<String>],
+    repo: &str,
+    client: &Client,
+    report: &mut TransferReport,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Digest>> {
+    let mut on_remote = Vec::new();
+    for (desc, from) in manifest.blobs().zip(mounts) {
+        on_remote.push(desc.digest);
+        if client.exists(
+            &format!("/v2/{repo}/blobs/{}", desc.digest),
+            &format!("check of {}", desc.digest),
+        )? {
+            report.blobs_skipped += 1;
+            progress.advance(desc.size);
+            continue;
+        }
+        let title = desc.title().unwrap_or("config");
+        let bytes = reg.blob(&desc.digest, title)?;
+        tracing::info!("{}: uploading {title} ({} bytes)", client.base, bytes.len());
+        match upload(
+            client,
+            repo,
+            &desc.digest,
+            &bytes,
+            from.as_deref(),
+            progress,
+        )? {
+            Sent::Mounted => report.blobs_mounted += 1,
+            Sent::Uploaded => {
+                report.blobs_sent += 1;
+                report.bytes_sent += bytes.len() as u64;
+            }
+        }
+    }
+    Ok(on_remote)
 }
 
 /// Pushes the bundle `local` to `remote` (which must name a tag).
@@ -246,42 +308,9 @@ pub fn push(
         })
         .collect::<Result<_>>()?;
     reg.release_index();
-    let mut on_remote = Vec::new();
     let total: u64 = manifest.blobs().map(|b| b.size).sum();
     progress.start(&format!("push {remote}"), total);
-    for (desc, from) in manifest.blobs().zip(mounts) {
-        if client.exists(
-            &format!("/v2/{repo}/blobs/{}", desc.digest),
-            &format!("check of {}", desc.digest),
-        )? {
-            report.blobs_skipped += 1;
-            progress.advance(desc.size);
-            on_remote.push(desc.digest);
-            continue;
-        }
-        let bytes = reg.blob(&desc.digest, desc.title().unwrap_or("config"))?;
-        tracing::info!(
-            "{}: uploading {} ({} bytes)",
-            client.base,
-            desc.title().unwrap_or("config"),
-            bytes.len()
-        );
-        match upload(
-            client,
-            repo,
-            &desc.digest,
-            &bytes,
-            from.as_deref(),
-            progress,
-        )? {
-            Sent::Mounted => report.blobs_mounted += 1,
-            Sent::Uploaded => {
-                report.blobs_sent += 1;
-                report.bytes_sent += bytes.len() as u64;
-            }
-        }
-        on_remote.push(desc.digest);
-    }
+    let on_remote = push_blobs(reg, &manifest, &mounts, repo, client, &mut report, progress)?;
     let reply = client.send(
         "PUT",
         &format!("/v2/{repo}/manifests/{tag}"),
@@ -381,16 +410,67 @@ pub fn pull(
     let name = remote.to_string();
     // The index is needed only to store the result: let it go for the network part.
     reg.release_index();
-    let tag = match (tag, &remote.reference) {
-        (Some(t), _) => t.clone(),
-        (None, RemoteTarget::Tag(t)) => TagName::parse(&format!("{repo}:{t}"))?,
-        (None, RemoteTarget::Digest(_)) => {
-            return Err(Error::InvalidReference {
-                reference: name,
-                reason: "pulling by digest needs --tag NAME:TAG (the local name to give it)".into(),
-            })
+    let tag = pull_tag(tag, remote)?;
+    let (manifest_bytes, d, manifest) = fetch_manifest(client, remote)?;
+    check_manifest(&manifest, &name)?;
+    let total: u64 = manifest
+        .blobs()
+        .fold(0u64, |acc, b| acc.saturating_add(b.size));
+    progress.start(&format!("pull {name}"), total);
+    let mut report = TransferReport {
+        manifest: Some(d),
+        ..Default::default()
+    };
+    // The config first: it says what every layer must be.
+    let config_bytes = match reg.blob(&manifest.config.digest, "local copy") {
+        Ok(b) => b,
+        Err(_) => {
+            let file = fetch_blob(reg, client, repo, &manifest.config, &name, progress)?;
+            report.blobs_received += 1;
+            report.bytes_received += manifest.config.size;
+            std::fs::read(file.path()).map_err(|e| Error::io(file.path(), e))?
         }
     };
+    let config = parse_config(&config_bytes, Path::new(&format!("{name} config")))?;
+    check_layers(&manifest, &config, &name)?;
+    let received = fetch_layers(
+        reg,
+        client,
+        remote,
+        &manifest,
+        &config,
+        &mut report,
+        progress,
+    )?;
+    store_pulled(
+        reg,
+        &manifest_bytes,
+        &manifest,
+        &config,
+        &config_bytes,
+        &received,
+        &tag,
+    )?;
+    progress.finish();
+    Ok(report)
+}
+
+/// The local tag a pull stores under: `tag`, else the remote's repository and tag.
+fn pull_tag(tag: Option<&TagName>, remote: &RemoteRef) -> Result<TagName> {
+    match (tag, &remote.reference) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, RemoteTarget::Tag(t)) => TagName::parse(&format!("{}:{t}", remote.repo)),
+        (None, RemoteTarget::Digest(_)) => Err(Error::InvalidReference {
+            reference: remote.to_string(),
+            reason: "pulling by digest needs --tag NAME:TAG (the local name to give it)".into(),
+        }),
+    }
+}
+
+/// GETs the manifest of `remote` (bounded), checks it against the digest asked for or
+/// echoed, and parses it: (bytes, digest, manifest).
+fn fetch_manifest(client: &Client, remote: &RemoteRef) -> Result<(Vec<u8>, Digest, Manifest)> {
+    let (repo, name) = (&remote.repo, remote.to_string());
     let reply = client.send(
         "GET",
         &format!("/v2/{repo}/manifests/{}", remote.reference),
@@ -421,45 +501,54 @@ pub fn pull(
             format!("malformed manifest refused: {}", sanitize(&reason)),
         )
     })?;
-    check_manifest(&manifest, &name)?;
-    let total: u64 = manifest
-        .blobs()
-        .fold(0u64, |acc, b| acc.saturating_add(b.size));
-    progress.start(&format!("pull {name}"), total);
-    let mut report = TransferReport {
-        manifest: Some(d),
-        ..Default::default()
-    };
-    // The config first: it says what every layer must be.
-    let config_bytes = match reg.blob(&manifest.config.digest, "local copy") {
-        Ok(b) => b,
-        Err(_) => {
-            let file = fetch_blob(reg, client, repo, &manifest.config, &name, progress)?;
-            report.blobs_received += 1;
-            report.bytes_received += manifest.config.size;
-            std::fs::read(file.path()).map_err(|e| Error::io(file.path(), e))?
-        }
-    };
-    let config = parse_config(&config_bytes, Path::new(&format!("{name} config")))?;
-    check_layers(&manifest, &config, &name)?;
+    Ok((manifest_bytes, d, manifest))
+}
+
+/// Each layer the registry lacks, streamed to a temp file and validated there against
+/// `config`; a layer already stored is checked under its title too.
+fn fetch_layers(
+    reg: &Registry,
+    client: &Client,
+    remote: &RemoteRef,
+    manifest: &Manifest,
+    config: &BundleConfig,
+    report: &mut TransferReport,
+    progress: &mut dyn Progress,
+) -> Result<Vec<(Digest, tempfile::NamedTempFile)>> {
     // Then each layer, streamed to a temp file and validated from there.
+    let (repo, name) = (&remote.repo, remote.to_string());
     let mut received: Vec<(Digest, tempfile::NamedTempFile)> = Vec::new();
     for layer in &manifest.layers {
         let title = layer.title().unwrap_or("?");
         if let Ok(local) = reg.blob(&layer.digest, "local copy") {
             // Same bytes as a stored blob, but maybe under another title: check it too.
-            check_component(&config, title, &local, &name)?;
+            check_component(config, title, &local, &name)?;
             progress.advance(layer.size);
             continue;
         }
         let file = fetch_blob(reg, client, repo, layer, &name, progress)?;
         // Bounded by check_layers: the config allows this many bytes for the component.
         let bytes = std::fs::read(file.path()).map_err(|e| Error::io(file.path(), e))?;
-        check_component(&config, title, &bytes, &name)?;
+        check_component(config, title, &bytes, &name)?;
         report.blobs_received += 1;
         report.bytes_received += layer.size;
         received.push((layer.digest, file));
     }
+    Ok(received)
+}
+
+/// Stores a checked pull: blobs, then the manifest, the tag record and the index, all
+/// under the registry's lock, so that no gc in another process runs in between; a local
+/// blob reused must still be there.
+fn store_pulled(
+    reg: &Registry,
+    manifest_bytes: &[u8],
+    manifest: &Manifest,
+    config: &BundleConfig,
+    config_bytes: &[u8],
+    received: &[(Digest, tempfile::NamedTempFile)],
+    tag: &TagName,
+) -> Result<()> {
     // Everything checked: blobs, then the manifest, the tag record and the index, all
     // under the registry's lock, so that no gc in another process runs in between; a
     // local blob reused above must still be there.
@@ -472,11 +561,10 @@ pub fn pull(
             });
         }
     }
-    reg.put_blob(&config_bytes)?;
-    for (digest, file) in &received {
+    reg.put_blob(config_bytes)?;
+    for (digest, file) in received {
         reg.put_blob_file(file.path(), digest)?;
     }
-    reg.store_manifest(&manifest_bytes, Some(&tag), &config)?;
-    progress.finish();
-    Ok(report)
+    reg.store_manifest(manifest_bytes, Some(tag), config)?;
+    Ok(())
 }

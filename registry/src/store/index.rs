@@ -45,23 +45,18 @@ pub struct Index {
     path: PathBuf,
 }
 
-fn lock_wait() -> Duration {
-    let ms = std::env::var("VMT_LOCK_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    Duration::from_millis(ms)
-}
-
 impl Index {
-    /// Opens the index at `path`, waiting briefly if another process holds it.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens the index at `path`, waiting up to `lock_wait` while another process holds it.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] after the wait; sled's errors naming the path.
+    pub fn open(path: &Path, lock_wait: Duration) -> Result<Self> {
         let start = Instant::now();
         let db = loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    if start.elapsed() >= lock_wait() {
+                    if start.elapsed() >= lock_wait {
                         return Err(Error::Locked {
                             path: path.parent().unwrap_or(path).into(),
                         });

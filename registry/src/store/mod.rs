@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::bundle::check::{check_component, check_layers, check_manifest};
-use crate::bundle::{dir::check_tensors, dir::parse_config, BundleConfig, BundleDir};
+use crate::bundle::{
+    dir::check_tensors, dir::parse_config, BundleConfig, BundleDir, InvalidConfig,
+};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{
@@ -29,14 +31,59 @@ pub use index::{Index, ManifestRecord};
 use tags::TagRecord;
 pub use tags::{parse_history, parse_tag_file, TagEvent};
 
-/// Test hook: when set, the process aborts after writing a bundle's blobs and before
-/// updating the index, as a crash would.
+/// Test hook (builds with the `test-hooks` feature only): when set, the process aborts
+/// after writing a bundle's blobs and before updating the index, as a crash would.
+#[cfg(feature = "test-hooks")]
 pub const CRASH_HOOK_ENV: &str = "VMT_TEST_CRASH_AFTER_BLOBS";
+
+/// How a registry is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// How long a use of the index waits while another process holds it before
+    /// [`Error::Locked`] (default 10 s).
+    pub lock_wait: std::time::Duration,
+    /// Test builds only: abort after a publish's blobs, before its index update.
+    #[cfg(feature = "test-hooks")]
+    pub crash_after_blobs: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            lock_wait: std::time::Duration::from_secs(10),
+            #[cfg(feature = "test-hooks")]
+            crash_after_blobs: false,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// The defaults, with `VMT_LOCK_WAIT_MS` (milliseconds) for the lock wait.
+    pub fn from_env() -> Self {
+        let ms = std::env::var("VMT_LOCK_WAIT_MS").ok();
+        Self {
+            lock_wait: ms
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(Self::default().lock_wait),
+            #[cfg(feature = "test-hooks")]
+            crash_after_blobs: std::env::var_os(CRASH_HOOK_ENV).is_some(),
+        }
+    }
+
+    /// These options with another lock wait.
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+}
 
 /// A registry rooted at a directory: `blobs/sha256/`, `tags/` (the tag record),
 /// `index/` (sled), `tmp/`.
 pub struct Registry {
     root: PathBuf,
+    options: OpenOptions,
     blobs: BlobStore,
     index: IndexSlot,
     tags: TagRecord,
@@ -47,6 +94,7 @@ pub struct Registry {
 /// idle ([`Registry::release_index`]) and the next use opens it again.
 struct IndexSlot {
     path: PathBuf,
+    lock_wait: std::time::Duration,
     held: std::sync::Mutex<Option<std::sync::Arc<Index>>>,
 }
 
@@ -105,7 +153,7 @@ impl IndexSlot {
         if let Some(i) = held.as_ref() {
             return Ok(std::sync::Arc::clone(i));
         }
-        let i = std::sync::Arc::new(Index::open(&self.path)?);
+        let i = std::sync::Arc::new(Index::open(&self.path, self.lock_wait)?);
         *held = Some(std::sync::Arc::clone(&i));
         Ok(i)
     }
@@ -228,15 +276,26 @@ impl VerifyReport {
     }
 }
 
-/// `$VMT_HOME`, else `~/.vmt-hub`.
-pub fn default_root() -> PathBuf {
-    if let Some(h) = std::env::var_os("VMT_HOME") {
-        return PathBuf::from(h);
+/// The registry a user means when they name none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultRoot(pub PathBuf);
+
+impl DefaultRoot {
+    /// `$VMT_HOME`, else `~/.vmt-hub`.
+    pub fn from_env() -> Self {
+        if let Some(h) = std::env::var_os("VMT_HOME") {
+            return Self(PathBuf::from(h));
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self(home.join(".vmt-hub"))
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".vmt-hub")
+}
+
+/// `$VMT_HOME`, else `~/.vmt-hub` ([`DefaultRoot::from_env`]).
+pub fn default_root() -> PathBuf {
+    DefaultRoot::from_env().0
 }
 
 /// Per-component layer bytes and the config bytes of a bundle.
@@ -329,9 +388,18 @@ impl Registry {
     /// [`Error::Locked`] while another process holds the registry; I/O errors naming
     /// the path; [`Error::Corrupt`] for a damaged tag file.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, OpenOptions::default())
+    }
+
+    /// [`Registry::open`] with `options`.
+    ///
+    /// # Errors
+    /// As [`Registry::open`].
+    pub fn open_with(root: &Path, options: OpenOptions) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let index = IndexSlot {
             path: root.join("index"),
+            lock_wait: options.lock_wait,
             held: std::sync::Mutex::new(None),
         };
         // Only the lock holder may clean temp files: open the index first.
@@ -340,6 +408,7 @@ impl Registry {
         let tags = TagRecord::at(root);
         let reg = Self {
             root: root.into(),
+            options,
             blobs,
             index,
             tags,
@@ -355,19 +424,32 @@ impl Registry {
         Ok(reg)
     }
 
+    /// The options it was opened with.
+    pub fn options(&self) -> &OpenOptions {
+        &self.options
+    }
+
     /// Opens the registry at `root` only if its folder exists: for what only reads, so
     /// that a mistyped path is an error instead of a new, empty registry.
     ///
     /// # Errors
     /// [`Error::MissingFile`] naming `root` when it is not a folder; then as [`Registry::open`].
     pub fn open_existing(root: &Path) -> Result<Self> {
+        Self::open_existing_with(root, OpenOptions::default())
+    }
+
+    /// [`Registry::open_existing`] with `options`.
+    ///
+    /// # Errors
+    /// As [`Registry::open_existing`].
+    pub fn open_existing_with(root: &Path, options: OpenOptions) -> Result<Self> {
         if !root.is_dir() {
             return Err(Error::MissingFile {
                 path: root.into(),
                 what: "no registry here: the folder does not exist (commands that only read never create one)",
             });
         }
-        Self::open(root)
+        Self::open_with(root, options)
     }
 
     /// Starts the tag history of a registry made before it: every tag of the record,
@@ -666,7 +748,8 @@ impl Registry {
         }
         put(&blobs.config)?;
         put(&manifest_bytes)?;
-        if std::env::var_os(CRASH_HOOK_ENV).is_some() {
+        #[cfg(feature = "test-hooks")]
+        if self.options.crash_after_blobs {
             eprintln!("{CRASH_HOOK_ENV} set: aborting after the blobs, before the index");
             std::process::abort();
         }
@@ -695,10 +778,12 @@ impl Registry {
         tag: &TagName,
     ) -> Result<Published> {
         let origin = format!("new bundle {tag}");
-        config.validate().map_err(|reason| Error::BadBundle {
-            path: origin.clone().into(),
-            reason,
-        })?;
+        config
+            .validate()
+            .map_err(|InvalidConfig(reason)| Error::BadBundle {
+                path: origin.clone().into(),
+                reason,
+            })?;
         let config_bytes =
             canonical_json(&serde_json::to_value(config).expect("config serialises"));
         let manifest = bundle_manifest(&config_bytes, layers);
@@ -984,19 +1069,7 @@ impl Registry {
             })
         };
         if let Some(grace) = opts.grace {
-            for (d, why) in self.held_by_history(grace)? {
-                // A held manifest whose blobs are gone holds nothing more.
-                let Ok(m) = self.manifest(&d) else { continue };
-                keep.entry(d).or_default().push(format!("manifest: {why}"));
-                keep.entry(m.config.digest)
-                    .or_default()
-                    .push(format!("config: {why}"));
-                for layer in &m.layers {
-                    keep.entry(layer.digest)
-                        .or_default()
-                        .push(format!("{}: {why}", layer.title().unwrap_or("?")));
-                }
-            }
+            self.keep_held_by_history(grace, &mut keep)?;
         }
         let known: BTreeSet<Digest> = self
             .index()?
@@ -1051,6 +1124,29 @@ impl Registry {
         Ok(report)
     }
 
+    /// Adds to `keep` every blob of a manifest the tag history still holds (a tag moved
+    /// or removed within `grace`), with why.
+    fn keep_held_by_history(
+        &self,
+        grace: std::time::Duration,
+        keep: &mut BTreeMap<Digest, Vec<String>>,
+    ) -> Result<()> {
+        for (d, why) in self.held_by_history(grace)? {
+            // A held manifest whose blobs are gone holds nothing more.
+            let Ok(m) = self.manifest(&d) else { continue };
+            keep.entry(d).or_default().push(format!("manifest: {why}"));
+            keep.entry(m.config.digest)
+                .or_default()
+                .push(format!("config: {why}"));
+            for layer in &m.layers {
+                keep.entry(layer.digest)
+                    .or_default()
+                    .push(format!("{}: {why}", layer.title().unwrap_or("?")));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one blob of a bundle for `verify`, recording a problem that names the
     /// bundle, the part (`component task/sal`) and the digest.
     fn check_blob(
@@ -1100,55 +1196,7 @@ impl Registry {
             }
         }
         for (label, d) in &targets {
-            let Some(mbytes) = self.check_blob(&mut report, &mut seen, label, "manifest", d) else {
-                continue;
-            };
-            let manifest = match Manifest::parse(&mbytes) {
-                Ok(m) => m,
-                Err(e) => {
-                    report
-                        .problems
-                        .push(format!("bundle {label}: manifest {d}: {e}"));
-                    continue;
-                }
-            };
-            let config = self
-                .check_blob(
-                    &mut report,
-                    &mut seen,
-                    label,
-                    "config",
-                    &manifest.config.digest,
-                )
-                .and_then(|b| match parse_config(&b, Path::new("config")) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        report.problems.push(format!("bundle {label}: {e}"));
-                        None
-                    }
-                });
-            if let Some(cfg) = &config {
-                if let Err(e) = check_manifest(&manifest, label)
-                    .and_then(|()| check_layers(&manifest, cfg, label))
-                {
-                    report.problems.push(format!("bundle {e}"));
-                }
-            }
-            for layer in &manifest.layers {
-                let title = layer.title().unwrap_or("?");
-                let component = format!("component {title}");
-                if let Some(bytes) =
-                    self.check_blob(&mut report, &mut seen, label, &component, &layer.digest)
-                {
-                    let checked = match &config {
-                        Some(cfg) => check_component(cfg, title, &bytes, label).map(|_| ()),
-                        None => parse(&bytes, Path::new(&component)).map(|_| ()),
-                    };
-                    if let Err(e) = checked {
-                        report.problems.push(format!("bundle {label}: {e}"));
-                    }
-                }
-            }
+            self.verify_bundle(&mut report, &mut seen, label, d);
         }
         if reference.is_none() {
             // Every other blob: intact, but referenced by no tagged bundle.
@@ -1167,6 +1215,59 @@ impl Registry {
             }
         }
         Ok(report)
+    }
+
+    /// Verifies one bundle (`label`, manifest `d`): each blob hashes to its digest, the
+    /// config parses, the manifest and every component fit the config. Problems go to
+    /// `report`; the blobs checked to `seen`.
+    fn verify_bundle(
+        &self,
+        report: &mut VerifyReport,
+        seen: &mut BTreeSet<Digest>,
+        label: &str,
+        d: &Digest,
+    ) {
+        let Some(mbytes) = self.check_blob(report, seen, label, "manifest", d) else {
+            return;
+        };
+        let manifest = match Manifest::parse(&mbytes) {
+            Ok(m) => m,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("bundle {label}: manifest {d}: {e}"));
+                return;
+            }
+        };
+        let config = self
+            .check_blob(report, seen, label, "config", &manifest.config.digest)
+            .and_then(|b| match parse_config(&b, Path::new("config")) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    report.problems.push(format!("bundle {label}: {e}"));
+                    None
+                }
+            });
+        if let Some(cfg) = &config {
+            if let Err(e) =
+                check_manifest(&manifest, label).and_then(|()| check_layers(&manifest, cfg, label))
+            {
+                report.problems.push(format!("bundle {e}"));
+            }
+        }
+        for layer in &manifest.layers {
+            let title = layer.title().unwrap_or("?");
+            let component = format!("component {title}");
+            if let Some(bytes) = self.check_blob(report, seen, label, &component, &layer.digest) {
+                let checked = match &config {
+                    Some(cfg) => check_component(cfg, title, &bytes, label).map(|_| ()),
+                    None => parse(&bytes, Path::new(&component)).map(|_| ()),
+                };
+                if let Err(e) = checked {
+                    report.problems.push(format!("bundle {label}: {e}"));
+                }
+            }
+        }
     }
 }
 
@@ -1189,7 +1290,8 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildReport> {
     if index_dir.exists() {
         // A live process holding the lock must not lose its index under it; any
         // other failure to open is the corruption being repaired.
-        if let Err(e @ Error::Locked { .. }) = Index::open(&index_dir) {
+        let wait = OpenOptions::default().lock_wait;
+        if let Err(e @ Error::Locked { .. }) = Index::open(&index_dir, wait) {
             return Err(e);
         }
         std::fs::remove_dir_all(&index_dir).map_err(|e| Error::io(&index_dir, e))?;

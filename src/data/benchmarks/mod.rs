@@ -188,25 +188,12 @@ fn run(
         })
     })?;
 
-    let mut notes = Vec::new();
     let mut split_files: Vec<(String, Vec<String>)> = splits.clone();
+    let mut notes = Vec::new();
     if tasks.iter().any(|t| t.name == "human_parts") {
-        // The images whose human_parts label is not all ignored: upstream trains
-        // human_parts alone on these.
-        for (split, ids) in &splits {
-            let mut with = Vec::new();
-            for id in ids {
-                if has_labelled_pixel(&out.join("human_parts").join(format!("{id}.png")))? {
-                    with.push(id.clone());
-                }
-            }
-            notes.push(format!(
-                "human_parts: {} of {} {split} images have human parts (splits/human_parts_{split}.txt); the others are ignored",
-                with.len(),
-                ids.len()
-            ));
-            split_files.push((format!("human_parts_{split}"), with));
-        }
+        let (files, n) = human_parts_splits(out, &splits)?;
+        split_files.extend(files);
+        notes.extend(n);
     }
     for (name, ids) in &split_files {
         let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
@@ -233,6 +220,31 @@ fn run(
         skipped: ids.len() - converted,
         notes,
     })
+}
+
+/// For each split, the images whose human_parts label is not all ignored (upstream trains
+/// human_parts alone on these): `human_parts_<split>` lists, and a note for each.
+#[allow(clippy::type_complexity)]
+fn human_parts_splits(
+    out: &Path,
+    splits: &[(String, Vec<String>)],
+) -> Result<(Vec<(String, Vec<String>)>, Vec<String>), DataError> {
+    let (mut files, mut notes) = (Vec::new(), Vec::new());
+    for (split, ids) in splits {
+        let mut with = Vec::new();
+        for id in ids {
+            if has_labelled_pixel(&out.join("human_parts").join(format!("{id}.png")))? {
+                with.push(id.clone());
+            }
+        }
+        notes.push(format!(
+            "human_parts: {} of {} {split} images have human parts (splits/human_parts_{split}.txt); the others are ignored",
+            with.len(),
+            ids.len()
+        ));
+        files.push((format!("human_parts_{split}"), with));
+    }
+    Ok((files, notes))
 }
 
 /// Converts one image unless all its outputs exist; true when it converted.

@@ -210,50 +210,28 @@ impl Pascal {
 /// [`HUMAN_PARTS_6`] over its mask. A label left all 0 is all ignored (255).
 fn human_parts(path: &Path, (width, height): (u32, u32)) -> Result<GrayImage, DataError> {
     let vars = mat::read(path)?;
-    let field = |v: &MatValue, i: usize, name: &str, what: &str| -> Result<MatValue, DataError> {
-        v.field(i, name)
-            .cloned()
-            .ok_or_else(|| invalid(path, format!("{what} has no field {name:?}")))
+    let file = PartAnno {
+        path,
+        size: (width, height),
     };
     let anno = vars
         .get("anno")
         .ok_or_else(|| invalid(path, "no variable \"anno\" (a PASCAL-Part annotation)"))?;
-    let objects = field(anno, 0, "objects", "anno")?;
-    if !matches!(objects, MatValue::Struct { .. }) {
-        return Err(invalid(
-            path,
-            format!("anno.objects is a {}, not a struct array", objects.kind()),
-        ));
-    }
-    let n = objects.len();
-    let mask_of = |v: &MatValue, what: &str| -> Result<Vec<bool>, DataError> {
-        let (h, w, m) = v
-            .as_matrix()
-            .ok_or_else(|| invalid(path, format!("{what} is not a 2-D array")))?;
-        check_size(path, what, (w as u32, h as u32), (width, height))?;
-        Ok(m.into_iter().map(|x| x != 0.0).collect())
-    };
+    let objects = file.field(anno, 0, "objects", "anno")?;
+    file.check_struct(&objects, "anno.objects")?;
     let mut has_human = false;
-    let mut class = Vec::with_capacity(n);
-    for i in 0..n {
-        let ind = field(
-            &objects,
-            i,
-            "class_ind",
-            &format!("anno.objects({})", i + 1),
-        )?;
-        let c = ind
+    let mut class = Vec::with_capacity(objects.len());
+    for i in 0..objects.len() {
+        let what = format!("anno.objects({})", i + 1);
+        let c = file
+            .field(&objects, i, "class_ind", &what)?
             .as_numeric()
             .and_then(|v| v.first().copied())
-            .ok_or_else(|| {
-                invalid(
-                    path,
-                    format!("anno.objects({}).class_ind is not a number", i + 1),
-                )
-            })?;
+            .ok_or_else(|| invalid(path, format!("{what}.class_ind is not a number")))?;
         if c == PERSON {
-            let mask = field(&objects, i, "mask", &format!("anno.objects({})", i + 1))?;
-            has_human |= mask_of(&mask, &format!("anno.objects({}).mask", i + 1))?
+            let mask = file.field(&objects, i, "mask", &what)?;
+            has_human |= file
+                .mask(&mask, &format!("{what}.mask"))?
                 .iter()
                 .any(|&b| b);
         }
@@ -262,37 +240,11 @@ fn human_parts(path: &Path, (width, height): (u32, u32)) -> Result<GrayImage, Da
     let mut target = vec![0u8; (width * height) as usize];
     if has_human {
         for (i, &c) in class.iter().enumerate() {
-            let parts = field(&objects, i, "parts", &format!("anno.objects({})", i + 1))?;
-            if c != PERSON || parts.is_empty() {
-                continue;
-            }
-            if !matches!(parts, MatValue::Struct { .. }) {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "anno.objects({}).parts is a {}, not a struct array",
-                        i + 1,
-                        parts.kind()
-                    ),
-                ));
-            }
-            for j in 0..parts.len() {
-                let what = format!("anno.objects({}).parts({})", i + 1, j + 1);
-                let name = field(&parts, j, "part_name", &what)?;
-                let name = name
-                    .as_str()
-                    .ok_or_else(|| invalid(path, format!("{what}.part_name is not text")))?;
-                let id = HUMAN_PARTS_6
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|&(_, id)| id)
-                    .ok_or_else(|| invalid(path, format!("{what}: unknown human part {name:?}")))?;
-                let mask = mask_of(&field(&parts, j, "mask", &what)?, &format!("{what}.mask"))?;
-                for (t, m) in target.iter_mut().zip(mask) {
-                    if m {
-                        *t = id;
-                    }
-                }
+            let what = format!("anno.objects({})", i + 1);
+            let parts = file.field(&objects, i, "parts", &what)?;
+            if c == PERSON && !parts.is_empty() {
+                file.check_struct(&parts, &format!("{what}.parts"))?;
+                file.paint_parts(&parts, &what, &mut target)?;
             }
         }
     }
@@ -300,6 +252,75 @@ fn human_parts(path: &Path, (width, height): (u32, u32)) -> Result<GrayImage, Da
         target.fill(255);
     }
     Ok(GrayImage::from_raw(width, height, target).expect("w*h ids"))
+}
+
+/// A PASCAL-Part annotation file being read: errors name it and the field at fault.
+struct PartAnno<'a> {
+    path: &'a Path,
+    /// The image's (width, height), which every mask must have.
+    size: (u32, u32),
+}
+
+impl PartAnno<'_> {
+    /// Field `name` of element `i` of the struct array `v` (called `what`).
+    fn field(&self, v: &MatValue, i: usize, name: &str, what: &str) -> Result<MatValue, DataError> {
+        v.field(i, name)
+            .cloned()
+            .ok_or_else(|| invalid(self.path, format!("{what} has no field {name:?}")))
+    }
+
+    /// Refuses `v` (called `what`) unless it is a struct array.
+    fn check_struct(&self, v: &MatValue, what: &str) -> Result<(), DataError> {
+        match v {
+            MatValue::Struct { .. } => Ok(()),
+            _ => Err(invalid(
+                self.path,
+                format!("{what} is a {}, not a struct array", v.kind()),
+            )),
+        }
+    }
+
+    /// A mask of the image's size.
+    fn mask(&self, v: &MatValue, what: &str) -> Result<Vec<bool>, DataError> {
+        let (h, w, m) = v
+            .as_matrix()
+            .ok_or_else(|| invalid(self.path, format!("{what} is not a 2-D array")))?;
+        check_size(self.path, what, (w as u32, h as u32), self.size)?;
+        Ok(m.into_iter().map(|x| x != 0.0).collect())
+    }
+
+    /// Paints each part of one person (`what`) with its id of the six human parts.
+    fn paint_parts(
+        &self,
+        parts: &MatValue,
+        what: &str,
+        target: &mut [u8],
+    ) -> Result<(), DataError> {
+        for j in 0..parts.len() {
+            let what = format!("{what}.parts({})", j + 1);
+            let name = self.field(parts, j, "part_name", &what)?;
+            let name = name
+                .as_str()
+                .ok_or_else(|| invalid(self.path, format!("{what}.part_name is not text")))?;
+            let id = HUMAN_PARTS_6
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, id)| id)
+                .ok_or_else(|| {
+                    invalid(self.path, format!("{what}: unknown human part {name:?}"))
+                })?;
+            let mask = self.mask(
+                &self.field(parts, j, "mask", &what)?,
+                &format!("{what}.mask"),
+            )?;
+            for (t, m) in target.iter_mut().zip(mask) {
+                if m {
+                    *t = id;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

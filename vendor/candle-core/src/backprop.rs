@@ -183,23 +183,23 @@ impl Tensor {
             if let Some(op) = node.op() {
                 match op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {
-                        grads.accumulate(lhs, grad.clone())?;
-                        grads.accumulate(rhs, grad.clone())?;
+                        grads.accumulate(lhs, grad.clone())?; // vmt-hub patch 4
+                        grads.accumulate(rhs, grad.clone())?; // vmt-hub patch 4
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Sub) => {
-                        grads.accumulate(lhs, grad.clone())?;
+                        grads.accumulate(lhs, grad.clone())?; // vmt-hub patch 4
                         let rhs_sum_grad = grads.or_insert(rhs)?;
                         *rhs_sum_grad = rhs_sum_grad.sub(&grad)?;
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Mul) => {
                         let lhs_grad = grad.mul(rhs)?;
-                        grads.accumulate(lhs, lhs_grad.clone())?;
+                        grads.accumulate(lhs, lhs_grad.clone())?; // vmt-hub patch 4
                         let rhs_grad = grad.mul(lhs)?;
-                        grads.accumulate(rhs, rhs_grad.clone())?;
+                        grads.accumulate(rhs, rhs_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::Binary(lhs, rhs, BinaryOp::Div) => {
                         let lhs_grad = grad.div(rhs)?;
-                        grads.accumulate(lhs, lhs_grad.clone())?;
+                        grads.accumulate(lhs, lhs_grad.clone())?; // vmt-hub patch 4
                         let rhs_grad = grad.mul(lhs)?.div(&rhs.sqr()?)?;
                         let rhs_sum_grad = grads.or_insert(rhs)?;
                         *rhs_sum_grad = rhs_sum_grad.sub(&rhs_grad)?;
@@ -212,17 +212,17 @@ impl Tensor {
                         // If both masks are 1 one the same point, we want to scale the
                         // gradient by 0.5 rather than 1.
                         let lhs_grad = mask_lhs.mul(&grad)?.div(&(&mask_rhs + 1.)?)?;
-                        grads.accumulate(lhs, lhs_grad.clone())?;
+                        grads.accumulate(lhs, lhs_grad.clone())?; // vmt-hub patch 4
 
                         let rhs_grad = mask_rhs.mul(&grad)?.div(&(&mask_lhs + 1.)?)?;
-                        grads.accumulate(rhs, rhs_grad.clone())?;
+                        grads.accumulate(rhs, rhs_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::WhereCond(pred, t, f) => {
                         let zeros = grad.zeros_like()?;
                         let t_grad = pred.where_cond(&grad, &zeros)?;
-                        grads.accumulate(t, t_grad.clone())?;
+                        grads.accumulate(t, t_grad.clone())?; // vmt-hub patch 4
                         let f_grad = pred.where_cond(&zeros, &grad)?;
-                        grads.accumulate(f, f_grad.clone())?;
+                        grads.accumulate(f, f_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::Conv1D {
                         arg,
@@ -246,7 +246,7 @@ impl Tensor {
                             *dilation,
                             /* groups */ 1,
                         )?;
-                        grads.accumulate(arg, grad_arg.clone())?;
+                        grads.accumulate(arg, grad_arg.clone())?; // vmt-hub patch 4
 
                         let grad_kernel = arg
                             .transpose(0, 1)?
@@ -259,7 +259,7 @@ impl Tensor {
                         } else {
                             grad_kernel
                         };
-                        grads.accumulate(kernel, grad_kernel.clone())?;
+                        grads.accumulate(kernel, grad_kernel.clone())?; // vmt-hub patch 4
                     }
                     Op::Conv2D {
                         arg,
@@ -282,7 +282,7 @@ impl Tensor {
                             *stride,
                             *dilation,
                         )?;
-                        grads.accumulate(arg, grad_arg.clone())?;
+                        grads.accumulate(arg, grad_arg.clone())?; // vmt-hub patch 4
 
                         let grad_kernel = arg
                             .transpose(0, 1)?
@@ -295,7 +295,7 @@ impl Tensor {
                         } else {
                             grad_kernel
                         };
-                        grads.accumulate(kernel, grad_kernel.clone())?;
+                        grads.accumulate(kernel, grad_kernel.clone())?; // vmt-hub patch 4
                     }
                     Op::ConvTranspose1D { .. } => Err(Error::BackwardNotSupported {
                         op: "conv-transpose1d",
@@ -309,7 +309,7 @@ impl Tensor {
                         output_padding: _output_padding,
                     } => {
                         let grad_arg = grad.conv2d(kernel, *padding, *stride, *dilation, 1)?;
-                        grads.accumulate(arg, grad_arg.clone())?;
+                        grads.accumulate(arg, grad_arg.clone())?; // vmt-hub patch 4
 
                         let grad_kernel = grad
                             .transpose(0, 1)?
@@ -322,7 +322,7 @@ impl Tensor {
                         } else {
                             grad_kernel
                         };
-                        grads.accumulate(kernel, grad_kernel.clone())?;
+                        grads.accumulate(kernel, grad_kernel.clone())?; // vmt-hub patch 4
                     }
                     Op::AvgPool2D {
                         arg,
@@ -336,7 +336,7 @@ impl Tensor {
                         let grad_arg = grad.upsample_nearest2d(h, w)?;
                         let grad_arg =
                             (grad_arg * (1f64 / (kernel_size.0 * kernel_size.1) as f64))?;
-                        grads.accumulate(arg, grad_arg.clone())?;
+                        grads.accumulate(arg, grad_arg.clone())?; // vmt-hub patch 4
                     }
                     Op::MaxPool2D {
                         arg,
@@ -355,7 +355,7 @@ impl Tensor {
                         let mask = arg.eq(&node_upsampled)?.to_dtype(arg.dtype())?;
                         let avg = mask.avg_pool2d_with_stride(*kernel_size, *stride)?;
                         let grad_arg = ((grad * avg)?.upsample_nearest2d(h, w)? * mask)?;
-                        grads.accumulate(arg, grad_arg.clone())?;
+                        grads.accumulate(arg, grad_arg.clone())?; // vmt-hub patch 4
                     }
                     Op::UpsampleNearest1D { arg, target_size } => {
                         let (_n, c, size) = arg.dims3()?;
@@ -395,34 +395,34 @@ impl Tensor {
                     }
                     Op::SliceScatter0(lhs, rhs, start_rhs) => {
                         let rhs_grad = grad.narrow(0, *start_rhs, rhs.dim(0)?)?;
-                        grads.accumulate(rhs, rhs_grad.clone())?;
+                        grads.accumulate(rhs, rhs_grad.clone())?; // vmt-hub patch 4
 
                         let lhs_grad = grad.slice_scatter0(&rhs.zeros_like()?, *start_rhs)?;
-                        grads.accumulate(lhs, lhs_grad.clone())?
+                        grads.accumulate(lhs, lhs_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Gather(arg, indexes, dim) => {
                         let sum_grad = grads.or_insert(arg)?;
                         *sum_grad = sum_grad.scatter_add(indexes, &grad, *dim)?;
                     }
                     Op::Scatter(init, indexes, src, dim) => {
-                        grads.accumulate(init, grad.clone())?;
+                        grads.accumulate(init, grad.clone())?; // vmt-hub patch 4
 
                         let src_grad = grad.gather(indexes, *dim)?;
-                        grads.accumulate(src, src_grad.clone())?;
+                        grads.accumulate(src, src_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::ScatterAdd(init, indexes, src, dim) => {
                         let mask = init.ones_like()?;
                         let mask = mask.scatter(indexes, &mask.zeros_like()?, *dim)?;
-                        grads.accumulate(init, grad.mul(&mask)?)?;
+                        grads.accumulate(init, grad.mul(&mask)?)?; // vmt-hub patch 4
 
                         let src_grad = grad.gather(indexes, *dim)?;
-                        grads.accumulate(src, src_grad.clone())?;
+                        grads.accumulate(src, src_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::IndexAdd(init, indexes, src, dim) => {
-                        grads.accumulate(init, grad.clone())?;
+                        grads.accumulate(init, grad.clone())?; // vmt-hub patch 4
 
                         let src_grad = grad.index_select(indexes, *dim)?;
-                        grads.accumulate(src, src_grad.clone())?;
+                        grads.accumulate(src, src_grad.clone())?; // vmt-hub patch 4
                     }
                     Op::IndexSelect(arg, indexes, dim) => {
                         let sum_grad = grads.or_insert(arg)?;
@@ -434,17 +434,17 @@ impl Tensor {
                         // Skipping checks, the op went ok, we can skip
                         // the matmul size checks for now.
 
-                        // vmt-hub patch: a side that tracks no op (a constant, such as a
+                        // vmt-hub patch 1 (vendor/PATCHES.md): a side that tracks no op (a constant, such as a
                         // frozen weight) needs no gradient; skipping it saves a whole
                         // matmul and a weight-sized buffer per frozen linear layer.
                         if lhs.track_op() {
                             let lhs_grad = grad.matmul(&rhs.t()?)?;
-                            grads.accumulate(lhs, lhs_grad.clone())?;
+                            grads.accumulate(lhs, lhs_grad.clone())?; // vmt-hub patch 4
                         }
 
                         if rhs.track_op() {
                             let rhs_grad = lhs.t()?.matmul(&grad)?;
-                            grads.accumulate(rhs, rhs_grad.clone())?;
+                            grads.accumulate(rhs, rhs_grad.clone())?; // vmt-hub patch 4
                         }
                     }
                     Op::Cat(args, dim) => {
@@ -452,7 +452,7 @@ impl Tensor {
                         for arg in args {
                             let len = arg.dims()[*dim];
                             let arg_grad = grad.narrow(*dim, start_idx, len)?;
-                            grads.accumulate(arg, arg_grad.clone())?;
+                            grads.accumulate(arg, arg_grad.clone())?; // vmt-hub patch 4
                             start_idx += len;
                         }
                     }
@@ -481,7 +481,7 @@ impl Tensor {
                     }
                     Op::Reduce(arg, ReduceOp::Sum, reduced_dims) => {
                         let grad = broadcast_back(arg, &grad, reduced_dims)?;
-                        grads.accumulate(arg, grad.clone())?;
+                        grads.accumulate(arg, grad.clone())?; // vmt-hub patch 4
                     }
                     Op::Reduce(arg, ReduceOp::Max, reduced_dims) => {
                         let node = broadcast_back(arg, node, reduced_dims)?;
@@ -498,20 +498,20 @@ impl Tensor {
                         *sum_grad = sum_grad.add(&grad.broadcast_as(sum_grad.dims())?)?;
                     }
                     Op::ToDType(arg) => {
-                        grads.accumulate(arg, grad.to_dtype(arg.dtype())?)?
+                        grads.accumulate(arg, grad.to_dtype(arg.dtype())?)? // vmt-hub patch 4
                     }
                     Op::Copy(arg) => {
-                        grads.accumulate(arg, grad.clone())?
+                        grads.accumulate(arg, grad.clone())? // vmt-hub patch 4
                     }
                     Op::Affine { arg, mul, .. } => {
                         let arg_grad = grad.affine(*mul, 0.)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Log) => {
-                        grads.accumulate(arg, (grad / arg)?)?
+                        grads.accumulate(arg, (grad / arg)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Sin) => {
-                        grads.accumulate(arg, (&grad * arg.cos())?)?
+                        grads.accumulate(arg, (&grad * arg.cos())?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Cos) => {
                         let sum_grad = grads.or_insert(arg)?;
@@ -525,10 +525,10 @@ impl Tensor {
                     Op::Unary(arg, UnaryOp::Abs) => {
                         let ones = arg.ones_like()?;
                         let abs_grad = arg.ge(&arg.zeros_like()?)?.where_cond(&ones, &ones.neg()?);
-                        grads.accumulate(arg, (&grad * abs_grad)?)?
+                        grads.accumulate(arg, (&grad * abs_grad)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Exp) => {
-                        grads.accumulate(arg, (&grad * *node)?)?
+                        grads.accumulate(arg, (&grad * *node)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Neg) => {
                         let sum_grad = grads.or_insert(arg)?;
@@ -562,7 +562,7 @@ impl Tensor {
                             (None, Some(r)) => Tensor::cat(&[&grad, &r], dim)?,
                             (Some(l), Some(r)) => Tensor::cat(&[&l, &grad, &r], dim)?,
                         };
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Unary(_, UnaryOp::Floor)
                     | Op::Unary(_, UnaryOp::Round)
@@ -572,7 +572,7 @@ impl Tensor {
                     | Op::Cmp(_, _) => {}
                     Op::Reshape(arg) => {
                         let arg_grad = grad.reshape(arg.dims())?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Unary(_, UnaryOp::Ceil) => Err(Error::BackwardNotSupported { op: "ceil" })?,
                     Op::Unary(arg, UnaryOp::Gelu) => {
@@ -581,13 +581,13 @@ impl Tensor {
                         let gelu_grad = (((0.5 * &tanh)?
                             + (0.0535161 * cube + (0.398942 * arg)?)? * (1. - tanh.powf(2.)?))?
                             + 0.5)?;
-                        grads.accumulate(arg, (&grad * gelu_grad)?)?
+                        grads.accumulate(arg, (&grad * gelu_grad)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Erf) => {
                         // d/dx erf(x) = 2/sqrt(pi) * e^(-x^2)
                         let erf_grad =
                             (2. / std::f64::consts::PI.sqrt()) * (arg.sqr()?.neg()?).exp()?;
-                        grads.accumulate(arg, (&grad * erf_grad)?)?
+                        grads.accumulate(arg, (&grad * erf_grad)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::GeluErf) => {
                         // d/dx gelu_erf(x) = 0.5 + 0.398942 e^(-x^2/2) x + 0.5 erf(x/sqrt(2))
@@ -596,17 +596,17 @@ impl Tensor {
                         let arg_scaled_sqrt = (arg / 2f64.sqrt())?;
                         let erf_scaled_sqrt = (0.5 * arg_scaled_sqrt.erf()?)?;
                         let gelu_erf_grad = (0.5 + scaled_exp_arg + erf_scaled_sqrt)?;
-                        grads.accumulate(arg, (&grad * gelu_erf_grad)?)?;
+                        grads.accumulate(arg, (&grad * gelu_erf_grad)?)?; // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Relu) => {
                         let relu_grad = arg.ge(&arg.zeros_like()?)?.to_dtype(arg.dtype())?;
-                        grads.accumulate(arg, (&grad * relu_grad)?)?
+                        grads.accumulate(arg, (&grad * relu_grad)?)? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Silu) => {
                         // d/dx silu = sigmoid(x) * (1 + x * (1 - sigmoid(x))) = sigmoid(x) * (1 - node) + node
                         let sigmoid_arg = (arg.neg()?.exp()? + 1.)?.recip()?;
                         let silu_grad = &sigmoid_arg * (1. - *node) + *node;
-                        grads.accumulate(arg, (&grad * silu_grad)?)?
+                        grads.accumulate(arg, (&grad * silu_grad)?)? // vmt-hub patch 4
                     }
                     Op::Elu(arg, alpha) => {
                         // d/dx elu(x) = 1 for x > 0, alpha * e^x for x <= 0
@@ -616,46 +616,46 @@ impl Tensor {
                         // node == alpha * (e^x - 1) for x <= 0, reuse it
                         let negative_exp_mask = (negative_mask * (*node + *alpha))?;
                         let combined_mask = (positive_mask + negative_exp_mask)?;
-                        grads.accumulate(arg, (grad * combined_mask)?)?
+                        grads.accumulate(arg, (grad * combined_mask)?)? // vmt-hub patch 4
                     }
                     Op::Powf(arg, e) => {
                         let arg_grad = (&(grad * arg.powf(e - 1.)?)? * *e)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::CustomOp1(arg, c) => {
                         if let Some(arg_grad) = c.bwd(arg, node, &grad)? {
-                            grads.accumulate(arg, arg_grad.clone())?
+                            grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                         }
                     }
                     Op::CustomOp2(arg1, arg2, c) => {
                         let (arg_grad1, arg_grad2) = c.bwd(arg1, arg2, node, &grad)?;
                         if let Some(arg_grad1) = arg_grad1 {
-                            grads.accumulate(arg1, arg_grad1.clone())?
+                            grads.accumulate(arg1, arg_grad1.clone())? // vmt-hub patch 4
                         }
                         if let Some(arg_grad2) = arg_grad2 {
-                            grads.accumulate(arg2, arg_grad2.clone())?
+                            grads.accumulate(arg2, arg_grad2.clone())? // vmt-hub patch 4
                         }
                     }
                     Op::CustomOp3(arg1, arg2, arg3, c) => {
                         let (arg_grad1, arg_grad2, arg_grad3) =
                             c.bwd(arg1, arg2, arg3, node, &grad)?;
                         if let Some(arg_grad1) = arg_grad1 {
-                            grads.accumulate(arg1, arg_grad1.clone())?
+                            grads.accumulate(arg1, arg_grad1.clone())? // vmt-hub patch 4
                         }
                         if let Some(arg_grad2) = arg_grad2 {
-                            grads.accumulate(arg2, arg_grad2.clone())?
+                            grads.accumulate(arg2, arg_grad2.clone())? // vmt-hub patch 4
                         }
                         if let Some(arg_grad3) = arg_grad3 {
-                            grads.accumulate(arg3, arg_grad3.clone())?
+                            grads.accumulate(arg3, arg_grad3.clone())? // vmt-hub patch 4
                         }
                     }
                     Op::Unary(arg, UnaryOp::Sqr) => {
                         let arg_grad = arg.mul(&grad)?.affine(2., 0.)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Unary(arg, UnaryOp::Sqrt) => {
                         let arg_grad = grad.div(node)?.affine(0.5, 0.)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::ToDevice(arg) => {
                         let sum_grad = grads.or_insert(arg)?;
@@ -664,7 +664,7 @@ impl Tensor {
                     }
                     Op::Transpose(arg, dim1, dim2) => {
                         let arg_grad = grad.transpose(*dim1, *dim2)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                     Op::Permute(arg, dims) => {
                         let mut inv_dims = vec![0; dims.len()];
@@ -672,7 +672,7 @@ impl Tensor {
                             inv_dims[dim_idx] = i
                         }
                         let arg_grad = grad.permute(inv_dims)?;
-                        grads.accumulate(arg, arg_grad.clone())?
+                        grads.accumulate(arg, arg_grad.clone())? // vmt-hub patch 4
                     }
                 };
             }
@@ -718,7 +718,7 @@ impl GradStore {
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
-    /// vmt-hub patch (vendor/PATCHES.md): adds `grad` to the gradient of `tensor`; the
+    /// vmt-hub patch 4 (vendor/PATCHES.md): adds `grad` to the gradient of `tensor`; the
     /// first gradient is stored as it is (made contiguous, as the sum with zeros made it
     /// before: the backward of a matmul relies on it), not added to a fresh tensor of
     /// zeros, which cost a memset and a full pass per node of the graph.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
-// vmt-hub patch (vendor/PATCHES.md): 3,000 instead of 25,000. A worker that spins on takes
+// vmt-hub patch 5 (vendor/PATCHES.md): 3,000 instead of 25,000. A worker that spins on takes
 // a core from the rayon pool running the next matrix product (2-core A/B in
 // docs/benchmarks.md, "Spinning"). CANDLE_BARRIER_POOL_SPIN_LIMIT still overrides it.
 const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 3_000;
@@ -107,7 +107,10 @@ fn get_cluster_size() -> usize {
     usize::MAX
 }
 
-fn barrier_pool_spin_limit() -> u32 {
+/// How many times a worker of the elementwise pool spins before it sleeps:
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`, else the default.
+// vmt-hub patch 5 (vendor/PATCHES.md): public, so that the default can be checked.
+pub fn barrier_pool_spin_limit() -> u32 {
     std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT")
         .ok()
         .and_then(|s| u32::from_str(&s).ok())

@@ -344,7 +344,7 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
-                // vmt-hub patch (vendor/PATCHES.md): work in runs of the trailing dimensions
+                // vmt-hub patch 2 (vendor/PATCHES.md): work in runs of the trailing dimensions
                 // that are all reduced (each run sums to one value) or all kept (each run
                 // adds elementwise into a contiguous run of dst), so that the index
                 // arithmetic below happens once per run instead of once per element.
@@ -416,7 +416,7 @@ impl Map1 for Affine {
     fn f<T: WithDType>(&self, vs: &[T], layout: &Layout) -> Result<Vec<T>> {
         let mul = T::from_f64(self.0);
         let add = T::from_f64(self.1);
-        // vmt-hub patch (vendor/PATCHES.md): on the parallel elementwise path, as the
+        // vmt-hub patch 3 (vendor/PATCHES.md): on the parallel elementwise path, as the
         // unary and binary ops are.
         Ok(unary_map_vec_par(
             vs,
