@@ -101,9 +101,9 @@ print("candle-patches: the workspace builds", pkgs[0]["manifest_path"])'
       for k in "$t" $((t + 1)); do
         [ "$k" -ge 1 ] && [ "$k" -le "$n" ] || continue
         set +e; run_patch_test "$k" "$t"; rc=$?; set -e
-        if [ "$k" -gt "$t" ]; then want=fails; good=$([ $rc -ne 0 ] && echo ok || echo WRONG)
-        else want=passes; good=$([ $rc -eq 0 ] && echo ok || echo WRONG); fi
-        echo "patch $k's test on patches 1..$t: exit $rc (it $want without/with it): $good"
+        if [ "$k" -gt "$t" ]; then want="must fail: patch $k not applied"; good=$([ $rc -ne 0 ] && echo ok || echo WRONG)
+        else want="must pass"; good=$([ $rc -eq 0 ] && echo ok || echo WRONG); fi
+        echo "patch $k's test on patches 1..$t: exit $rc ($want): $good"
         [ "$good" = ok ] || { echo "see $cache/prove-$k-on-$t.log" >&2; exit 1; }
       done
     done

@@ -15,6 +15,8 @@ use sha2::{Digest as _, Sha256};
 
 const COMMIT_MAIN: &str = "1111111111111111111111111111111111111111";
 const COMMIT_V1: &str = "2222222222222222222222222222222222222222";
+/// Where `main` points once the mock Hub's `moved` is set.
+const COMMIT_NEXT: &str = "3333333333333333333333333333333333333333";
 const TOKEN: &str = "hf_secret";
 
 struct File {
@@ -28,6 +30,10 @@ struct File {
 struct MockHub {
     url: String,
     requests: Arc<AtomicUsize>,
+    /// Requests for a file's bytes (not the first byte only, as metadata requests are).
+    downloads: Arc<AtomicUsize>,
+    /// `main` moved on to COMMIT_NEXT (same files).
+    moved: Arc<std::sync::atomic::AtomicBool>,
     server: Arc<tiny_http::Server>,
 }
 
@@ -96,17 +102,29 @@ fn mock_hub_with(extra: Vec<(&'static str, RepoFiles)>) -> MockHub {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let url = format!("http://{}", server.server_addr().to_ip().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
+    let downloads = Arc::new(AtomicUsize::new(0));
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (srv, count) = (Arc::clone(&server), Arc::clone(&requests));
+    let (got, has_moved) = (Arc::clone(&downloads), Arc::clone(&moved));
     std::thread::spawn(move || {
         for req in srv.incoming_requests() {
             count.fetch_add(1, Ordering::SeqCst);
-            let response = answer(&repos, &req);
+            let first_byte = req
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("Range") && h.value.as_str() == "bytes=0-0");
+            if *req.method() == tiny_http::Method::Get && !first_byte {
+                got.fetch_add(1, Ordering::SeqCst);
+            }
+            let response = answer(&repos, &req, has_moved.load(Ordering::SeqCst));
             let _ = req.respond(response);
         }
     });
     MockHub {
         url,
         requests,
+        downloads,
+        moved,
         server,
     }
 }
@@ -118,6 +136,7 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 fn answer(
     repos: &HashMap<&str, HashMap<&str, File>>,
     req: &tiny_http::Request,
+    moved: bool,
 ) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let error = |code: u16, msg: &str| {
         tiny_http::Response::from_data(msg.as_bytes().to_vec())
@@ -145,6 +164,8 @@ fn answer(
         }
     }
     let commit = match rev {
+        "main" if moved => COMMIT_NEXT,
+        COMMIT_NEXT => COMMIT_NEXT,
         "main" | COMMIT_MAIN => COMMIT_MAIN,
         "v1" | COMMIT_V1 => COMMIT_V1,
         _ => return error(404, "RevisionNotFound"),
@@ -251,15 +272,17 @@ fn fetch_then_cache_hit_then_offline() {
     );
     assert!(text(&o).contains(&format!("sha256:{}", sha256_hex(&original))));
 
-    // A cache hit makes no request.
-    let before = hub.requests.load(Ordering::SeqCst);
+    // Fetched again online: the Hub is asked where main is (one metadata request per
+    // file), nothing is downloaded again.
+    let downloads = hub.downloads.load(Ordering::SeqCst);
     let o = fetch(&hub, &home, &[], "acme/swin-fixture");
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(
-        hub.requests.load(Ordering::SeqCst),
-        before,
-        "a cached backbone needs no request"
+        hub.downloads.load(Ordering::SeqCst),
+        downloads,
+        "a cached backbone is not downloaded again"
     );
+    let before = hub.requests.load(Ordering::SeqCst);
 
     // Offline: a hit works, a miss fails at once, saying why; neither makes a request.
     let o = fetch(&hub, &home, &[("HF_HUB_OFFLINE", "1")], "acme/swin-fixture");
@@ -295,6 +318,68 @@ fn fetch_then_cache_hit_then_offline() {
     let params = vmt_hub::model::swin::parameter_count(&vmt_registry::bundle::SwinGeometry::tiny())
         .to_string();
     assert!(listing.contains(&params), "{listing}");
+}
+
+/// `main` moved on the Hub: offline, fetch stays on the cached commit and says so; online,
+/// it follows main to the new commit, and the files whose blobs are already cached are
+/// linked, not downloaded again (the mock Hub counts the downloads).
+#[test]
+fn a_moved_main_is_followed_online_and_kept_offline() {
+    let hub = mock_hub();
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("hf");
+    let o = fetch(&hub, &home, &[], "acme/swin-fixture");
+    assert!(
+        o.status.success() && text(&o).contains(COMMIT_MAIN),
+        "{}",
+        text(&o)
+    );
+    let downloads = hub.downloads.load(Ordering::SeqCst);
+    assert_eq!(downloads, 2, "config.json and the weights");
+    hub.moved.store(true, Ordering::SeqCst);
+
+    let requests = hub.requests.load(Ordering::SeqCst);
+    let o = fetch(&hub, &home, &[("HF_HUB_OFFLINE", "1")], "acme/swin-fixture");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(COMMIT_MAIN)
+            && text(&o).contains("HF_HUB_OFFLINE")
+            && text(&o).contains("may have moved"),
+        "offline stays on the cached commit and says so: {}",
+        text(&o)
+    );
+    assert_eq!(
+        hub.requests.load(Ordering::SeqCst),
+        requests,
+        "offline asks nothing"
+    );
+
+    let o = fetch(&hub, &home, &[], "acme/swin-fixture");
+    assert!(
+        o.status.success() && text(&o).contains(COMMIT_NEXT),
+        "{}",
+        text(&o)
+    );
+    let repo = cache_repo(&home, "acme/swin-fixture");
+    let main = std::fs::read_to_string(repo.join("refs/main")).unwrap();
+    assert_eq!(main.trim(), COMMIT_NEXT, "refs/main follows the Hub");
+    let next = repo.join("snapshots").join(COMMIT_NEXT);
+    let original = std::fs::read(fixtures().join("tiny/backbone/model.safetensors")).unwrap();
+    assert_eq!(
+        std::fs::read(next.join("model.safetensors")).unwrap(),
+        original
+    );
+    assert_eq!(
+        hub.downloads.load(Ordering::SeqCst),
+        downloads,
+        "the blobs were cached: nothing downloaded again"
+    );
+    // The old snapshot stays (a bundle may record it).
+    assert!(repo
+        .join("snapshots")
+        .join(COMMIT_MAIN)
+        .join("config.json")
+        .is_file());
 }
 
 #[test]

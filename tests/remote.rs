@@ -1220,3 +1220,118 @@ fn logins_are_shared_with_skopeo_and_docker_credential_helpers() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Kills a child process when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `serve --token`: skopeo (`--creds x:TOKEN`) and oras-py (basic auth) read from it;
+/// without credentials skopeo is refused. `skopeo delete` of a tag and of a digest
+/// untags; then `gc --now` on the server frees the blobs only they used, and what is
+/// left still pulls.
+#[test]
+fn serve_speaks_to_skopeo_and_oras_with_its_token_and_deletes() {
+    let has_skopeo = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !common::tool_available("skopeo", has_skopeo, "apt-get install -y skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    let reg = Registry::open(&served).unwrap();
+    let full = BundleDir::read(&fixtures().join("tiny/bundle")).unwrap();
+    let d_full = reg.publish(&full, &tag("m:v1")).unwrap().digest;
+    let d_two = reg
+        .publish(&fixture_subset(&["semseg", "sal"]), &tag("n:v1"))
+        .unwrap()
+        .digest;
+    reg.publish(&fixture_subset(&["semseg"]), &tag("k:v1"))
+        .unwrap();
+    drop(reg);
+    let (child, port) = common::spawn_serve(&served, &["--token", "T0K"]);
+    let _serve = Killed(child);
+    let host = format!("127.0.0.1:{port}");
+    let skopeo = |args: &[&str]| {
+        Command::new("skopeo")
+            .args(args)
+            .arg("--tls-verify=false")
+            .output()
+            .unwrap()
+    };
+    let image = |r: &str| format!("docker://{host}/{r}");
+
+    // Reads with the token as a basic-auth password; refused without it.
+    let o = skopeo(&["inspect", "--raw", "--creds", "x:T0K", &image("m:v1")]);
+    succeeded(&o, "skopeo inspect --creds");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("application/vnd.vmt.bundle.v1+json"));
+    let o = skopeo(&["inspect", "--raw", &image("m:v1")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("unauthorized"), "{err}");
+    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_oras = Command::new(&python)
+        .args(["-c", "import oras.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if common::tool_available("python3 with oras", has_oras, "python3 -m pip install oras") {
+        let script = format!(
+            "import oras.client\nc = oras.client.OrasClient(hostname='{host}', insecure=True, auth_backend='basic')\nc.login(username='x', password='T0K')\nprint(c.get_manifest('{host}/m:v1')['artifactType'])\n"
+        );
+        let o = Command::new(&python)
+            .args(["-c", &script])
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        succeeded(&o, "oras-py with basic auth");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("application/vnd.vmt.bundle.v1+json"));
+    }
+
+    // skopeo delete of a tag, then of a digest: both untagged, k:v1 kept.
+    let blobs_before = blob_files(&served);
+    succeeded(
+        &skopeo(&["delete", "--creds", "x:T0K", &image("m:v1")]),
+        "delete m:v1",
+    );
+    let by_digest = image(&format!("n@{d_two}"));
+    succeeded(
+        &skopeo(&["delete", "--creds", "x:T0K", &by_digest]),
+        "delete n@digest",
+    );
+    let o = skopeo(&["inspect", "--raw", "--creds", "x:T0K", &image("m:v1")]);
+    assert!(!o.status.success(), "m:v1 is gone");
+    let o = skopeo(&["delete", "--creds", "x:T0K", &image("m:v1")]);
+    assert!(!o.status.success(), "a second delete finds nothing");
+
+    // gc on the server (while it serves) frees what only m:v1 and n:v1 used.
+    let o = vmt_hub(&["--registry", served.to_str().unwrap(), "gc", "--now"]);
+    succeeded(&o, "gc --now");
+    let after = blob_files(&served);
+    assert!(
+        after < blobs_before,
+        "gc freed nothing: {blobs_before} -> {after}"
+    );
+    let reg = Registry::open(&served).unwrap();
+    assert!(
+        !reg.has_blob(&d_full) && !reg.has_blob(&d_two),
+        "the deleted manifests are freed"
+    );
+    assert!(reg.verify(None).unwrap().ok());
+    drop(reg);
+    let pulled = tmp.path().join("pulled");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmt-hub"));
+    c.arg("--registry")
+        .arg(&pulled)
+        .args(["pull", &format!("oci://{host}/k:v1"), "--quiet"])
+        .env("VMT_REGISTRY_TOKEN", "T0K");
+    succeeded(
+        &output_without_panic(&mut c),
+        "pull k:v1 after the deletes and gc",
+    );
+}

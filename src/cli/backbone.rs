@@ -26,6 +26,9 @@ pub fn run(cmd: BackboneCommand) -> anyhow::Result<()> {
                 anyhow::anyhow!("{repo:?} is not a Hugging Face repo id (owner/name[@revision])")
             })?;
             let hub = fetch(&env, &r)?;
+            if let Some(note) = &hub.note {
+                eprintln!("note: {note}");
+            }
             let geometry = read_config(&hub.snapshot.join("config.json"))?;
             println!("{}@{} -> commit {}", hub.repo, r.revision, hub.commit);
             println!("  snapshot {}", hub.snapshot.display());

@@ -5,9 +5,13 @@
 //! `HF_HUB_CACHE` (else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), `HF_TOKEN`
 //! (else `$HF_HOME/token`), `HF_HUB_OFFLINE=1` (cache only, no request at all).
 //!
-//! A file already in the cache for the requested revision is used with no request. A
-//! downloaded weights file is checked against its ETag (the sha256 the Hub reports for
-//! LFS files) before it is used; the digest recorded in bundles is that sha256.
+//! A commit already in the cache is used with no request. A branch or tag (`main`) may
+//! have moved: online, one metadata request per file asks the Hub where it points now
+//! (as `huggingface_hub` does) and a file whose blob is already cached is linked into
+//! the new snapshot, not downloaded again; offline (or when the Hub cannot be reached),
+//! the cached commit is used and [`HubBackbone::note`] says so. A downloaded weights file
+//! is checked against its ETag (the sha256 the Hub reports for LFS files) before it is
+//! used; the digest recorded in bundles is that sha256.
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +90,13 @@ impl HubRef {
             Some(_) => return None,
             None => (s, "main"),
         };
+        // A revision names a file under refs/: no empty, `.` or `..` component.
+        if revision
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains(['\\', '\0']))
+        {
+            return None;
+        }
         let parts: Vec<&str> = repo.split('/').collect();
         let ok = parts.len() == 2
             && parts.iter().all(|p| {
@@ -118,6 +129,9 @@ pub struct HubBackbone {
     pub weights: PathBuf,
     /// `sha256:<hex>` of the weights.
     pub digest: String,
+    /// Set when a branch or tag was taken from the cache without asking the Hub
+    /// (offline, or the Hub unreachable): it may have moved since.
+    pub note: Option<String>,
 }
 
 const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
@@ -155,6 +169,7 @@ pub fn cached(env: &HubEnv, r: &HubRef) -> Option<HubBackbone> {
         snapshot,
         weights,
         digest,
+        note: None,
     })
 }
 
@@ -190,24 +205,83 @@ fn hub_error(r: &HubRef, file: &str, e: ApiError) -> ModelError {
     ModelError::bad_input(what, reason)
 }
 
-fn is_not_found(e: &ApiError) -> bool {
-    matches!(e, ApiError::RequestError(err) if matches!(err.as_ref(), ureq::Error::Status(404, _)))
-}
-
 /// Fetches (or finds in the cache) `config.json` and the weights of `r`.
+///
+/// # Errors
+/// Offline and not cached; the Hub refuses (gated, missing repo, revision or file) or
+/// cannot be reached with nothing cached; a download that does not match its ETag.
 pub fn fetch(env: &HubEnv, r: &HubRef) -> Result<HubBackbone> {
-    if let Some(hit) = cached(env, r) {
-        return Ok(hit);
+    // A commit never moves: a cached one needs no request.
+    if r.is_commit() {
+        if let Some(hit) = cached(env, r) {
+            return Ok(hit);
+        }
     }
     if env.offline {
-        return Err(ModelError::bad_input(
-            format!("{}@{}", r.repo, r.revision),
-            format!(
-                "HF_HUB_OFFLINE is set and it is not in the cache at {}",
-                env.cache.display()
-            ),
-        ));
+        let mut hit = cached(env, r).ok_or_else(|| {
+            ModelError::bad_input(
+                format!("{}@{}", r.repo, r.revision),
+                format!(
+                    "HF_HUB_OFFLINE is set and it is not in the cache at {}",
+                    env.cache.display()
+                ),
+            )
+        })?;
+        if !r.is_commit() {
+            hit.note = Some(format!(
+                "HF_HUB_OFFLINE: {} as cached (commit {}); the Hub may have moved it since",
+                r.revision, hit.commit
+            ));
+        }
+        return Ok(hit);
     }
+    match fetch_online(env, r) {
+        Err(HubFailure::Unreachable(why)) => match cached(env, r) {
+            Some(mut hit) => {
+                hit.note = Some(format!(
+                    "the Hub could not be reached ({why}): {} as cached (commit {})",
+                    r.revision, hit.commit
+                ));
+                Ok(hit)
+            }
+            None => Err(ModelError::bad_input(
+                format!("{}@{}", r.repo, r.revision),
+                format!("cannot reach the Hub: {why}"),
+            )),
+        },
+        Err(HubFailure::Refused(e)) => Err(e),
+        Ok(commit) => {
+            let at = HubRef {
+                repo: r.repo.clone(),
+                revision: commit,
+            };
+            cached(env, &at).ok_or_else(|| {
+                ModelError::bad_input(
+                    format!("{}@{}", r.repo, r.revision),
+                    "downloaded, but the cache has no complete snapshot",
+                )
+            })
+        }
+    }
+}
+
+/// Why an online fetch failed.
+enum HubFailure {
+    /// No answer from the Hub (the cache may still serve).
+    Unreachable(String),
+    /// An answer that refuses (or a bad download): final.
+    Refused(ModelError),
+}
+
+impl From<ModelError> for HubFailure {
+    fn from(e: ModelError) -> Self {
+        HubFailure::Refused(e)
+    }
+}
+
+/// Resolves `r` on the Hub and brings `config.json` and the weights into the cache;
+/// returns the commit.
+fn fetch_online(env: &HubEnv, r: &HubRef) -> std::result::Result<String, HubFailure> {
     let api = ApiBuilder::new()
         .with_endpoint(env.endpoint.clone())
         .with_cache_dir(env.cache.clone())
@@ -221,29 +295,123 @@ pub fn fetch(env: &HubEnv, r: &HubRef) -> Result<HubBackbone> {
         RepoType::Model,
         r.revision.clone(),
     ));
-    repo.get("config.json")
-        .map_err(|e| hub_error(r, "config.json", e))?;
-    let mut last = None;
+    let Some(commit) = get_file(env, &repo, r, "config.json")? else {
+        return Err(ModelError::bad_input(
+            format!("{}@{} config.json", r.repo, r.revision),
+            "not found (404): no such repo, revision or file",
+        )
+        .into());
+    };
     for file in WEIGHT_FILES {
-        match repo.download(file) {
-            Ok(path) => {
-                verify_download(&path, r, file)?;
-                last = None;
-                break;
-            }
-            Err(e) if is_not_found(&e) => last = Some(hub_error(r, file, e)),
-            Err(e) => return Err(hub_error(r, file, e)),
+        if get_file(env, &repo, r, file)?.is_some() {
+            return Ok(commit);
         }
     }
-    if let Some(e) = last {
-        return Err(e);
+    Err(ModelError::bad_input(
+        format!("{}@{} {}", r.repo, r.revision, WEIGHT_FILES.join(" or ")),
+        "not found (404): the repo has no weights file",
+    )
+    .into())
+}
+
+/// `file` of `r` in the cache as the Hub has it now: the commit it is at, or `None`
+/// when the Hub has no such file (404). A blob already cached is linked, not downloaded.
+fn get_file(
+    env: &HubEnv,
+    repo: &hf_hub::api::sync::ApiRepo,
+    r: &HubRef,
+    file: &str,
+) -> std::result::Result<Option<String>, HubFailure> {
+    let Some((commit, etag)) = file_metadata(env, r, file)? else {
+        return Ok(None);
+    };
+    let dir = repo_dir(env, &r.repo);
+    if dir.join("blobs").join(&etag).is_file() {
+        link_cached(&dir, r, &commit, file, &etag).map_err(|e| ModelError::io(&dir, e))?;
+        return Ok(Some(commit));
     }
-    cached(env, r).ok_or_else(|| {
-        ModelError::bad_input(
-            format!("{}@{}", r.repo, r.revision),
-            "downloaded, but the cache has no complete snapshot",
-        )
-    })
+    let path = repo.download(file).map_err(|e| match &e {
+        ApiError::RequestError(err) if matches!(err.as_ref(), ureq::Error::Transport(_)) => {
+            HubFailure::Unreachable(err.to_string())
+        }
+        _ => HubFailure::Refused(hub_error(r, file, e)),
+    })?;
+    verify_download(&path, r, file)?;
+    Ok(Some(commit))
+}
+
+/// What the Hub says about `file` at `r.revision` now: (commit, ETag), from one GET of
+/// its first byte without following redirects (huggingface_hub's
+/// `get_hf_file_metadata`); `None` for a 404.
+fn file_metadata(
+    env: &HubEnv,
+    r: &HubRef,
+    file: &str,
+) -> std::result::Result<Option<(String, String)>, HubFailure> {
+    let url = format!("{}/{}/resolve/{}/{file}", env.endpoint, r.repo, r.revision);
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0)
+        .timeout_connect(std::time::Duration::from_secs(10))
+        .timeout_read(std::time::Duration::from_secs(30))
+        .build();
+    let mut req = agent.get(&url).set("Range", "bytes=0-0");
+    if let Some(t) = &env.token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let reply = match req.call() {
+        Ok(reply) => reply,
+        Err(ureq::Error::Status(404, _)) => return Ok(None),
+        Err(e @ ureq::Error::Status(..)) => {
+            let e = ApiError::RequestError(Box::new(e));
+            return Err(HubFailure::Refused(hub_error(r, file, e)));
+        }
+        Err(ureq::Error::Transport(t)) => return Err(HubFailure::Unreachable(t.to_string())),
+    };
+    let header = |k: &str| {
+        reply
+            .header(k)
+            .map(|v| v.trim_start_matches("W/").trim_matches('"').to_string())
+    };
+    let commit = header("X-Repo-Commit").filter(|c| !c.is_empty());
+    let etag = header("X-Linked-Etag")
+        .or_else(|| header("ETag"))
+        .filter(|e| !e.is_empty());
+    // A blob's name in the cache is its ETag: nothing with a path in it.
+    let safe = |v: &String| {
+        v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    };
+    match (commit, etag) {
+        (Some(c), Some(e)) if safe(&c) && safe(&e) => Ok(Some((c, e))),
+        _ => Err(HubFailure::Refused(ModelError::bad_input(
+            format!("{}@{} {file}", r.repo, r.revision),
+            "the Hub's answer has no usable X-Repo-Commit and ETag",
+        ))),
+    }
+}
+
+/// Links cached blob `etag` as `snapshots/<commit>/<file>` (relative, as huggingface_hub
+/// does) and points the revision's ref at `commit`.
+fn link_cached(
+    dir: &Path,
+    r: &HubRef,
+    commit: &str,
+    file: &str,
+    etag: &str,
+) -> std::io::Result<()> {
+    let snapshot = dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot)?;
+    let pointer = snapshot.join(file);
+    if !pointer.exists() {
+        let _ = std::fs::remove_file(&pointer); // a dangling link
+        std::os::unix::fs::symlink(Path::new("../../blobs").join(etag), &pointer)?;
+    }
+    if !r.is_commit() {
+        let reference = dir.join("refs").join(&r.revision);
+        std::fs::create_dir_all(reference.parent().expect("refs/<revision>"))?;
+        vmt_registry::file::write_atomic(&reference, commit.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A downloaded LFS file must hash to its ETag; a mismatch removes it and fails.
@@ -333,7 +501,16 @@ mod tests {
             })
         );
         assert_eq!(HubRef::parse("hf:a/b@v1.0").unwrap().revision, "v1.0");
-        for bad in ["random:tiny", "./dir", "a/b/c", "a/", "a/b@", "/abs/path"] {
+        for bad in [
+            "random:tiny",
+            "./dir",
+            "a/b/c",
+            "a/",
+            "a/b@",
+            "/abs/path",
+            "a/b@../../x",
+            "a/b@x//y",
+        ] {
             assert_eq!(HubRef::parse(bad), None, "{bad}");
         }
     }

@@ -492,6 +492,9 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
         (Route::Manifest(n, r), m @ (Method::GET | Method::HEAD)) => {
             with_index(st, move |st| get_manifest(st, &n, &r, m == Method::HEAD)).await
         }
+        (Route::Manifest(n, r), Method::DELETE) => {
+            with_index(st, move |st| delete_manifest(st, &n, &r)).await
+        }
         (Route::Manifest(n, r), Method::PUT) => {
             // The body first (bounded, without the index), then the index to store it.
             let bytes = match read_small_body(&st, body, MAX_MANIFEST_BYTES).await {
@@ -707,6 +710,47 @@ fn manifest_digest(
     st.reg
         .tag_target(&format!("{name}:{reference}"))
         .map_err(internal)
+}
+
+/// DELETE of a manifest (what `skopeo delete`, `oras manifest delete` and `crane delete`
+/// send): by tag, that tag of repository `name`; by digest, every tag of `name` that
+/// points to it. As with `vmt-hub rm`, the blobs stay until `gc` frees them (after the
+/// tag history's grace period). 202 when something was untagged, 404 otherwise.
+fn delete_manifest(st: &ServerState, name: &str, reference: &str) -> Response {
+    let tags: Vec<String> = if reference.starts_with("sha256:") {
+        let Ok(d) = reference.parse::<Digest>() else {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DigestInvalid,
+                "invalid digest",
+            );
+        };
+        let in_repo = |t: &String| t.rsplit_once(':').is_some_and(|(n, _)| n == name);
+        match st.reg.tags_of(&d) {
+            Ok(tags) => tags.into_iter().filter(in_repo).collect(),
+            Err(e) => return internal(e),
+        }
+    } else {
+        match manifest_digest(st, name, reference) {
+            Ok(Some(_)) => vec![format!("{name}:{reference}")],
+            Ok(None) => Vec::new(),
+            Err(r) => return r,
+        }
+    };
+    if tags.is_empty() {
+        return oci_error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ManifestUnknown,
+            &format!("{name}:{reference} is not known"),
+        );
+    }
+    for t in &tags {
+        if let Err(e) = st.reg.remove(t) {
+            return internal(e);
+        }
+        tracing::info!("deleted tag {t}");
+    }
+    StatusCode::ACCEPTED.into_response()
 }
 
 fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Response {
