@@ -11,6 +11,17 @@ use common::{blob_files, blob_sizes, ok, step, vmt_hub};
 use vmt_hub::data::synth::synthesize;
 use vmt_registry::Registry;
 
+/// Six steps of two 32 px images: a run long enough to learn something, short for a test.
+const SHORT_RUN: [&str; 7] = [
+    "--steps",
+    "6",
+    "--batch",
+    "2",
+    "--image-size",
+    "32",
+    "--quiet",
+];
+
 /// A registry with `m:v1` (semseg, sal) trained on synthetic data, for the add-task
 /// scenario.
 struct AddTaskScene {
@@ -27,26 +38,14 @@ impl AddTaskScene {
     /// `add-task REFERENCE --task TASK --tag TAG`, 6 steps at 32 px; its output.
     fn add_task(&self, reference: &str, task: &str, tag: &str, run: &str) -> Output {
         let run = self.run_dir(run);
+        let data = self.data.as_str();
         let args = [
-            "add-task",
-            reference,
-            "--task",
-            task,
-            "--data",
-            &self.data,
-            "--tag",
-            tag,
-            "--run-dir",
-            &run,
-            "--steps",
-            "6",
-            "--batch",
-            "2",
-            "--image-size",
-            "32",
-            "--quiet",
+            "add-task", reference, "--task", task, "--data", data, "--tag", tag,
         ];
-        vmt_hub(&self.root, &args)
+        vmt_hub(
+            &self.root,
+            &[&args[..], &["--run-dir", run.as_str()], &SHORT_RUN].concat(),
+        )
     }
 }
 
@@ -68,17 +67,11 @@ fn train_m_v1() -> AddTaskScene {
         "semseg,sal",
         "--tag",
         "m:v1",
-        "--run-dir",
-        &run,
-        "--steps",
-        "6",
-        "--batch",
-        "2",
-        "--image-size",
-        "32",
-        "--quiet",
     ];
-    ok(&s.root, &args);
+    ok(
+        &s.root,
+        &[&args[..], &["--run-dir", run.as_str()], &SHORT_RUN].concat(),
+    );
     s
 }
 

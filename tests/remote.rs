@@ -369,8 +369,9 @@ fn a_second_bundle_sharing_the_adapter_sends_no_byte_of_it() {
             server.kind
         );
 
-        // The same bundle to another repository of the same registry: distribution
-        // mounts every blob across repositories; vmt-hub serve already has them all.
+        // The same bundle to another repository of the same registry: both mount every
+        // blob from the repository the client pushed it to (neither lets another
+        // repository read a blob before it is mounted there).
         let before = p.up_bytes.load(Ordering::SeqCst);
         let third = push(
             &local,
@@ -382,10 +383,7 @@ fn a_second_bundle_sharing_the_adapter_sends_no_byte_of_it() {
         .unwrap();
         let sent = p.up_bytes.load(Ordering::SeqCst) - before;
         assert_eq!(third.blobs_sent, 0, "{:?}", server.kind);
-        match server.kind {
-            Kind::Distribution => assert_eq!(third.blobs_mounted, 6, "distribution mounts"),
-            Kind::VmtServe => assert_eq!(third.blobs_skipped, 6, "serve shares blobs across names"),
-        }
+        assert_eq!(third.blobs_mounted, 6, "{:?} mounts", server.kind);
         assert!(
             sent < shared_size / 10,
             "{:?}: {sent} bytes went up",
@@ -876,14 +874,9 @@ fn bearer_token_flow_from_the_challenge() {
 /// files to `vmt-hub serve`; vmt-hub pulls it back bit for bit.
 #[test]
 fn a_bundle_pushed_by_oras_py_pulls() {
-    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_oras = Command::new(&python)
-        .args(["-c", "import oras.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !common::tool_available("python3 with oras", has_oras, "python3 -m pip install oras") {
+    let Some(python) = common::python_with_oras() else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let bundle = fixture_subset(&["semseg", "sal"]);
     let blobs = vmt_registry::store::BundleBlobs::of(&bundle);
@@ -1048,11 +1041,7 @@ fn logins_are_shared_with_skopeo_and_docker_credential_helpers() {
     if common::docker_registry().is_none() {
         return;
     }
-    let has_skopeo = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !common::tool_available("skopeo", has_skopeo, "apt-get install -y skopeo") {
+    if !common::skopeo() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -1237,11 +1226,7 @@ impl Drop for Killed {
 /// left still pulls.
 #[test]
 fn serve_speaks_to_skopeo_and_oras_with_its_token_and_deletes() {
-    let has_skopeo = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !common::tool_available("skopeo", has_skopeo, "apt-get install -y skopeo") {
+    if !common::skopeo() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -1275,12 +1260,7 @@ fn serve_speaks_to_skopeo_and_oras_with_its_token_and_deletes() {
     let o = skopeo(&["inspect", "--raw", &image("m:v1")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("unauthorized"), "{err}");
-    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_oras = Command::new(&python)
-        .args(["-c", "import oras.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if common::tool_available("python3 with oras", has_oras, "python3 -m pip install oras") {
+    if let Some(python) = common::python_with_oras() {
         let script = format!(
             "import oras.client\nc = oras.client.OrasClient(hostname='{host}', insecure=True, auth_backend='basic')\nc.login(username='x', password='T0K')\nprint(c.get_manifest('{host}/m:v1')['artifactType'])\n"
         );

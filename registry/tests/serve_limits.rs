@@ -728,3 +728,75 @@ fn error_codes_reach_the_client_as_variants() {
         bad.err()
     );
 }
+
+/// A blob belongs to the repositories it was uploaded or mounted to: 404 elsewhere
+/// until mounted from a repository that has it; a manifest may reference only its own
+/// repository's blobs; a mount from a repository without the blob is a plain upload.
+#[test]
+fn blobs_are_scoped_to_their_repository_until_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = start(&tmp.path().join("remote"), |_| {});
+    let base = serve.base();
+    let bytes = b"a blob pushed to repository a only";
+    let d = Digest::of(bytes);
+    let (code, body) =
+        status(ureq::post(&format!("{base}/v2/a/blobs/uploads/?digest={d}")).send_bytes(bytes));
+    assert_eq!(code, 201, "{body}");
+    let head = |repo: &str| status(ureq::head(&format!("{base}/v2/{repo}/blobs/{d}")).call()).0;
+    assert_eq!(head("a"), 200);
+    assert_eq!(head("b"), 404, "another repository cannot read it");
+    // A manifest in b naming it is refused.
+    let (code, body) = status(
+        ureq::put(&format!("{base}/v2/b/manifests/v1"))
+            .set("Content-Type", MANIFEST_MEDIA_TYPE)
+            .send_bytes(micro_manifest_naming(&d, bytes.len()).as_bytes()),
+    );
+    assert!(
+        code == 400 && body.contains("MANIFEST_BLOB_UNKNOWN"),
+        "{code} {body}"
+    );
+    // A mount from a repository without it: a plain upload session, still 404.
+    let (code, _) =
+        status(ureq::post(&format!("{base}/v2/c/blobs/uploads/?mount={d}&from=b")).send_bytes(&[]));
+    assert_eq!(code, 202);
+    assert_eq!(head("c"), 404);
+    // Mounted from a: b reads it.
+    let (code, _) =
+        status(ureq::post(&format!("{base}/v2/b/blobs/uploads/?mount={d}&from=a")).send_bytes(&[]));
+    assert_eq!(code, 201);
+    assert_eq!(head("b"), 200);
+    let (code, _) = status(
+        ureq::post(&format!(
+            "{base}/v2/team/x/blobs/uploads/?mount={d}&from=b%2F..%2Fa"
+        ))
+        .send_bytes(&[]),
+    );
+    assert_eq!(code, 202, "an invalid `from` is no mount");
+    let (code, _) = status(
+        ureq::post(&format!(
+            "{base}/v2/team/y/blobs/uploads/?mount={d}&from=team%2Fz"
+        ))
+        .send_bytes(&[]),
+    );
+    assert_eq!(code, 202, "team/z does not have it");
+    let (code, _) = status(
+        ureq::post(&format!("{base}/v2/team/z/blobs/uploads/?mount={d}&from=b")).send_bytes(&[]),
+    );
+    assert_eq!(code, 201);
+    let (code, _) = status(
+        ureq::post(&format!(
+            "{base}/v2/team/y/blobs/uploads/?mount={d}&from=team%2Fz"
+        ))
+        .send_bytes(&[]),
+    );
+    assert_eq!(code, 201, "from= decoded as Go clients escape it");
+    assert_eq!(head("team/y"), 200);
+}
+
+/// A manifest (not a valid bundle; it is refused before validation when a blob is not in
+/// the repository) naming one layer.
+fn micro_manifest_naming(d: &Digest, size: usize) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_MEDIA_TYPE}","artifactType":"application/vnd.vmt.bundle.v1+json","config":{{"mediaType":"application/vnd.vmt.bundle.config.v1+json","digest":"{d}","size":{size}}},"layers":[]}}"#
+    )
+}

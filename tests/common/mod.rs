@@ -154,6 +154,26 @@ pub fn tool_available(what: &str, available: bool, install: &str) -> bool {
     false
 }
 
+/// Whether skopeo is installed (see [`tool_available`]).
+pub fn skopeo() -> bool {
+    let here = std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    tool_available("skopeo", here, "apt-get install -y skopeo")
+}
+
+/// The Python with oras-py (`VMT_PYTHON`, else python3), if it has it (see
+/// [`tool_available`]).
+pub fn python_with_oras() -> Option<String> {
+    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let here = std::process::Command::new(&python)
+        .args(["-c", "import oras.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    tool_available("python3 with oras", here, "python3 -m pip install oras").then_some(python)
+}
+
 /// Debian's docker-registry (distribution 2.8), if installed.
 pub fn docker_registry() -> Option<&'static str> {
     let bin = ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"]

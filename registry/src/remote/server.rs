@@ -324,8 +324,34 @@ pub(crate) fn route(path: &str) -> Option<Route> {
 fn query(uri: &Uri, key: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.replace("%3A", ":").replace("%3a", ":"))
+        (k == key).then(|| percent_decode(v))
     })
+}
+
+/// `%XX` escapes of a query value decoded (Go clients send `from=team%2Fvmt`); a
+/// malformed escape is kept as it is, and what does not decode to UTF-8 is replaced.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs registry work (file and index I/O) off the async threads.
@@ -513,9 +539,9 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
         (Route::Upload(n, id), Method::PUT) => finish_upload(&st, &n, &id, &uri, body).await,
         (Route::Upload(n, id), Method::GET) => upload_status(&st, &n, &id),
         (Route::Upload(_, id), Method::DELETE) => cancel_upload(&st, &id),
-        (Route::Blob(_, d), m @ (Method::GET | Method::HEAD)) => {
+        (Route::Blob(n, d), m @ (Method::GET | Method::HEAD)) => {
             let range = headers.get("Range").and_then(|v| v.to_str().ok());
-            get_blob(&st, &d, m == Method::HEAD, range).await
+            get_blob(&st, &n, &d, m == Method::HEAD, range).await
         }
         _ => not_allowed(),
     }
@@ -698,7 +724,9 @@ fn manifest_digest(
                 "invalid digest",
             )
         })?;
-        return Ok(st.reg.knows_manifest(&d).map_err(internal)?.then_some(d));
+        let known = st.reg.knows_manifest(&d).map_err(internal)?
+            && st.reg.repo_has_blob(name, &d).map_err(internal)?;
+        return Ok(known.then_some(d));
     }
     if !valid_tag(reference) {
         return Err(oci_error(
@@ -794,16 +822,21 @@ fn manifest_invalid(reason: impl std::fmt::Display) -> Response {
 /// Validates the whole bundle a manifest describes, from blobs already uploaded: the
 /// same checks as `export` and `pull`. Nothing is stored unless all pass.
 #[allow(clippy::result_large_err)] // the error is the ready response
-fn validate_pushed(st: &ServerState, body: &[u8]) -> Result<crate::bundle::BundleConfig, Response> {
+fn validate_pushed(
+    st: &ServerState,
+    name: &str,
+    body: &[u8],
+) -> Result<crate::bundle::BundleConfig, Response> {
     let manifest = Manifest::parse(body).map_err(manifest_invalid)?;
     check_manifest(&manifest, "manifest").map_err(manifest_invalid)?;
     for desc in manifest.blobs() {
-        if st.reg.blob_store().size(&desc.digest) != Some(desc.size) {
+        let in_repo = st.reg.repo_has_blob(name, &desc.digest).map_err(internal)?;
+        if !in_repo || st.reg.blob_store().size(&desc.digest) != Some(desc.size) {
             return Err(oci_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::ManifestBlobUnknown,
                 &format!(
-                    "blob {} of {} bytes is not uploaded",
+                    "blob {} of {} bytes is not uploaded to {name}",
                     desc.digest, desc.size
                 ),
             ));
@@ -855,11 +888,13 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
             "invalid tag",
         );
     };
-    let config = match validate_pushed(st, body) {
+    let config = match validate_pushed(st, name, body) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    match st.reg.store_manifest(body, tag.as_ref(), &config) {
+    let stored = st.reg.store_manifest(body, tag.as_ref(), &config);
+    // Pushed by digest (untagged), the manifest still belongs to this repository.
+    match stored.and_then(|_| st.reg.note_repo_blob(name, &d)) {
         Ok(_) => (
             StatusCode::CREATED,
             [
@@ -938,6 +973,9 @@ async fn store_file(st: &Shared, name: &str, digest: &str, file: PathBuf) -> Res
         match stored {
             Ok(_) => {
                 st.verified.lock().expect("lock").remove(&want);
+                if let Err(e) = note_in_repo(&st, &name, &want) {
+                    return e;
+                }
                 (
                     StatusCode::CREATED,
                     [
@@ -961,7 +999,13 @@ async fn store_file(st: &Shared, name: &str, digest: &str, file: PathBuf) -> Res
 async fn start_upload(st: &Shared, name: &str, uri: &Uri, body: Body) -> Response {
     if let Some(d) = query(uri, "mount") {
         if let Ok(d) = d.parse::<Digest>() {
-            if blob_intact(st, d).await == Some(true) {
+            // A mount needs the repository it comes from to hold the blob (else: a
+            // plain upload session, as the spec says).
+            let from = query(uri, "from").unwrap_or_default();
+            if valid_repo_name(&from)
+                && blob_intact(st, d).await == Some(true)
+                && mount(st, &from, name, d).await
+            {
                 return (
                     StatusCode::CREATED,
                     [
@@ -1128,6 +1172,55 @@ async fn finish_upload(st: &Shared, name: &str, id: &str, uri: &Uri, body: Body)
     store_file(st, name, &d, u.path).await
 }
 
+/// Whether repository `name` holds blob `d` (see `Registry::repo_has_blob`), asked with
+/// the index held; false when the index cannot be had.
+async fn in_repo(st: &Shared, name: &str, d: Digest) -> bool {
+    let name = name.to_string();
+    let answer = with_index(Arc::clone(st), move |st| {
+        match st.reg.repo_has_blob(&name, &d) {
+            Ok(true) => StatusCode::OK.into_response(),
+            Ok(false) => StatusCode::NOT_FOUND.into_response(),
+            Err(e) => internal(e),
+        }
+    })
+    .await;
+    answer.status() == StatusCode::OK
+}
+
+/// Mounts blob `d` from repository `from` into `name` if `from` holds it.
+async fn mount(st: &Shared, from: &str, name: &str, d: Digest) -> bool {
+    let (from, name) = (from.to_string(), name.to_string());
+    let answer = with_index(Arc::clone(st), move |st| {
+        match st.reg.repo_has_blob(&from, &d) {
+            Ok(true) => match st.reg.note_repo_blob(&name, &d) {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => internal(e),
+            },
+            Ok(false) => StatusCode::NOT_FOUND.into_response(),
+            Err(e) => internal(e),
+        }
+    })
+    .await;
+    answer.status() == StatusCode::OK
+}
+
+/// Notes an uploaded blob as repository `name`'s (blocking: called off the async
+/// threads, takes the index for the moment it needs it).
+#[allow(clippy::result_large_err)] // the error is the ready response
+fn note_in_repo(st: &ServerState, name: &str, d: &Digest) -> Result<(), Response> {
+    let hold = st.reg.hold_index().map_err(|e| {
+        tracing::warn!("{e}");
+        oci_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the registry is busy with another vmt-hub process; try again",
+        )
+    })?;
+    let noted = st.reg.note_repo_blob(name, d).map_err(internal);
+    drop(hold);
+    noted
+}
+
 /// Whether blob `d` is present and hashes to its digest (cached by size and mtime);
 /// None when absent. A corrupt blob is logged.
 async fn blob_intact(st: &Shared, d: Digest) -> Option<bool> {
@@ -1234,7 +1327,13 @@ fn file_body(file: tokio::fs::File, len: u64) -> Body {
     Body::from_stream(stream)
 }
 
-async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) -> Response {
+async fn get_blob(
+    st: &Shared,
+    name: &str,
+    digest: &str,
+    head: bool,
+    range: Option<&str>,
+) -> Response {
     let Ok(d) = digest.parse::<Digest>() else {
         return oci_error(
             StatusCode::BAD_REQUEST,
@@ -1242,7 +1341,7 @@ async fn get_blob(st: &Shared, digest: &str, head: bool, range: Option<&str>) ->
             "invalid digest",
         );
     };
-    if blob_intact(st, d).await != Some(true) {
+    if !in_repo(st, name, d).await || blob_intact(st, d).await != Some(true) {
         return oci_error(
             StatusCode::NOT_FOUND,
             ErrorCode::BlobUnknown,

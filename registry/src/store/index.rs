@@ -42,6 +42,9 @@ pub struct Index {
     /// `"<host> <digest>"` -> a repository on that host known to hold the blob (for
     /// cross-repository mounts on push).
     remote_blobs: sled::Tree,
+    /// `"<repo>\0<digest>"`: a blob uploaded or mounted into a repository of this
+    /// registry (`serve` scopes blob reads to the repository).
+    repo_blobs: sled::Tree,
     path: PathBuf,
 }
 
@@ -89,6 +92,7 @@ impl Index {
             lineage: db.open_tree("lineage")?,
             refs: db.open_tree("refs")?,
             remote_blobs: db.open_tree("remote_blobs")?,
+            repo_blobs: db.open_tree("repo_blobs")?,
             db,
             path: path.into(),
         })
@@ -214,6 +218,17 @@ impl Index {
             .remote_blobs
             .get(format!("{host} {d}"))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Remembers that repository `repo` of this registry holds blob `d`.
+    pub fn note_repo_blob(&self, repo: &str, d: &Digest) -> Result<()> {
+        self.repo_blobs.insert(format!("{repo}\0{d}"), &[])?;
+        Ok(())
+    }
+
+    /// Whether blob `d` was uploaded or mounted into repository `repo`.
+    pub fn repo_noted(&self, repo: &str, d: &Digest) -> Result<bool> {
+        Ok(self.repo_blobs.contains_key(format!("{repo}\0{d}"))?)
     }
 
     /// Points `tag` at `d` without a manifest record (a tag of the record whose

@@ -724,6 +724,36 @@ impl Registry {
         self.index()?.remote_blob(host, d)
     }
 
+    /// Remembers that repository `repo` (the name part of this registry's tags) holds
+    /// blob `d`: it was uploaded or mounted there.
+    pub fn note_repo_blob(&self, repo: &str, d: &Digest) -> Result<()> {
+        self.index()?.note_repo_blob(repo, d)
+    }
+
+    /// Whether repository `repo` holds blob `d`: uploaded or mounted there, or the
+    /// manifest, config or a layer of a bundle tagged `repo:*`. What `serve` answers a
+    /// blob or manifest request in `repo` with (a blob of another repository is 404
+    /// until mounted, as in distribution).
+    pub fn repo_has_blob(&self, repo: &str, d: &Digest) -> Result<bool> {
+        let index = self.index()?;
+        if index.repo_noted(repo, d)? {
+            return Ok(true);
+        }
+        for (tag, m) in index.tags()? {
+            if tag.rsplit_once(':').map(|(n, _)| n) != Some(repo) {
+                continue;
+            }
+            if m == *d
+                || index
+                    .manifest(&m)?
+                    .is_some_and(|r| r.blobs().any(|b| b == *d))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Stores a bundle under `tag`: components and config first, then the manifest,
     /// then the index. Re-publishing identical content writes nothing.
     pub fn publish(&self, bundle: &BundleDir, tag: &TagName) -> Result<Published> {
