@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$bin" --registry "$tmp/reg" import tests/fixtures/tiny/bundle --tag team/tiny:v1 >/dev/null
 "$bin" --registry "$tmp/reg" import tests/fixtures/tiny-lite/bundle --tag lite:v1 >/dev/null
 "$bin" --registry "$tmp/reg" rm lite:v1 >/dev/null
-mkdir -p $seeds/{safetensors,bundle_config,manifest,tag_record,reference,www_authenticate,content_range,serve_path,mat,npy}
+mkdir -p $seeds/{safetensors,bundle_config,manifest,tag_record,reference,www_authenticate,content_range,serve_path,auth_file,mat,npy}
 for f in "$tmp"/reg/blobs/sha256/*; do
   if grep -q schemaVersion "$f"; then cp "$f" $seeds/manifest/; fi
 done
@@ -49,4 +49,8 @@ for s in '/v2/' '/v2/_catalog' '/v2/team/vmt/tags/list' '/v2/team/vmt/manifests/
   '/v2/team/vmt/blobs/sha256:86215f694695dbfe3757abe37b97929fa146f4df8349a167b388a757d83d3f8a' \
   '/v2/a/manifests/sha256:86215f694695dbfe3757abe37b97929fa146f4df8349a167b388a757d83d3f8a'; do
   seed serve_path "$s"; done
+for s in '{"auths": {"localhost:5000": {"auth": "YWxpY2U6czNjcmV0"}}}' \
+  '{"auths": {"reg.example:5000/team/vmt": {"auth": "dGVhbTpw"}, "https://index.docker.io/v1/": {"auth": "eDp5"}}, "credsStore": "desktop"}' \
+  '{"auths": {"ghcr.io": {"username": "me", "password": "tok"}}, "credHelpers": {"gcr.io": "gcloud"}}' '{}'; do
+  seed auth_file "$s"; done
 find $seeds -type f | wc -l

@@ -11,23 +11,26 @@ use std::process::Output;
 use common::{ok_with_stderr as ok, vmt_hub};
 use vmt_hub::data::synth::synthesize;
 
-fn train(root: &Path, data: &Path, run: &Path, size: Option<&str>, tag: &str) -> Output {
-    let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--tasks",
-        "semseg,sal",
+/// `--steps STEPS --batch 2 --quiet --run-dir RUN --tag TAG`.
+fn run_flags<'a>(steps: &'a str, run: &'a Path, tag: &'a str) -> [&'a str; 9] {
+    let run = run.to_str().unwrap();
+    [
         "--steps",
-        "2",
+        steps,
         "--batch",
         "2",
         "--quiet",
         "--run-dir",
-        run.to_str().unwrap(),
+        run,
         "--tag",
         tag,
-    ];
+    ]
+}
+
+fn train(root: &Path, data: &Path, run: &Path, size: Option<&str>, tag: &str) -> Output {
+    let data = data.to_str().unwrap();
+    let mut args = vec!["train", "--data", data, "--tasks", "semseg,sal"];
+    args.extend(run_flags("2", run, tag));
     if let Some(s) = size {
         args.extend(["--image-size", s]);
     }
@@ -53,16 +56,8 @@ fn add_task(
         task,
         "--data",
         data.to_str().unwrap(),
-        "--steps",
-        steps,
-        "--batch",
-        "2",
-        "--quiet",
-        "--run-dir",
-        run.to_str().unwrap(),
-        "--tag",
-        tag,
     ];
+    args.extend(run_flags(steps, run, tag));
     args.extend_from_slice(extra);
     ok(root, &args)
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::{blob_files as blob_count, vmt_hub_command};
 
@@ -64,19 +64,10 @@ fn localise(cmd: &str, port: u16) -> String {
     .fold(cmd.to_string(), |c, (from, to)| c.replace(from, to))
 }
 
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `vmt-hub serve` on its own registry; its port.
-fn serve(root: &Path) -> (Served, u16) {
+fn serve(root: &Path) -> (common::KillOnDrop, u16) {
     let (child, port) = common::spawn_serve(root, &[]);
-    (Served(child), port)
+    (common::KillOnDrop(child), port)
 }
 
 #[test]

@@ -1210,16 +1210,6 @@ fn logins_are_shared_with_skopeo_and_docker_credential_helpers() {
     );
 }
 
-/// Kills a child process when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `serve --token`: skopeo (`--creds x:TOKEN`) and oras-py (basic auth) read from it;
 /// without credentials skopeo is refused. `skopeo delete` of a tag and of a digest
 /// untags; then `gc --now` on the server frees the blobs only they used, and what is
@@ -1242,7 +1232,7 @@ fn serve_speaks_to_skopeo_and_oras_with_its_token_and_deletes() {
         .unwrap();
     drop(reg);
     let (child, port) = common::spawn_serve(&served, &["--token", "T0K"]);
-    let _serve = Killed(child);
+    let _serve = common::KillOnDrop(child);
     let host = format!("127.0.0.1:{port}");
     let skopeo = |args: &[&str]| {
         Command::new("skopeo")

@@ -179,6 +179,15 @@ pub enum Error {
         /// What it said (never the credentials).
         reason: String,
     },
+    /// A stored login that cannot be used: a credentials file that does not parse, an
+    /// entry that is not base64 `user:password`, a credential helper that fails.
+    #[error("{origin}: {reason}")]
+    Credentials {
+        /// The file, or the helper and the file that names it.
+        origin: String,
+        /// What is wrong (never the credentials).
+        reason: String,
+    },
     /// A composition (merge, drop-task, rename-task) that cannot be done.
     #[error("cannot compose: {0}")]
     Compose(String),

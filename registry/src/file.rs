@@ -91,6 +91,19 @@ fn too_large(size: u64, max: u64) -> io::Error {
 /// # Errors
 /// A folder that does not exist or cannot be written; a destination that is a folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a file only its owner may read (0600: credentials).
+///
+/// # Errors
+/// As [`write_atomic`].
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] creating the file with `mode` (less the umask).
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -101,10 +114,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             "a folder is in the way",
         ));
     }
-    // 0666 less the umask, as `File::create` would (tempfile's default is 0600).
+    // 0666 less the umask is what `File::create` would give (tempfile's default is 0600).
     let mut tmp = tempfile::Builder::new()
         .prefix(".vmt-tmp-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;

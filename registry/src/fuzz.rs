@@ -129,6 +129,12 @@ pub fn serve_path(data: &[u8]) {
     }
 }
 
+/// A credentials file (containers' auth.json, docker's config.json): keys and logins
+/// decode without panicking and round-trip (credential helpers are not run).
+pub fn auth_file(data: &[u8]) {
+    crate::remote::logins::fuzz_auth_file(data);
+}
+
 /// A fuzz target: its name (its folder under `fuzz/seeds/` and `fuzz/corpus/`) and its
 /// entry point.
 pub type Target = (&'static str, fn(&[u8]));
@@ -143,4 +149,5 @@ pub const TARGETS: &[Target] = &[
     ("www_authenticate", www_authenticate),
     ("content_range", content_range),
     ("serve_path", serve_path),
+    ("auth_file", auth_file),
 ];

@@ -196,8 +196,10 @@ pub fn run_login(a: LoginArgs) -> anyhow::Result<()> {
     } else {
         password(&a.username)?
     };
-    // The base URL (http for loopback or --insecure) as a remote on that host has it.
-    let base = RemoteRef::parse(&format!("oci://{}/login:check", a.host), a.insecure)?.base;
+    if a.host.is_empty() || a.host.contains(['/', '@']) {
+        anyhow::bail!("{:?} is not a registry host (HOST[:PORT])", a.host);
+    }
+    let base = vmt_registry::remote::base_url(&a.host, a.insecure);
     let creds = Credentials {
         user: Some(a.username.clone()),
         password: Some(password.clone()),

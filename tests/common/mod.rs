@@ -187,6 +187,16 @@ pub fn docker_registry() -> Option<&'static str> {
     .then(|| bin.expect("checked"))
 }
 
+/// A child process killed (and reaped) when dropped: a server a test started.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `vmt-hub --registry root serve --addr 127.0.0.1:0 extra...`, and the port it says it
 /// listens on. The caller kills the child.
 pub fn spawn_serve(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {

@@ -185,8 +185,8 @@ fn read_auth_file(path: &Path) -> Result<Option<Map<String, Value>>> {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::BadBundle {
-        path: path.into(),
+    Error::Credentials {
+        origin: path.display().to_string(),
         reason: reason.into(),
     }
 }
@@ -211,15 +211,7 @@ fn write_auth_file(path: &Path, doc: &Map<String, Value>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut bytes = serde_json::to_vec_pretty(doc).expect("JSON serialises");
     bytes.push(b'\n');
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    // tempfile creates it 0600: credentials stay private.
-    tmp.write_all(&bytes)
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::file::write_private(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 /// The login `doc` (read from `path`) has for `repo` on `host`.
@@ -355,6 +347,37 @@ fn run_helper(name: &str, host: &str, file: &Path) -> Result<Option<Credentials>
     }))
 }
 
+/// The fuzz entry (`crate::fuzz::auth_file`): credentials-file bytes through the parts
+/// of a lookup that read them (keys and `auths` entries; helpers are never run). No
+/// panic, and a decoded login encodes back to what decodes to the same login.
+pub(crate) fn fuzz_auth_file(data: &[u8]) {
+    let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let path = Path::new("fuzz.json");
+    let auths = doc.get("auths").and_then(Value::as_object);
+    for (key, entry) in auths.into_iter().flatten() {
+        let (host, repo) = (key_host(key), key_path(key));
+        assert!(
+            !host.contains('/') && key.contains(host),
+            "{host:?} from {key:?}"
+        );
+        assert!(!repo.ends_with('/'), "{repo:?} from {key:?}");
+        if let Ok(Some(c)) = decode_entry(entry, path, key) {
+            let (user, password) = (c.user.unwrap_or_default(), c.password.unwrap_or_default());
+            if user.contains(':') {
+                continue; // user:password cannot say where a user name with ':' ends
+            }
+            let auth =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let again = decode_entry(&serde_json::json!({ "auth": auth }), path, key)
+                .expect("re-encoded login decodes")
+                .expect("a login");
+            assert_eq!((again.user, again.password), (Some(user), Some(password)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,9 +443,19 @@ mod tests {
             "{text}"
         );
         std::fs::write(&f, r#"{"auths": {"h:5000": {"auth": "%%%"}}}"#).unwrap();
-        let err = files.lookup("h:5000", "r").unwrap_err().to_string();
-        assert!(err.contains("auth.json") && err.contains("base64"), "{err}");
+        match files.lookup("h:5000", "r") {
+            Err(Error::Credentials { origin, reason }) => {
+                assert!(
+                    origin.ends_with("auth.json") && reason.contains("base64"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected Error::Credentials, got {other:?}"),
+        }
         std::fs::write(&f, "[1]").unwrap();
-        assert!(files.lookup("h:5000", "r").is_err());
+        assert!(matches!(
+            files.lookup("h:5000", "r"),
+            Err(Error::Credentials { .. })
+        ));
     }
 }

@@ -44,6 +44,24 @@ impl std::fmt::Display for RemoteTarget {
 
 pub use crate::reference::{valid_name as valid_repo_name, valid_tag};
 
+/// The URL a registry on `host` (`host[:port]`) is reached at: `http` for loopback hosts
+/// or with `insecure`, `https` otherwise.
+pub fn base_url(host: &str, insecure: bool) -> String {
+    let hostname = host
+        .rsplit_once(':')
+        .map_or(host, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback =
+        matches!(hostname, "localhost" | "127.0.0.1" | "::1") || hostname.starts_with("127.");
+    let scheme = if loopback || insecure {
+        "http"
+    } else {
+        "https"
+    };
+    format!("{scheme}://{host}")
+}
+
 impl RemoteRef {
     /// Parses `oci://HOST[:PORT]/REPO[:TAG|@DIGEST]`; `insecure` uses http for any host.
     pub fn parse(s: &str, insecure: bool) -> Result<Self> {
@@ -80,20 +98,8 @@ impl RemoteRef {
                 ));
             }
         }
-        let hostname = host
-            .rsplit_once(':')
-            .map_or(host, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let loopback =
-            matches!(hostname, "localhost" | "127.0.0.1" | "::1") || hostname.starts_with("127.");
-        let scheme = if loopback || insecure {
-            "http"
-        } else {
-            "https"
-        };
         Ok(Self {
-            base: format!("{scheme}://{host}"),
+            base: base_url(host, insecure),
             host: host.into(),
             repo: repo.into(),
             reference,

@@ -324,34 +324,13 @@ pub(crate) fn route(path: &str) -> Option<Route> {
 fn query(uri: &Uri, key: &str) -> Option<String> {
     uri.query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
+        // Decoded: Go clients send `from=team%2Fvmt`.
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
     })
-}
-
-/// `%XX` escapes of a query value decoded (Go clients send `from=team%2Fvmt`); a
-/// malformed escape is kept as it is, and what does not decode to UTF-8 is replaced.
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs registry work (file and index I/O) off the async threads.
