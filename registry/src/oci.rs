@@ -115,6 +115,127 @@ impl Manifest {
     }
 }
 
+/// OCI image index media type (what the referrers API answers with).
+pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker's image manifest media type (schema 2), which some signers still write.
+pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The most layers an attached artifact may have.
+pub const MAX_ARTIFACT_LAYERS: usize = 256;
+
+/// An image manifest of any artifact attached to a bundle: a signature, an SBOM. Its
+/// `subject` (image-spec v1.1) names the bundle; cosign's tag scheme names it by tag
+/// instead (`sha256-<hex>.sig`), without a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactManifest {
+    /// Always 2.
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    /// The OCI image manifest media type (or Docker's schema 2).
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// What the artifact is (when absent, `config.mediaType` says).
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+    /// The config blob.
+    pub config: Descriptor,
+    /// The content blobs.
+    pub layers: Vec<Descriptor>,
+    /// The manifest this one is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ArtifactManifest {
+    /// Parses an image manifest: schema 2, an OCI or Docker manifest media type, at
+    /// most [`MAX_ARTIFACT_LAYERS`] layers.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let m: ArtifactManifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not an image manifest: {e}"))?;
+        let known = [MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE];
+        if m.schema_version != 2 || !known.contains(&m.media_type.as_str()) {
+            return Err(format!(
+                "schemaVersion {} / mediaType {:?} is not an image manifest",
+                m.schema_version, m.media_type
+            ));
+        }
+        if m.layers.len() > MAX_ARTIFACT_LAYERS {
+            return Err(format!(
+                "{} layers (at most {MAX_ARTIFACT_LAYERS})",
+                m.layers.len()
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Its artifact type: `artifactType`, else the config's media type (image-spec v1.1).
+    pub fn artifact_type(&self) -> &str {
+        self.artifact_type
+            .as_deref()
+            .unwrap_or(&self.config.media_type)
+    }
+
+    /// Every blob it references: config first, then the layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+}
+
+/// A manifest descriptor in an image index, with its artifact type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexDescriptor {
+    /// The manifest's media type.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The manifest's size in bytes.
+    pub size: u64,
+    /// The manifest's artifact type.
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+    /// The manifest's annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An OCI image index: the referrers API's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageIndex {
+    /// Always 2.
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    /// [`INDEX_MEDIA_TYPE`].
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// The manifests.
+    pub manifests: Vec<IndexDescriptor>,
+}
+
+impl ImageIndex {
+    /// An index of `manifests`.
+    pub fn of(manifests: Vec<IndexDescriptor>) -> Self {
+        Self {
+            schema_version: 2,
+            media_type: INDEX_MEDIA_TYPE.into(),
+            manifests,
+        }
+    }
+}
+
 /// Canonical JSON: object keys sorted at every level, no insignificant whitespace.
 pub fn canonical_json(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {

@@ -800,3 +800,192 @@ fn micro_manifest_naming(d: &Digest, size: usize) -> String {
         r#"{{"schemaVersion":2,"mediaType":"{MANIFEST_MEDIA_TYPE}","artifactType":"application/vnd.vmt.bundle.v1+json","config":{{"mediaType":"application/vnd.vmt.bundle.config.v1+json","digest":"{d}","size":{size}}},"layers":[]}}"#
     )
 }
+
+/// Uploads `bytes` to repository `repo`.
+fn upload_to(base: &str, repo: &str, bytes: &[u8]) -> Digest {
+    let d = Digest::of(bytes);
+    let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={d}");
+    let (code, body) = status(ureq::post(&url).send_bytes(bytes));
+    assert_eq!(code, 201, "{body}");
+    d
+}
+
+/// An artifact manifest: a config, one layer, and a subject if given.
+fn artifact(
+    base: &str,
+    artifact_type: Option<&str>,
+    layer: (&str, &[u8]),
+    subject: Option<(Digest, u64)>,
+) -> Vec<u8> {
+    let cfg = upload_to(base, "x", b"{}");
+    let l = upload_to(base, "x", layer.1);
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": 2},
+        "layers": [{"mediaType": layer.0, "digest": l, "size": layer.1.len(),
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}],
+        "annotations": {"org.opencontainers.image.created": "2026-11-29T00:00:00Z"},
+    });
+    if let Some(t) = artifact_type {
+        m["artifactType"] = t.into();
+    }
+    if let Some((d, size)) = subject {
+        m["subject"] =
+            serde_json::json!({"mediaType": MANIFEST_MEDIA_TYPE, "digest": d, "size": size});
+    }
+    serde_json::to_vec(&m).unwrap()
+}
+
+/// The OCI 1.1 referrers API: a manifest with a `subject` pushed to `serve` gets
+/// `OCI-Subject` and is listed by its subject's referrers (filtered by artifactType, per
+/// repository, never 404); cosign's tag scheme (`sha256-<hex>.sig`, no subject) is read
+/// back by tag and listed too; what names no bundle of the repository is refused. Both
+/// live while their bundle lives: `gc` keeps them, and frees them once it is removed.
+#[test]
+fn artifacts_attached_to_a_bundle_are_listed_by_the_referrers_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("server");
+    let s = start(&root, |_| {});
+    let base = s.base();
+    let blobs = BundleBlobs::of(&micro_bundle(&["seg"], 1, 1));
+    upload(&base, &blobs.config);
+    for (_, b) in &blobs.components {
+        upload(&base, b);
+    }
+    let bundle = blobs.manifest().to_canonical_bytes();
+    let (code, body) = put_manifest(&base, &bundle);
+    assert_eq!(code, 201, "{body}");
+    let b = Digest::of(&bundle);
+    let referrers = |repo: &str, query: &str| {
+        let r = ureq::get(&format!("{base}/v2/{repo}/referrers/{b}{query}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.content_type(), "application/vnd.oci.image.index.v1+json");
+        let filtered = r.header("OCI-Filters-Applied").map(String::from);
+        let v: serde_json::Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+        (v["manifests"].as_array().unwrap().clone(), filtered)
+    };
+    assert!(
+        referrers("x", "").0.is_empty(),
+        "no referrers yet: an empty index"
+    );
+
+    // An SBOM with a subject, pushed by digest.
+    let sbom = artifact(
+        &base,
+        Some("application/spdx+json"),
+        ("application/spdx+json", b"{\"spdxVersion\":\"SPDX-2.3\"}"),
+        Some((b, bundle.len() as u64)),
+    );
+    let sbom_d = Digest::of(&sbom);
+    let r = ureq::put(&format!("{base}/v2/x/manifests/{sbom_d}"))
+        .set("Content-Type", MANIFEST_MEDIA_TYPE)
+        .send_bytes(&sbom)
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.header("OCI-Subject"), Some(b.to_string().as_str()));
+    let (listed, filtered) = referrers("x", "");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["digest"], sbom_d.to_string());
+    assert_eq!(listed[0]["size"], sbom.len());
+    assert_eq!(listed[0]["artifactType"], "application/spdx+json");
+    assert_eq!(
+        listed[0]["annotations"]["org.opencontainers.image.created"],
+        "2026-11-29T00:00:00Z"
+    );
+    assert_eq!(filtered, None);
+    let (listed, filtered) = referrers("x", "?artifactType=application%2Fspdx%2Bjson");
+    assert_eq!(
+        (listed.len(), filtered.as_deref()),
+        (1, Some("artifactType"))
+    );
+    assert!(referrers("x", "?artifactType=text/plain").0.is_empty());
+    assert!(referrers("y", "").0.is_empty(), "attached in x only");
+    let got = ureq::get(&format!("{base}/v2/x/manifests/{sbom_d}"))
+        .call()
+        .unwrap();
+    assert_eq!(got.content_type(), MANIFEST_MEDIA_TYPE);
+    let mut bytes = Vec::new();
+    got.into_reader().read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, sbom);
+
+    // A cosign signature by its tag scheme: no subject, the tag names the bundle.
+    let sig = artifact(
+        &base,
+        None,
+        (
+            "application/vnd.dev.cosign.simplesigning.v1+json",
+            b"{\"critical\":{}}",
+        ),
+        None,
+    );
+    let sig_tag = format!("sha256-{}.sig", b.hex());
+    let r = ureq::put(&format!("{base}/v2/x/manifests/{sig_tag}"))
+        .set("Content-Type", MANIFEST_MEDIA_TYPE)
+        .send_bytes(&sig)
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.header("OCI-Subject"), None, "no subject, no OCI-Subject");
+    let got = ureq::get(&format!("{base}/v2/x/manifests/{sig_tag}"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        got.header("Docker-Content-Digest"),
+        Some(Digest::of(&sig).to_string().as_str())
+    );
+    let (listed, _) = referrers(
+        "x",
+        "?artifactType=application/vnd.oci.image.config.v1%2Bjson",
+    );
+    assert_eq!(
+        listed.len(),
+        1,
+        "without artifactType, the config's media type is the type"
+    );
+
+    // What names no bundle of x is refused; nothing is attached.
+    let orphan = artifact(
+        &base,
+        Some("text/plain"),
+        ("text/plain", b"x"),
+        Some((Digest::of(b"none"), 1)),
+    );
+    let (code, body) = status(
+        ureq::put(&format!("{base}/v2/x/manifests/{}", Digest::of(&orphan)))
+            .set("Content-Type", MANIFEST_MEDIA_TYPE)
+            .send_bytes(&orphan),
+    );
+    assert!(
+        code == 404 && body.contains("MANIFEST_UNKNOWN"),
+        "{code} {body}"
+    );
+    let plain = artifact(&base, Some("text/plain"), ("text/plain", b"y"), None);
+    let (code, body) = status(
+        ureq::put(&format!("{base}/v2/x/manifests/latest"))
+            .set("Content-Type", MANIFEST_MEDIA_TYPE)
+            .send_bytes(&plain),
+    );
+    assert!(
+        code == 400 && body.contains("MANIFEST_INVALID"),
+        "{code} {body}"
+    );
+    assert_eq!(referrers("x", "").0.len(), 2);
+    drop(s);
+
+    // gc keeps them while the bundle lives, and frees them with it.
+    let reg = Registry::open(&root).unwrap();
+    let attached = [sbom_d, Digest::of(&sig)];
+    let report = reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
+    for d in &attached {
+        assert!(report.kept.iter().any(|e| e.digest == *d), "{d} kept");
+        assert!(reg.has_blob(d));
+    }
+    reg.remove("x:v1").unwrap();
+    let report = reg.gc(&vmt_registry::store::GcOptions::now()).unwrap();
+    for d in &attached {
+        assert!(report.removed.iter().any(|e| e.digest == *d), "{d} freed");
+        assert!(!reg.has_blob(d));
+    }
+    assert!(reg.referrers(&b).unwrap().is_empty());
+}

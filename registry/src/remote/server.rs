@@ -41,9 +41,11 @@ use super::{valid_repo_name, valid_tag};
 use crate::bundle::check::{check_component, check_layers, check_manifest, MAX_MANIFEST_BYTES};
 use crate::bundle::dir::parse_config;
 use crate::digest::Digest;
-use crate::oci::{error_body, ErrorCode, Manifest, MANIFEST_MEDIA_TYPE};
+use crate::oci::{error_body, ArtifactManifest, ErrorCode, Manifest, MANIFEST_MEDIA_TYPE};
 use crate::reference::TagName;
 use crate::store::Registry;
+
+mod attached;
 
 /// Default largest request body (one PUT or PATCH).
 pub const MAX_BODY: usize = 256 << 20;
@@ -275,6 +277,7 @@ pub(crate) enum Route {
     UploadStart(String),
     Upload(String, String),
     Blob(String, String),
+    Referrers(String, String),
 }
 
 impl Route {
@@ -285,7 +288,8 @@ impl Route {
             | Route::Manifest(n, _)
             | Route::UploadStart(n)
             | Route::Upload(n, _)
-            | Route::Blob(n, _) => Some(n),
+            | Route::Blob(n, _)
+            | Route::Referrers(n, _) => Some(n),
         }
     }
 }
@@ -317,6 +321,9 @@ pub(crate) fn route(path: &str) -> Option<Route> {
     }
     if let Some((name, d)) = rest.rsplit_once("/blobs/") {
         return Some(Route::Blob(name.into(), d.into()));
+    }
+    if let Some((name, d)) = rest.rsplit_once("/referrers/") {
+        return Some(Route::Referrers(name.into(), d.into()));
     }
     None
 }
@@ -522,6 +529,9 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
             let range = headers.get("Range").and_then(|v| v.to_str().ok());
             get_blob(&st, &n, &d, m == Method::HEAD, range).await
         }
+        (Route::Referrers(n, d), Method::GET) => {
+            with_index(st, move |st| attached::referrers(st, &n, &d, &uri)).await
+        }
         _ => not_allowed(),
     }
 }
@@ -705,7 +715,11 @@ fn manifest_digest(
         })?;
         let known = st.reg.knows_manifest(&d).map_err(internal)?
             && st.reg.repo_has_blob(name, &d).map_err(internal)?;
-        return Ok(known.then_some(d));
+        return if known {
+            Ok(Some(d))
+        } else {
+            attached::find(st, name, reference)
+        };
     }
     if !valid_tag(reference) {
         return Err(oci_error(
@@ -714,9 +728,11 @@ fn manifest_digest(
             "invalid tag",
         ));
     }
-    st.reg
-        .tag_target(&format!("{name}:{reference}"))
-        .map_err(internal)
+    match st.reg.tag_target(&format!("{name}:{reference}")) {
+        Ok(Some(d)) => Ok(Some(d)),
+        Ok(None) => attached::find(st, name, reference),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 /// DELETE of a manifest (what `skopeo delete`, `oras manifest delete` and `crane delete`
@@ -724,6 +740,11 @@ fn manifest_digest(
 /// points to it. As with `vmt-hub rm`, the blobs stay until `gc` frees them (after the
 /// tag history's grace period). 202 when something was untagged, 404 otherwise.
 fn delete_manifest(st: &ServerState, name: &str, reference: &str) -> Response {
+    match attached::find(st, name, reference) {
+        Ok(Some(d)) => return attached::delete_attached(st, name, &d),
+        Ok(None) => {}
+        Err(r) => return r,
+    }
     let tags: Vec<String> = if reference.starts_with("sha256:") {
         let Ok(d) = reference.parse::<Digest>() else {
             return oci_error(
@@ -775,8 +796,11 @@ fn get_manifest(st: &ServerState, name: &str, reference: &str, head: bool) -> Re
     match st.reg.blob(&d, "manifest") {
         Ok(bytes) => {
             let len = bytes.len().to_string();
+            // A bundle's, or an attached artifact's own (OCI or Docker).
+            let media_type = ArtifactManifest::parse(&bytes)
+                .map_or_else(|_| MANIFEST_MEDIA_TYPE.to_string(), |m| m.media_type);
             let headers = [
-                ("Content-Type", MANIFEST_MEDIA_TYPE.to_string()),
+                ("Content-Type", media_type),
                 ("Docker-Content-Digest", d.to_string()),
                 ("Content-Length", len),
             ];
@@ -867,6 +891,9 @@ fn put_manifest(st: &ServerState, name: &str, reference: &str, body: &[u8]) -> R
             "invalid tag",
         );
     };
+    if let Err(not_bundle) = Manifest::parse(body) {
+        return attached::put_attached(st, name, reference, body, &not_bundle);
+    }
     let config = match validate_pushed(st, name, body) {
         Ok(c) => c,
         Err(r) => return r,

@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod index;
+pub mod referrers;
 pub(crate) mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +29,7 @@ use crate::reference::{Reference, TagName};
 use crate::safetensors_canon::{canonical_bytes, parse};
 pub use blobs::BlobStore;
 pub use index::{Index, ManifestRecord};
+pub use referrers::{signature_tag, subject_of_tag, Referrer};
 use tags::TagRecord;
 pub use tags::{parse_history, parse_tag_file, TagEvent};
 
@@ -1101,6 +1103,7 @@ impl Registry {
         if let Some(grace) = opts.grace {
             self.keep_held_by_history(grace, &mut keep)?;
         }
+        let dead_subjects = self.keep_referrers(&mut keep)?;
         let known: BTreeSet<Digest> = self
             .index()?
             .manifests()?
@@ -1149,6 +1152,9 @@ impl Registry {
             for d in known.iter().filter(|d| !keep.contains_key(d)) {
                 self.index()?.forget_manifest(d)?;
             }
+            for subject in &dead_subjects {
+                self.forget_referrers(subject)?;
+            }
             report.uploads_removed = self.blobs.clean_uploads()?;
         }
         Ok(report)
@@ -1175,6 +1181,29 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Adds to `keep` every blob of an artifact attached to a kept bundle (a
+    /// signature lives as long as its bundle); returns the bundles no longer kept that
+    /// still have attachments (gc forgets those).
+    fn keep_referrers(&self, keep: &mut BTreeMap<Digest, Vec<String>>) -> Result<Vec<Digest>> {
+        let mut dead = Vec::new();
+        for subject in self.attached_subjects()? {
+            if !keep.contains_key(&subject) {
+                dead.push(subject);
+                continue;
+            }
+            for r in self.referrers(&subject)? {
+                let why = format!("{} attached to {subject}", r.manifest.artifact_type());
+                keep.entry(r.digest)
+                    .or_default()
+                    .push(format!("manifest of {why}"));
+                for b in r.manifest.blobs() {
+                    keep.entry(b.digest).or_default().push(why.clone());
+                }
+            }
+        }
+        Ok(dead)
     }
 
     /// Reads one blob of a bundle for `verify`, recording a problem that names the
@@ -1227,6 +1256,7 @@ impl Registry {
         }
         for (label, d) in &targets {
             self.verify_bundle(&mut report, &mut seen, label, d);
+            self.verify_referrers(&mut report, &mut seen, label, d);
         }
         if reference.is_none() {
             // Every other blob: intact, but referenced by no tagged bundle.
@@ -1296,6 +1326,33 @@ impl Registry {
                 if let Err(e) = checked {
                     report.problems.push(format!("bundle {label}: {e}"));
                 }
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Verifies the artifacts attached to bundle `d`: each manifest and blob hashes to
+    /// its digest.
+    fn verify_referrers(
+        &self,
+        report: &mut VerifyReport,
+        seen: &mut BTreeSet<Digest>,
+        label: &str,
+        d: &Digest,
+    ) {
+        let referrers = match self.referrers(d) {
+            Ok(r) => r,
+            Err(e) => {
+                report.problems.push(format!("bundle {label}: {e}"));
+                return;
+            }
+        };
+        for r in referrers {
+            let what = format!("attached {} {}", r.manifest.artifact_type(), r.digest);
+            self.check_blob(report, seen, label, &what, &r.digest);
+            for b in r.manifest.blobs() {
+                self.check_blob(report, seen, label, &what, &b.digest);
             }
         }
     }
