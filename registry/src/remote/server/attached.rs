@@ -100,6 +100,7 @@ pub(super) fn put_attached(
 
 /// The attached artifact a reference names in repository `name`: a cosign-scheme tag,
 /// or a digest.
+#[allow(clippy::result_large_err)] // the error is the ready response
 pub(super) fn find(
     st: &ServerState,
     name: &str,
