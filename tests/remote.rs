@@ -7,12 +7,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::servers::{distribution, servers, vmt_serve, Kind, Server};
 use common::{blob_files, fixtures, output_without_panic, vmt_hub_command};
 use vmt_registry::bundle::{bundle_tensors, BundleDir};
 use vmt_registry::reference::TagName;
@@ -20,117 +21,6 @@ use vmt_registry::remote::client::{Client, Credentials};
 use vmt_registry::remote::transfer::{pull, push, Quiet};
 use vmt_registry::remote::RemoteRef;
 use vmt_registry::Registry;
-
-/// A server process, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    /// Where it keeps its data.
-    root: PathBuf,
-    kind: Kind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Distribution,
-    VmtServe,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_ready(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}/v2/")).call() {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Err(ureq::Error::Status(401, _)) =
-            ureq::get(&format!("http://127.0.0.1:{port}/v2/")).call()
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on port {port} did not come up");
-}
-
-/// Debian's docker-registry with a temporary config (and htpasswd auth if asked).
-fn distribution(dir: &Path, htpasswd: Option<(&str, &str)>) -> Server {
-    let bin = common::docker_registry().expect("callers check common::docker_registry()");
-    let port = free_port();
-    let root = dir.join("distribution");
-    std::fs::create_dir_all(&root).unwrap();
-    let auth = match htpasswd {
-        Some((user, pass)) => {
-            let hash = bcrypt::hash(pass, 5).unwrap();
-            std::fs::write(root.join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
-            format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                root.join("htpasswd").display()
-            )
-        }
-        None => String::new(),
-    };
-    let config = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-        root.join("data").display()
-    );
-    std::fs::write(root.join("config.yml"), config).unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(root.join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        child,
-        port,
-        root,
-        kind: Kind::Distribution,
-    };
-    wait_ready(port);
-    s
-}
-
-/// `vmt-hub serve` on a fresh registry.
-fn vmt_serve(dir: &Path, extra: &[&str]) -> Server {
-    let root = dir.join("served");
-    let (child, port) = common::spawn_serve(&root, extra);
-    let s = Server {
-        child,
-        port,
-        root,
-        kind: Kind::VmtServe,
-    };
-    wait_ready(port);
-    s
-}
-
-/// distribution (when installed: see `common::tool_available`) and `vmt-hub serve`.
-fn servers(dir: &Path) -> Vec<Server> {
-    let mut out = Vec::new();
-    if common::docker_registry().is_some() {
-        out.push(distribution(&dir.join("d"), None));
-    }
-    out.push(vmt_serve(&dir.join("v"), &[]));
-    out
-}
 
 fn client(port: u16) -> Client {
     Client::new(&format!("http://127.0.0.1:{port}"), Credentials::default())

@@ -188,6 +188,22 @@ pub enum Error {
         /// What is wrong (never the credentials).
         reason: String,
     },
+    /// A key file that cannot be used: not PEM, not P-256, a wrong passphrase.
+    #[error("{origin}: {reason}")]
+    Key {
+        /// The key file.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A bundle whose signatures do not satisfy what was required (nothing was stored).
+    #[error("{what}: {reason}")]
+    Signature {
+        /// The bundle (its remote or local reference).
+        what: String,
+        /// Why each signature was refused, and the keys tried.
+        reason: String,
+    },
     /// A composition (merge, drop-task, rename-task) that cannot be done.
     #[error("cannot compose: {0}")]
     Compose(String),

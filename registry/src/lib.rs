@@ -20,6 +20,7 @@ pub mod oci;
 pub mod reference;
 pub mod remote;
 pub mod safetensors_canon;
+pub mod sign;
 pub mod store;
 
 pub use digest::Digest;

@@ -12,6 +12,7 @@ mod demo;
 mod forward;
 pub(crate) mod registry;
 pub(crate) mod remote;
+mod sign;
 pub(crate) mod train;
 
 use std::path::PathBuf;
@@ -112,6 +113,12 @@ pub(crate) enum Command {
     Login(remote::LoginArgs),
     /// Remove the stored login of a registry.
     Logout(remote::LogoutArgs),
+    /// Signing keys in cosign's format.
+    #[command(subcommand)]
+    Key(sign::KeyCommand),
+    /// Sign a stored bundle (cosign's key-based format; the bundle's digest does not
+    /// change): the signature travels with push and pull.
+    Sign(sign::SignArgs),
     /// Benchmarks (results belong in docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -148,6 +155,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(args) => forward::forward(root, args),
         Command::Demo(args) => demo::run_demo(root, args),
         Command::Predict(args) => demo::run_predict(root, args),
+        Command::Key(cmd) => sign::run_key(cmd),
+        Command::Sign(args) => sign::run_sign(root, args),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -98,9 +98,18 @@ pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
             d.short()
         );
     }
+    let mut signed = std::collections::BTreeMap::new();
+    for r in &rows {
+        let n = vmt_registry::sign::signatures(&reg, &r.digest, None)?.len();
+        signed.insert(r.digest, n);
+    }
     let line = |r: &vmt_registry::store::ListEntry, indent: &str| {
+        let sigs = match signed.get(&r.digest) {
+            Some(&n) if n > 0 => format!("  [{n} signature(s)]"),
+            _ => String::new(),
+        };
         println!(
-            "{indent}{:<32} {:<14} {:>10}  {}",
+            "{indent}{:<32} {:<14} {:>10}  {}{sigs}",
             r.tag,
             r.digest.short(),
             human_bytes(r.size),
@@ -248,6 +257,21 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
     println!("trainable parameters: {total}");
     print_task_provenance(&bundle.config);
     print_lineage(&reg, &d)?;
+    let sigs = vmt_registry::sign::signatures(&reg, &d, None)?;
+    println!(
+        "signatures: {}",
+        if sigs.is_empty() {
+            "none".into()
+        } else {
+            sigs.len().to_string()
+        }
+    );
+    for s in &sigs {
+        println!(
+            "  cosign signature for {}",
+            s.docker_reference().unwrap_or_else(|| "?".into())
+        );
+    }
     println!(
         "config:\n{}",
         serde_json::to_string_pretty(&config_value(&bundle.config))?
@@ -385,6 +409,10 @@ pub struct VerifyArgs {
     /// corrupted).
     #[arg(long)]
     pub rebuild_index: bool,
+    /// Also require, of the bundle given (or of every bundle), a signature by this
+    /// public key (repeatable: any one of them).
+    #[arg(long)]
+    pub key: Vec<PathBuf>,
 }
 
 pub fn verify(root: Option<&Path>, args: VerifyArgs) -> anyhow::Result<()> {
@@ -422,6 +450,17 @@ pub fn verify(root: Option<&Path>, args: VerifyArgs) -> anyhow::Result<()> {
     );
     if !report.ok() {
         bail!("{} problem(s) found", report.problems.len());
+    }
+    if !args.key.is_empty() {
+        let keys = super::sign::read_keys(&args.key)?;
+        let refs = match &args.reference {
+            Some(r) => vec![r.clone()],
+            None => reg.tag_list()?.into_iter().map(|(t, _)| t).collect(),
+        };
+        for r in refs {
+            let k = vmt_registry::sign::verify_local(&reg, &r, &keys)?;
+            println!("{r}: signed by key {k}");
+        }
     }
     println!("ok");
     Ok(())

@@ -11,7 +11,7 @@ use vmt_registry::reference::TagName;
 use vmt_registry::remote::client::{Client, Credentials, Timeouts};
 use vmt_registry::remote::logins::{self, AuthFiles};
 use vmt_registry::remote::server::{serve_blocking, ServeOptions};
-use vmt_registry::remote::transfer::{pull, push, Progress};
+use vmt_registry::remote::transfer::{pull_trusted, push, Progress};
 use vmt_registry::remote::RemoteRef;
 
 #[derive(Debug, Args)]
@@ -80,6 +80,14 @@ pub struct PullArgs {
     /// Local tag (default: REPO:TAG of the remote).
     #[arg(long)]
     pub tag: Option<String>,
+    /// Require a signature by this public key (cosign's NAME.pub; repeatable: any one
+    /// of them); checked before anything is stored.
+    #[arg(long = "verify-key")]
+    pub verify_key: Vec<PathBuf>,
+    /// A trust policy (containers-policy.json format, as skopeo reads) saying which
+    /// keys each registry or repository requires.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -295,6 +303,9 @@ pub fn run_push(root: Option<&Path>, a: PushArgs) -> anyhow::Result<()> {
         r.blobs_skipped,
         r.blobs_mounted
     );
+    if r.signatures > 0 {
+        println!("{} signature(s) on the remote", r.signatures);
+    }
     Ok(())
 }
 
@@ -306,20 +317,31 @@ pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
         credentials(&a.auth, &remote)?,
         a.auth.timeouts()?,
     );
+    let trust = super::sign::trust(
+        &a.verify_key,
+        a.policy.as_deref(),
+        &remote.host,
+        &remote.repo,
+    )?;
     let reg = super::registry::open(root)?;
-    let r = pull(
+    let r = pull_trusted(
         &reg,
         &remote,
         &client,
         tag.as_ref(),
+        &trust,
         &mut Bar::new(a.auth.quiet),
     )?;
     println!(
-        "pulled {remote} ({}): {} blob(s) received ({})",
+        "pulled {remote} ({}): {} blob(s) received ({}), {} signature(s)",
         r.manifest.map(|d| d.to_string()).unwrap_or_default(),
         r.blobs_received,
-        super::registry::human_bytes(r.bytes_received)
+        super::registry::human_bytes(r.bytes_received),
+        r.signatures
     );
+    for k in &r.verified_by {
+        println!("verified: signed by key {k}");
+    }
     Ok(())
 }
 

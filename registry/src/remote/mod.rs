@@ -6,6 +6,7 @@
 pub mod client;
 pub mod logins;
 pub mod server;
+mod signatures;
 pub mod transfer;
 
 use crate::digest::Digest;

@@ -23,6 +23,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Manifest, MANIFEST_MEDIA_TYPE};
 use crate::reference::TagName;
+use crate::sign::policy::Trust;
 use crate::store::Registry;
 
 /// Progress callbacks: `start(what, total bytes)`, `advance(bytes)`, `finish()`.
@@ -56,6 +57,10 @@ pub struct TransferReport {
     pub blobs_received: usize,
     /// Bytes downloaded.
     pub bytes_received: u64,
+    /// Signatures the bundle has on the remote after a push, or that a pull brought.
+    pub signatures: usize,
+    /// Fingerprints of the keys whose signatures a pull checked.
+    pub verified_by: Vec<Digest>,
 }
 
 /// Appends `digest=` to an upload location (which may already carry a query).
@@ -228,6 +233,20 @@ fn upload_once(
     Ok(Sent::Uploaded)
 }
 
+/// Uploads `bytes` to `repo` unless the remote has them.
+pub(crate) fn upload_blob(
+    client: &Client,
+    repo: &str,
+    bytes: &[u8],
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let d = Digest::of(bytes);
+    if !client.exists(&format!("/v2/{repo}/blobs/{d}"), &format!("check of {d}"))? {
+        upload(client, repo, &d, bytes, None, progress)?;
+    }
+    Ok(())
+}
+
 /// Uploads (or mounts) each blob of `manifest` the remote lacks; returns the digests now
 /// on the remote.
 fn push_blobs(
@@ -327,6 +346,8 @@ pub fn push(
             ));
         }
     }
+    report.signatures =
+        super::signatures::push(reg, client, repo, &d, &remote.to_string(), progress)?;
     // Only an optimisation for later pushes (mounts): a failure here does not undo the
     // push that succeeded.
     for d in &on_remote {
@@ -406,6 +427,25 @@ pub fn pull(
     tag: Option<&TagName>,
     progress: &mut dyn Progress,
 ) -> Result<TransferReport> {
+    pull_trusted(reg, remote, client, tag, &Trust::Anything, progress)
+}
+
+/// [`pull`], requiring of the bundle's signatures what `trust` says, before anything
+/// is stored. The signatures the remote has (cosign's `sha256-<hex>.sig`) are stored
+/// beside the bundle; with [`Trust::Anything`], a remote whose signatures cannot be
+/// read still gives the bundle (and a warning).
+///
+/// # Errors
+/// As [`pull`]; [`Error::Signature`] naming the remote, why each signature was refused
+/// and the keys tried.
+pub fn pull_trusted(
+    reg: &Registry,
+    remote: &RemoteRef,
+    client: &Client,
+    tag: Option<&TagName>,
+    trust: &Trust,
+    progress: &mut dyn Progress,
+) -> Result<TransferReport> {
     let repo = &remote.repo;
     let name = remote.to_string();
     // The index is needed only to store the result: let it go for the network part.
@@ -421,6 +461,17 @@ pub fn pull(
         manifest: Some(d),
         ..Default::default()
     };
+    let signed = match super::signatures::fetch(client, repo, &d, &name) {
+        Ok(f) => f,
+        Err(e) if !trust.requires_signatures() => {
+            tracing::warn!("{name}: its signatures could not be read: {e}");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let sigs = signed.as_ref().map_or(&[][..], |f| &f.signatures[..]);
+    report.verified_by = trust.check(&name, sigs, &d)?;
+    report.signatures = sigs.len();
     // The config first: it says what every layer must be.
     let config_bytes = match reg.blob(&manifest.config.digest, "local copy") {
         Ok(b) => b,
@@ -451,6 +502,9 @@ pub fn pull(
         &received,
         &tag,
     )?;
+    if let Some(f) = &signed {
+        super::signatures::store(reg, &tag.name, &d, f)?;
+    }
     progress.finish();
     Ok(report)
 }
