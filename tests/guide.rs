@@ -38,7 +38,7 @@ fn guide_commands() -> Vec<String> {
         }
         for part in pending.split("&&") {
             let cmd = part.split_whitespace().collect::<Vec<_>>().join(" ");
-            if cmd.starts_with("vmt-hub ") {
+            if cmd.starts_with("vmt-hub ") || cmd.starts_with("export ") {
                 out.push(cmd);
             }
         }
@@ -80,7 +80,13 @@ fn the_guide_runs_as_written() {
     let commands = guide_commands();
     assert!(commands.len() >= 25, "{commands:?}");
     let mut outputs: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
     for cmd in &commands {
+        // `export NAME='VALUE'`: set for the steps after it.
+        if let Some((name, value)) = cmd.strip_prefix("export ").and_then(|a| a.split_once('=')) {
+            env.push((name.into(), value.trim_matches('\'').into()));
+            continue;
+        }
         // Needs the network, or runs until stopped: the test has its own serve.
         if cmd.starts_with("vmt-hub backbone fetch") || cmd.starts_with("vmt-hub serve") {
             continue;
@@ -99,6 +105,7 @@ fn the_guide_runs_as_written() {
             .env("HF_HOME", tmp.path().join("hf"))
             .env("HF_HUB_OFFLINE", "1")
             .env_remove("VMT_REGISTRY_PASSWORD")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -134,6 +141,18 @@ fn the_guide_runs_as_written() {
             .map(|(_, o)| o.clone())
             .unwrap_or_else(|| panic!("the guide has no `{prefix}`"))
     };
+    // Section 6: the signed bundle is verified on pull.
+    let pulled = said("vmt-hub pull oci://127.0.0.1");
+    let verified = outputs
+        .iter()
+        .find(|(c, _)| c.contains("--verify-key team.pub"))
+        .map(|(_, o)| o.clone())
+        .expect("the guide pulls with --verify-key");
+    assert!(
+        verified.contains("verified: signed by key sha256:"),
+        "{verified}"
+    );
+    assert!(pulled.contains("pulled"), "{pulled}");
     // Section 7: v2 names v1 as its parent; Δm against v1.
     let v1 = said("vmt-hub show pascal/vmt:v1");
     let v1_digest = v1.lines().next().unwrap().trim_start_matches("digest: ");
