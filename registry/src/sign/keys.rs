@@ -167,8 +167,17 @@ impl SigningKey {
                         ),
                     ));
                 }
-                if (enc.kdf.params.r, enc.kdf.params.p) != (8, 1) {
-                    return Err(key_error(origin, "unsupported scrypt parameters r/p"));
+                let n = enc.kdf.params.n;
+                if (enc.kdf.params.r, enc.kdf.params.p) != (8, 1)
+                    || ![32768, 65536, 131072].contains(&n)
+                {
+                    return Err(key_error(
+                        origin,
+                        format!(
+                            "unsupported scrypt cost N={n} r={} p={} (cosign's are N of 32768, 65536 or 131072, r=8, p=1)",
+                            enc.kdf.params.r, enc.kdf.params.p
+                        ),
+                    ));
                 }
                 let b64 = |what: &str, v: &str| {
                     B64.decode(v)
