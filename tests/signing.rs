@@ -405,3 +405,88 @@ fn gc_keeps_signatures_of_live_bundles_and_frees_those_of_removed_ones() {
     assert!(reg.referrers(&d).unwrap().is_empty());
     assert!(!a.join("referrers").join(d.hex()).exists());
 }
+
+/// Python with OpenSSF's `model_signing` 1.x (and `pyopenssl`, which it imports), if
+/// here (see `common::tool_available`).
+fn python_with_model_signing() -> Option<String> {
+    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let here = Command::new(&python)
+        .args(["-c", "import model_signing, OpenSSL"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    common::tool_available(
+        "python3 with model_signing",
+        here,
+        "python3 -m pip install model-signing==1.1.1 pyopenssl",
+    )
+    .then_some(python)
+}
+
+/// `python -m model_signing verify key` on `dir`: whether it accepts, and what it said.
+fn model_signing_verify(python: &str, dir: &Path, public: &str) -> (bool, String) {
+    let sig = dir.join("model.sig");
+    let out = Command::new(python)
+        .args(["-m", "model_signing", "verify", "key"])
+        .arg(dir)
+        .arg("--signature")
+        .arg(&sig)
+        .args(["--public_key", public])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// Must-show 3: OpenSSF's `model_signing verify key` accepts a folder that `export
+/// --sign` wrote, and rejects it once one byte of adapter.safetensors changes;
+/// `import --verify-key` agrees on both, and imports nothing from the changed folder.
+#[test]
+fn model_signing_accepts_a_signed_export_until_a_byte_changes() {
+    let Some(python) = python_with_model_signing() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    imported(&a);
+    let key = tmp.path().join("team");
+    let k = key.to_str().unwrap();
+    with_password(&a, &["key", "generate", "--out", k]);
+    let (private, public) = (format!("{k}.key"), format!("{k}.pub"));
+    let dir = tmp.path().join("exported");
+    let d = dir.to_str().unwrap();
+    let out = with_password(&a, &["export", "team/seg:v1", d, "--sign", &private]);
+    assert!(out.contains("signed:"), "{out}");
+    let (accepted, said) = model_signing_verify(&python, &dir, &public);
+    assert!(
+        accepted,
+        "model_signing refused vmt-hub's signature: {said}"
+    );
+    let b = tmp.path().join("b");
+    let out = ok(
+        &b,
+        &["import", d, "--tag", "team/seg:v1", "--verify-key", &public],
+    );
+    assert!(out.contains("signed by key sha256:"), "{out}");
+
+    let adapter = dir.join("adapter.safetensors");
+    let mut bytes = std::fs::read(&adapter).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&adapter, bytes).unwrap();
+    let (accepted, said) = model_signing_verify(&python, &dir, &public);
+    assert!(!accepted, "model_signing accepted a changed file: {said}");
+    let c = tmp.path().join("c");
+    common::fails(
+        &c,
+        &["import", d, "--tag", "team/seg:v1", "--verify-key", &public],
+        &["model.sig", "adapter.safetensors changed"],
+    );
+    assert!(
+        !c.join("blobs").exists() || snapshot(&c).is_empty(),
+        "nothing imported"
+    );
+}

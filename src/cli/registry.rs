@@ -54,11 +54,23 @@ pub struct ImportArgs {
     /// NAME:TAG of the new bundle.
     #[arg(long)]
     pub tag: String,
+    /// Require DIR/model.sig (OpenSSF Model Signing) to be signed by this public key
+    /// (repeatable: any one of them), over exactly the files of DIR.
+    #[arg(long = "verify-key")]
+    pub verify_key: Vec<PathBuf>,
 }
 
 pub fn import(root: Option<&Path>, args: ImportArgs) -> anyhow::Result<()> {
     let tag = TagName::parse(&args.tag)?;
     // Read and check everything before anything is written.
+    if !args.verify_key.is_empty() {
+        let keys = super::sign::read_keys(&args.verify_key)?;
+        let k = vmt_registry::sign::model::verify_dir(&args.dir, &keys)?;
+        println!(
+            "{}: signed by key {k}",
+            args.dir.join("model.sig").display()
+        );
+    }
     let bundle = BundleDir::read(&args.dir)?;
     let reg = open(root)?;
     let p = reg.publish(&bundle, &tag)?;
@@ -77,14 +89,31 @@ pub struct ExportArgs {
     pub reference: String,
     /// The folder to write bundle.json and adapter.safetensors into (created if needed).
     pub dir: PathBuf,
+    /// Also sign the folder with this private key: DIR/model.sig in OpenSSF Model
+    /// Signing's format (`model_signing verify key` checks it).
+    #[arg(long)]
+    pub sign: Option<PathBuf>,
 }
 
 pub fn export(root: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
     let reg = open_existing(root)?;
     let d = reg.resolve(&args.reference)?;
     let bundle = reg.load(&d)?;
+    let key = args
+        .sign
+        .as_deref()
+        .map(super::sign::read_private)
+        .transpose()?;
     bundle.write(&args.dir)?;
     println!("{} -> {}", d, args.dir.display());
+    if let Some(key) = key {
+        let sig = vmt_registry::sign::model::sign_dir(&args.dir, &key)?;
+        println!(
+            "signed: {} (key {})",
+            sig.display(),
+            key.public().fingerprint()
+        );
+    }
     Ok(())
 }
 

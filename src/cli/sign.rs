@@ -75,15 +75,20 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_sign(root: Option<&Path>, a: SignArgs) -> anyhow::Result<()> {
-    let key = SigningKey::read(&a.key, || {
-        passphrase(&format!("passphrase of {}: ", a.key.display()), false).map_err(|e| {
+/// A private key file, its passphrase from $COSIGN_PASSWORD or the terminal.
+pub fn read_private(path: &Path) -> anyhow::Result<SigningKey> {
+    Ok(SigningKey::read(path, || {
+        passphrase(&format!("passphrase of {}: ", path.display()), false).map_err(|e| {
             vmt_registry::Error::Key {
-                origin: a.key.display().to_string(),
+                origin: path.display().to_string(),
                 reason: e.to_string(),
             }
         })
-    })?;
+    })?)
+}
+
+pub fn run_sign(root: Option<&Path>, a: SignArgs) -> anyhow::Result<()> {
+    let key = read_private(&a.key)?;
     let reg = super::registry::open_existing(root)?;
     let s = sign(&reg, &a.reference, &key, a.identity.as_deref())?;
     println!(

@@ -5,10 +5,12 @@
 //!
 //! - [`keys`]: ECDSA P-256 keys in cosign's files.
 //! - [`cosign`]: the payload, the signature manifest (`sha256-<hex>.sig`), checks.
+//! - [`model`]: OpenSSF Model Signing (`model.sig`) on exported folders.
 //! - [`policy`]: what a pull requires (keys, or a containers-policy.json file).
 
 pub mod cosign;
 pub mod keys;
+pub mod model;
 pub mod policy;
 
 use crate::digest::Digest;
