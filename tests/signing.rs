@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::servers::{distribution, servers, vmt_serve, Server};
+use common::servers::{distribution, servers, vmt_serve, Kind, Server};
 use common::{fixtures, ok, vmt_hub_env};
 use vmt_registry::sign::cosign::{
-    payload, signature_artifact, CosignSignature, IMAGE_CONFIG_MEDIA_TYPE, SIGNATURE_ANNOTATION,
+    payload, signature_artifact, CosignSignature, COSIGN_SIG_ARTIFACT_TYPE,
+    IMAGE_CONFIG_MEDIA_TYPE, SIGNATURE_ANNOTATION,
 };
 use vmt_registry::sign::keys::SigningKey;
 use vmt_registry::store::signature_tag;
@@ -175,7 +176,54 @@ fn a_vmt_hub_signature_is_cosigns_format_and_travels_with_the_bundle() {
         let show = ok(&b, &["show", "team/seg:v1"]);
         assert!(show.contains("signatures: 1"), "{kind}: {show}");
         ok(&b, &["verify", "--key", &public]);
+        if server.kind == Kind::VmtServe {
+            referrers_carry_the_signature_too(&base, &server, &d, &public, tmp.path());
+        }
     }
+}
+
+/// Where the remote answers the referrers API (serve does, distribution 2.8 does not),
+/// the push attached the signature with a subject as cosign's OCI 1.1 mode does, and
+/// a pull that finds no `.sig` tag reads it from there.
+fn referrers_carry_the_signature_too(
+    base: &str,
+    server: &Server,
+    d: &Digest,
+    public: &str,
+    tmp: &Path,
+) {
+    let url = format!(
+        "{base}/v2/team/seg/referrers/{d}?artifactType={}",
+        COSIGN_SIG_ARTIFACT_TYPE.replace('+', "%2B")
+    );
+    let index: serde_json::Value = ureq::get(&url).call().unwrap().into_json().unwrap();
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{index}");
+    let gone = ureq::delete(&format!(
+        "{base}/v2/team/seg/manifests/{}",
+        signature_tag(d)
+    ))
+    .call()
+    .unwrap();
+    assert_eq!(gone.status(), 202);
+    let c = tmp.join("from-referrers");
+    let out = ok(
+        &c,
+        &[
+            "pull",
+            &remote(server, "team/seg:v1"),
+            "--verify-key",
+            public,
+        ],
+    );
+    assert!(out.contains("verified: signed by key"), "{out}");
+    let reg = Registry::open(&c).unwrap();
+    let attached = reg.referrers(d).unwrap();
+    assert_eq!(attached.len(), 1);
+    assert_eq!(
+        attached[0].manifest.subject.as_ref().map(|s| s.digest),
+        Some(*d)
+    );
 }
 
 /// Must-show 1: a key and a signature made by the independent implementation (cosign's
@@ -270,7 +318,8 @@ fn push_signatures(
 /// Must-show 2: `pull --verify-key` stores a correctly signed bundle, and refuses,
 /// naming why and the keys tried, one that is unsigned, signed by another key, signed
 /// over another digest, whose payload was edited, or whose annotation is missing;
-/// after each refusal the local registry is exactly as it was.
+/// after each refusal the local registry is exactly as it was. A containers-policy.json
+/// trust policy gives the same answers.
 #[test]
 fn pull_verify_key_refuses_each_bad_signature_and_stores_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -368,6 +417,36 @@ fn pull_verify_key_refuses_each_bad_signature_and_stores_nothing() {
             );
         }
     }
+    // The same rules from a trust policy (containers-policy.json): the signed
+    // repository needs the key, everything else is rejected.
+    let host = format!("127.0.0.1:{}", server.port);
+    let policy = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{
+                "{host}/good":[{{"type":"sigstoreSigned","keyPath":"team.pub"}}],
+                "{host}/stranger":[{{"type":"sigstoreSigned","keyPath":"team.pub"}}]}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let c = tmp.path().join("c");
+    let out = ok(
+        &c,
+        &["pull", &format!("oci://{host}/good:v1"), "--policy", p],
+    );
+    assert!(out.contains("verified: signed by key"), "{out}");
+    common::fails(
+        &c,
+        &["pull", &format!("oci://{host}/stranger:v1"), "--policy", p],
+        &["not signed by any of the keys"],
+    );
+    common::fails(
+        &c,
+        &["pull", &format!("oci://{host}/unsigned:v1"), "--policy", p],
+        &["refused by the trust policy", "policy.json"],
+    );
 }
 
 /// Must-show 4: `gc` keeps the signatures of a live bundle and frees them with it.

@@ -2,19 +2,27 @@
 //! is `sha256-<hex of the bundle>.sig` in the bundle's repository. A push merges the
 //! local signatures with those the remote already has (cosign appends, so does this);
 //! a pull fetches them, bounded, before anything is stored.
+//!
+//! Where the remote answers the OCI 1.1 referrers API, a push also attaches the same
+//! signatures with a `subject` (as cosign's `--registry-referrers-mode=oci-1-1` does:
+//! config media type [`COSIGN_SIG_ARTIFACT_TYPE`], pushed by digest), and a pull that
+//! finds no `.sig` tag reads the last such referrer.
 
 use super::client::{sanitize, Client};
 use super::transfer::{upload_blob, Progress};
 use crate::bundle::check::MAX_MANIFEST_BYTES;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::oci::{ArtifactManifest, Descriptor, MANIFEST_MEDIA_TYPE};
-use crate::sign::cosign::{signature_artifact, signatures_of, CosignSignature, MAX_PAYLOAD_BYTES};
+use crate::oci::{ArtifactManifest, Descriptor, ImageIndex, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::sign::cosign::{
+    signature_artifact, signatures_of, CosignSignature, COSIGN_SIG_ARTIFACT_TYPE, MAX_PAYLOAD_BYTES,
+};
 use crate::store::{signature_tag, Registry};
 
-/// Signatures fetched from a remote: the manifest as it was there, its config, and
-/// the signatures.
+/// Signatures fetched from a remote: the manifest as it was there (under the `.sig`
+/// tag, or a referrer: no tag), its config, and the signatures.
 pub(crate) struct Fetched {
+    pub(crate) tag: Option<String>,
     pub(crate) manifest: Vec<u8>,
     pub(crate) config: Vec<u8>,
     pub(crate) signatures: Vec<CosignSignature>,
@@ -62,18 +70,14 @@ pub(crate) fn fetch(
     d: &Digest,
     name: &str,
 ) -> Result<Option<Fetched>> {
-    let path = format!("/v2/{repo}/manifests/{}", signature_tag(d));
-    // With the Accept header (distribution answers 404 to a request for an OCI
-    // manifest without it), and 404 means unsigned.
-    let accept = [("Accept", MANIFEST_MEDIA_TYPE)];
-    let reply = match client.send("GET", &path, &accept, None, "signature manifest") {
-        Ok(r) => r,
-        Err(Error::Remote {
-            status: Some(404), ..
-        }) => return Ok(None),
-        Err(e) => return Err(e),
+    let tag = signature_tag(d);
+    let (manifest, tag) = match get_manifest(client, repo, &tag, name)? {
+        Some(m) => (m, Some(tag)),
+        None => match last_referrer(client, repo, d, name)? {
+            Some(m) => (m, None),
+            None => return Ok(None),
+        },
     };
-    let manifest = reply.body(MAX_MANIFEST_BYTES, "signature manifest", name)?;
     let parsed = ArtifactManifest::parse(&manifest).map_err(|reason| {
         Error::remote(
             name,
@@ -89,10 +93,91 @@ pub(crate) fn fetch(
         small_blob(client, repo, l, MAX_PAYLOAD_BYTES, name)
     })?;
     Ok(Some(Fetched {
+        tag,
         manifest,
         config,
         signatures,
     }))
+}
+
+/// GETs manifest `reference` of `repo` (None on 404), bounded. With the Accept header:
+/// distribution answers 404 to a request for an OCI manifest without it.
+fn get_manifest(
+    client: &Client,
+    repo: &str,
+    reference: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>> {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let accept = [("Accept", MANIFEST_MEDIA_TYPE)];
+    match client.send("GET", &path, &accept, None, "signature manifest") {
+        Ok(r) => {
+            let bytes = r.body(MAX_MANIFEST_BYTES, "signature manifest", name)?;
+            if let Ok(want) = reference.parse::<Digest>() {
+                if Digest::of(&bytes) != want {
+                    return Err(Error::DigestMismatch {
+                        what: format!("signature manifest from {name}"),
+                        expected: want.to_string(),
+                        actual: Digest::of(&bytes).to_string(),
+                    });
+                }
+            }
+            Ok(Some(bytes))
+        }
+        Err(Error::Remote {
+            status: Some(404), ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The referrers index of `d` in `repo` filtered to cosign signatures; None where the
+/// remote does not answer the referrers API.
+fn referrers(client: &Client, repo: &str, d: &Digest, name: &str) -> Result<Option<ImageIndex>> {
+    let path = format!(
+        "/v2/{repo}/referrers/{d}?artifactType={}",
+        COSIGN_SIG_ARTIFACT_TYPE
+            .replace('/', "%2F")
+            .replace('+', "%2B")
+    );
+    let reply = match client.send(
+        "GET",
+        &path,
+        &[("Accept", INDEX_MEDIA_TYPE)],
+        None,
+        "referrers",
+    ) {
+        Ok(r) => r,
+        Err(Error::Remote {
+            status: Some(400 | 404 | 405),
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let is_index = reply
+        .header("Content-Type")
+        .is_some_and(|t| t.starts_with(INDEX_MEDIA_TYPE));
+    let body = reply.body(MAX_MANIFEST_BYTES, "referrers", name)?;
+    Ok(is_index
+        .then(|| serde_json::from_slice(&body).ok())
+        .flatten())
+}
+
+/// The last cosign signature manifest attached to `d` by the referrers API (cosign
+/// reads the last one too).
+fn last_referrer(client: &Client, repo: &str, d: &Digest, name: &str) -> Result<Option<Vec<u8>>> {
+    let Some(index) = referrers(client, repo, d, name)? else {
+        return Ok(None);
+    };
+    let last = index
+        .manifests
+        .iter()
+        .rev()
+        .find(|m| m.artifact_type.as_deref() == Some(COSIGN_SIG_ARTIFACT_TYPE));
+    match last {
+        Some(m) => get_manifest(client, repo, &m.digest.to_string(), name),
+        None => Ok(None),
+    }
 }
 
 /// Stores fetched signatures of bundle `d` beside it in `repository`, as they were on
@@ -102,8 +187,22 @@ pub(crate) fn store(reg: &Registry, repository: &str, d: &Digest, f: &Fetched) -
     for s in &f.signatures {
         reg.put_blob(&s.payload)?;
     }
-    reg.attach(repository, &f.manifest, d, Some(&signature_tag(d)))?;
+    reg.attach(repository, &f.manifest, d, f.tag.as_deref())?;
     Ok(())
+}
+
+/// The signature manifest `bytes` as cosign's OCI 1.1 mode attaches it: the config's
+/// media type [`COSIGN_SIG_ARTIFACT_TYPE`], and bundle `d` as its subject.
+fn with_subject(bytes: &[u8], d: &Digest, size: u64) -> Vec<u8> {
+    let mut m = ArtifactManifest::parse(bytes).expect("made by signature_artifact");
+    m.config.media_type = COSIGN_SIG_ARTIFACT_TYPE.into();
+    m.subject = Some(Descriptor {
+        media_type: MANIFEST_MEDIA_TYPE.into(),
+        digest: *d,
+        size,
+        annotations: Default::default(),
+    });
+    serde_json::to_vec(&m).expect("manifest serialises")
 }
 
 /// Pushes the local signatures of bundle `d`, merged with the remote's, to `repo`;
@@ -112,7 +211,7 @@ pub(crate) fn push(
     reg: &Registry,
     client: &Client,
     repo: &str,
-    d: &Digest,
+    (d, subject_size): (&Digest, u64),
     name: &str,
     progress: &mut dyn Progress,
 ) -> Result<usize> {
@@ -136,12 +235,19 @@ pub(crate) fn push(
     for bytes in std::iter::once(&art.config).chain(&art.payloads) {
         upload_blob(client, repo, bytes, progress)?;
     }
-    client.send(
-        "PUT",
-        &format!("/v2/{repo}/manifests/{}", signature_tag(d)),
-        &[("Content-Type", MANIFEST_MEDIA_TYPE)],
-        Some(&art.manifest),
-        "signature manifest upload",
-    )?;
+    let put = |reference: &str, bytes: &[u8]| {
+        client.send(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Content-Type", MANIFEST_MEDIA_TYPE)],
+            Some(bytes),
+            "signature manifest upload",
+        )
+    };
+    put(&signature_tag(d), &art.manifest)?;
+    if referrers(client, repo, d, name)?.is_some() {
+        let copy = with_subject(&art.manifest, d, subject_size);
+        put(&Digest::of(&copy).to_string(), &copy)?;
+    }
     Ok(all.len())
 }

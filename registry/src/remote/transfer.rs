@@ -346,8 +346,14 @@ pub fn push(
             ));
         }
     }
-    report.signatures =
-        super::signatures::push(reg, client, repo, &d, &remote.to_string(), progress)?;
+    report.signatures = super::signatures::push(
+        reg,
+        client,
+        repo,
+        (&d, manifest_bytes.len() as u64),
+        &remote.to_string(),
+        progress,
+    )?;
     // Only an optimisation for later pushes (mounts): a failure here does not undo the
     // push that succeeded.
     for d in &on_remote {

@@ -28,6 +28,9 @@ pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesig
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// Media type of the signature manifest's config (an OCI image config).
 pub const IMAGE_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// Config media type (and so artifact type) of a cosign signature manifest attached
+/// by the OCI 1.1 referrers API (cosign's `--registry-referrers-mode=oci-1-1`).
+pub const COSIGN_SIG_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// `critical.type` of a cosign payload.
 pub const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// The largest payload read.

@@ -64,8 +64,10 @@ pub fn signatures(
     let tag = signature_tag(d);
     let mut out: Vec<CosignSignature> = Vec::new();
     for r in reg.referrers(d)? {
+        // Under cosign's tag, or attached as cosign's OCI 1.1 mode attaches it.
+        let cosign = r.manifest.artifact_type() == cosign::COSIGN_SIG_ARTIFACT_TYPE;
         let here = r.repositories.iter().any(|(repo, t)| {
-            repository.is_none_or(|want| want == repo) && t.as_deref() == Some(&tag)
+            repository.is_none_or(|want| want == repo) && (cosign || t.as_deref() == Some(&tag))
         });
         if !here {
             continue;
