@@ -1195,3 +1195,96 @@ fn serve_speaks_to_skopeo_and_oras_with_its_token_and_deletes() {
         "pull k:v1 after the deletes and gc",
     );
 }
+
+/// Remote inspection without pulling: `ls` lists a repository's tags page by page
+/// (`--page-size 2` over three tags follows the `Link` header), `show oci://...` prints
+/// the summary `show` prints for the local bundle, from the manifest and config only;
+/// against serve and docker-registry, with a registry root that is never created.
+#[test]
+fn ls_and_show_read_a_remote_without_pulling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let ra = a.to_str().unwrap();
+    let bundle = fixtures().join("tiny/bundle");
+    assert!(vmt_hub(&[
+        "--registry",
+        ra,
+        "import",
+        bundle.to_str().unwrap(),
+        "--tag",
+        "team/seg:v1"
+    ])
+    .status
+    .success());
+    let local = vmt_hub(&["--registry", ra, "show", "team/seg:v1"]);
+    let local = String::from_utf8_lossy(&local.stdout).to_string();
+    let summary = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("backbone:"))
+            .take_while(|l| {
+                !l.starts_with("lineage")
+                    && !l.starts_with("parent:")
+                    && !l.starts_with("signatures:")
+            })
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        summary(&local)
+            .iter()
+            .any(|l| l.starts_with("trainable parameters:")),
+        "{local}"
+    );
+    for server in servers(tmp.path()) {
+        let host = format!("127.0.0.1:{}", server.port);
+        for t in ["v1", "v2", "v3"] {
+            let o = vmt_hub(&[
+                "--registry",
+                ra,
+                "push",
+                "team/seg:v1",
+                &format!("oci://{host}/team/seg:{t}"),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let never = tmp.path().join(format!("never-{:?}", server.kind));
+        let rn = never.to_str().unwrap();
+        let o = vmt_hub(&[
+            "--registry",
+            rn,
+            "ls",
+            &format!("oci://{host}/team/seg"),
+            "--page-size",
+            "2",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let tags: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(tags, ["v1", "v2", "v3"], "{:?}", server.kind);
+        let o = vmt_hub(&[
+            "--registry",
+            rn,
+            "show",
+            &format!("oci://{host}/team/seg:v2"),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let remote = String::from_utf8_lossy(&o.stdout).to_string();
+        assert_eq!(
+            summary(&remote),
+            summary(&local),
+            "{:?}: {remote}",
+            server.kind
+        );
+        assert_eq!(
+            remote.lines().next(),
+            local.lines().next(),
+            "the same digest"
+        );
+        let o = vmt_hub(&["--registry", rn, "ls", &format!("oci://{host}/no/such")]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains(&host));
+        assert!(!never.exists(), "nothing is written locally");
+    }
+}

@@ -81,10 +81,10 @@ pub(crate) enum Command {
         tree: bool,
     },
     /// A bundle's config, components (sizes, digests, parameters) and lineage.
-    Show {
-        /// NAME:TAG, digest or prefix.
-        reference: String,
-    },
+    Show(registry::ShowArgs),
+    /// The tags of a remote repository (oci://HOST[:PORT]/REPO), page by page as the
+    /// registry serves them; nothing is stored.
+    Ls(remote::LsArgs),
     /// Give a stored bundle another NAME:TAG, or `--restore NAME:TAG` from the history.
     Tag(registry::TagArgs),
     /// Remove a tag (or every tag of a digest); blobs go at a `gc` after the grace period.
@@ -146,7 +146,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DropTask(args) => compose::drop_task(root, args),
         Command::RenameTask(args) => compose::rename_task(root, args),
         Command::Diff { a, b } => compose::diff(root, &a, &b),
-        Command::Show { reference } => registry::show(root, &reference),
+        Command::Show(args) => registry::show(root, args),
+        Command::Ls(args) => remote::run_ls(args),
         Command::Tag(args) => registry::tag(root, args),
         Command::Rm { reference } => registry::rm(root, &reference),
         Command::Log { tag } => registry::log(root, tag.as_deref()),

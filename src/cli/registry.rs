@@ -238,53 +238,27 @@ fn print_task_provenance(config: &vmt_registry::bundle::BundleConfig) {
     }
 }
 
-pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// NAME:TAG, digest or prefix; or oci://HOST[:PORT]/REPO:TAG to read a remote
+    /// bundle's manifest and config without pulling it.
+    pub reference: String,
+    #[command(flatten)]
+    pub auth: super::remote::AuthArgs,
+}
+
+pub fn show(root: Option<&Path>, args: ShowArgs) -> anyhow::Result<()> {
+    if args.reference.starts_with("oci://") {
+        return super::remote::run_show_remote(&args.reference, &args.auth);
+    }
+    let reference = args.reference.as_str();
     let reg = open_existing(root)?;
     let d = reg.resolve(reference)?;
     let manifest = reg.manifest(&d)?;
     let bundle = reg.load(&d)?;
-    let specs = bundle_tensors(&bundle.config);
-    let params = |component: &str| -> usize {
-        specs
-            .iter()
-            .filter(|s| s.component == component)
-            .map(|s| s.numel())
-            .sum()
-    };
     println!("digest: {d}");
     println!("tags: {}", reg.tags_of(&d)?.join(", "));
-    let g = &bundle.config.backbone;
-    println!(
-        "backbone: {} ({})",
-        g.source.as_deref().unwrap_or("<unknown source>"),
-        g.describe()
-    );
-    if let Some(rev) = &g.revision {
-        println!("backbone revision: {rev}");
-    }
-    if let Some(digest) = &g.digest {
-        println!("backbone weights: {digest}");
-    }
-    println!(
-        "adapter: {}, reduction {}, scale {}",
-        bundle.config.adapter.kind, bundle.config.adapter.reduction, bundle.config.adapter.scale
-    );
-    println!("components:");
-    let mut total = 0;
-    for layer in &manifest.layers {
-        let name = layer.title().unwrap_or("?");
-        let n = params(name);
-        total += n;
-        println!(
-            "  {:<24} {:>10}  {:>10} params  {}",
-            name,
-            human_bytes(layer.size),
-            n,
-            layer.digest
-        );
-    }
-    println!("trainable parameters: {total}");
-    print_task_provenance(&bundle.config);
+    print_summary(&manifest, &bundle.config);
     print_lineage(&reg, &d)?;
     let sigs = vmt_registry::sign::signatures(&reg, &d, None)?;
     println!(
@@ -306,6 +280,54 @@ pub fn show(root: Option<&Path>, reference: &str) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&config_value(&bundle.config))?
     );
     Ok(())
+}
+
+/// What `show` prints of a bundle from its manifest and config: backbone, adapter,
+/// components with sizes and parameters, and how each task was trained.
+pub fn print_summary(
+    manifest: &vmt_registry::oci::Manifest,
+    config: &vmt_registry::bundle::BundleConfig,
+) {
+    let specs = bundle_tensors(config);
+    let params = |component: &str| -> usize {
+        specs
+            .iter()
+            .filter(|s| s.component == component)
+            .map(|s| s.numel())
+            .sum()
+    };
+    let g = &config.backbone;
+    println!(
+        "backbone: {} ({})",
+        g.source.as_deref().unwrap_or("<unknown source>"),
+        g.describe()
+    );
+    if let Some(rev) = &g.revision {
+        println!("backbone revision: {rev}");
+    }
+    if let Some(digest) = &g.digest {
+        println!("backbone weights: {digest}");
+    }
+    println!(
+        "adapter: {}, reduction {}, scale {}",
+        config.adapter.kind, config.adapter.reduction, config.adapter.scale
+    );
+    println!("components:");
+    let mut total = 0;
+    for layer in &manifest.layers {
+        let name = layer.title().unwrap_or("?");
+        let n = params(name);
+        total += n;
+        println!(
+            "  {:<24} {:>10}  {:>10} params  {}",
+            name,
+            human_bytes(layer.size),
+            n,
+            layer.digest
+        );
+    }
+    println!("trainable parameters: {total}");
+    print_task_provenance(config);
 }
 
 #[derive(Debug, Args)]

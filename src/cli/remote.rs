@@ -345,6 +345,54 @@ pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// oci://HOST[:PORT]/REPO
+    pub remote: String,
+    /// Tags asked for per request (the `n` of the distribution spec).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: usize,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// A client for `remote` with the logins and timeouts of `auth`.
+fn client_for(remote: &RemoteRef, auth: &AuthArgs) -> anyhow::Result<Client> {
+    Ok(Client::with_timeouts(
+        &remote.base,
+        credentials(auth, remote)?,
+        auth.timeouts()?,
+    ))
+}
+
+pub fn run_ls(a: LsArgs) -> anyhow::Result<()> {
+    // A repository alone parses as REPO:latest; only the repository is used.
+    let remote = RemoteRef::parse(&a.remote, a.auth.insecure)?;
+    let client = client_for(&remote, &a.auth)?;
+    for tag in vmt_registry::remote::inspect::list_tags(&client, &remote, a.page_size)? {
+        println!("{tag}");
+    }
+    Ok(())
+}
+
+pub fn run_show_remote(reference: &str, auth: &AuthArgs) -> anyhow::Result<()> {
+    let remote = RemoteRef::parse(reference, auth.insecure)?;
+    let client = client_for(&remote, auth)?;
+    let b = vmt_registry::remote::inspect::inspect(&client, &remote)?;
+    println!("digest: {}", b.digest);
+    println!("remote: {remote}");
+    super::registry::print_summary(&b.manifest, &b.config);
+    if let Some(parent) = vmt_registry::store::parent_of(&b.config) {
+        println!("parent: {parent}");
+    }
+    println!("signatures: {}", b.signatures);
+    println!(
+        "config:\n{}",
+        serde_json::to_string_pretty(&vmt_registry::store::config_value(&b.config))?
+    );
+    Ok(())
+}
+
 pub fn run_serve(root: Option<&Path>, a: ServeArgs) -> anyhow::Result<()> {
     let reg = super::registry::open(root)?;
     let dir = reg.root().display().to_string();

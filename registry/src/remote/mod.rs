@@ -4,6 +4,7 @@
 //! hosts (or with `--insecure`), `https` otherwise.
 
 pub mod client;
+pub mod inspect;
 pub mod logins;
 pub mod server;
 mod signatures;

@@ -29,7 +29,7 @@ pub(crate) struct Fetched {
 }
 
 /// GETs blob `desc` of `repo` whole, at most `limit` bytes, checked against its digest.
-fn small_blob(
+pub(crate) fn small_blob(
     client: &Client,
     repo: &str,
     desc: &Descriptor,

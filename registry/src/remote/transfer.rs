@@ -529,7 +529,10 @@ fn pull_tag(tag: Option<&TagName>, remote: &RemoteRef) -> Result<TagName> {
 
 /// GETs the manifest of `remote` (bounded), checks it against the digest asked for or
 /// echoed, and parses it: (bytes, digest, manifest).
-fn fetch_manifest(client: &Client, remote: &RemoteRef) -> Result<(Vec<u8>, Digest, Manifest)> {
+pub(crate) fn fetch_manifest(
+    client: &Client,
+    remote: &RemoteRef,
+) -> Result<(Vec<u8>, Digest, Manifest)> {
     let (repo, name) = (&remote.repo, remote.to_string());
     let reply = client.send(
         "GET",
