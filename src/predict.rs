@@ -272,6 +272,23 @@ pub fn predict_sample(
     id: &str,
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
+    let (img, truth) = with_truth(model, dataset, id)?;
+    predict_rgb(model, &img, id, &truth, out_dir)
+}
+
+/// The sheet of image `id` of a dataset split (predictions over ground truth), as
+/// [`predict_sample`] writes it, in memory: what training logs to TensorBoard.
+pub fn sample_sheet(model: &VmtModel, dataset: &Dataset, id: &str) -> Result<RgbImage> {
+    let (img, truth) = with_truth(model, dataset, id)?;
+    Ok(render_sheet(model, &img, &truth)?.1)
+}
+
+/// Image `id` of `dataset` and the ground truth of each of the model's tasks it has.
+fn with_truth(
+    model: &VmtModel,
+    dataset: &Dataset,
+    id: &str,
+) -> Result<(RgbImage, Vec<(String, RgbImage)>)> {
     let tasks: Vec<_> = model
         .heads
         .iter()
@@ -281,7 +298,7 @@ pub fn predict_sample(
     let sample = dataset.load(id, &tasks)?;
     let img = RgbImage::from_raw(sample.width as u32, sample.height as u32, sample.rgb)
         .expect("decoded image has w*h*3 bytes");
-    let truth: Vec<(String, RgbImage)> = tasks
+    let truth = tasks
         .iter()
         .zip(&sample.labels)
         .map(|(t, l)| {
@@ -291,7 +308,7 @@ pub fn predict_sample(
             )
         })
         .collect();
-    predict_rgb(model, &img, id, &truth, out_dir)
+    Ok((img, truth))
 }
 
 fn predict_rgb(
@@ -301,9 +318,33 @@ fn predict_rgb(
     truth: &[(String, RgbImage)],
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
+    let (pictures, sheet) = render_sheet(model, img, truth)?;
+    let mut written = Vec::new();
+    for (name, pic) in pictures {
+        let path = out_dir.join(format!("{stem}.{name}.png"));
+        pic.save(&path)
+            .with_context(|| path.display().to_string())?;
+        written.push(path);
+    }
+    let path = out_dir.join(format!("{stem}.sheet.png"));
+    sheet
+        .save(&path)
+        .with_context(|| path.display().to_string())?;
+    written.push(path);
+    Ok(written)
+}
+
+/// Each task's prediction for `img` as a picture, and the sheet: the image and the
+/// predictions, captioned, with the ground truth beside each (a second row) when
+/// `truth` has it, and a class-colour legend per segmentation task.
+fn render_sheet(
+    model: &VmtModel,
+    img: &RgbImage,
+    truth: &[(String, RgbImage)],
+) -> Result<(Vec<(String, RgbImage)>, RgbImage)> {
     let pixels = image_tensor(img, &model.backbone.device)?;
     let out = model.forward(&pixels)?;
-    std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
     let mut top = vec![Panel {
         caption: "input".into(),
         picture: img.clone(),
@@ -313,15 +354,12 @@ fn predict_rgb(
         picture: RgbImage::from_pixel(img.width(), img.height(), Rgb(BACKGROUND)),
     }];
     let mut legends = Vec::new();
-    let mut written = Vec::new();
+    let mut pictures = Vec::new();
     for head in &model.heads {
         let name = &head.spec.name;
         let t = out.task(name).expect("every task has an output").get(0)?;
         let pic = render_task(head.spec.kind, &t)?;
-        let path = out_dir.join(format!("{stem}.{name}.png"));
-        pic.save(&path)
-            .with_context(|| path.display().to_string())?;
-        written.push(path);
+        pictures.push((name.clone(), pic.clone()));
         let gt = truth.iter().find(|(n, _)| n == name).map(|(_, p)| p);
         if head.spec.kind == TaskKind::Segmentation {
             let mut classes = classes_in(&pic, head.spec.channels);
@@ -348,13 +386,7 @@ fn predict_rgb(
     if !truth.is_empty() {
         rows.push(bottom);
     }
-    let sheet = Sheet { rows, legends }.render();
-    let path = out_dir.join(format!("{stem}.sheet.png"));
-    sheet
-        .save(&path)
-        .with_context(|| path.display().to_string())?;
-    written.push(path);
-    Ok(written)
+    Ok((pictures, Sheet { rows, legends }.render()))
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! `vmt-hub train`: AdamW on the bundle's tensors only, over a frozen backbone.
 //!
-//! A run directory holds `metrics.jsonl` (one line per step), `checkpoints/step-N/`
+//! A run directory holds `metrics.jsonl` (one line per step), a TensorBoard event file
+//! (see [`tensorboard`]), `checkpoints/step-N/`
 //! (weights, AdamW moments and the step; the last K kept) and nothing else. The data
 //! order and augmentations are a function of (seed, step), so `--resume` restores a run
 //! exactly: a resumed run ends with the same bytes as an uninterrupted one.
 
 pub(crate) mod checkpoint;
 pub mod optim;
+pub mod tensorboard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -270,6 +272,10 @@ pub struct Trainer {
     done: usize,
     last_loss: f64,
     metrics: std::fs::File,
+    /// The TensorBoard event file (behind a lock: `finish` logs validation metrics).
+    events: std::sync::Mutex<tensorboard::EventWriter>,
+    /// The image whose prediction sheet is logged at each checkpoint.
+    sheet_image: Option<String>,
 }
 
 impl Trainer {
@@ -328,6 +334,12 @@ impl Trainer {
             c.restore_optimizer(&mut opt, device)?;
         }
         let metrics = checkpoint::open_metrics(&opts.run_dir, done)?;
+        let events = tensorboard::EventWriter::open(&opts.run_dir, done)?.into();
+        let sheet_image = dataset
+            .split("val")
+            .ok()
+            .and_then(|ids| ids.first().cloned())
+            .or_else(|| train_ids.first().cloned());
         Ok(Self {
             opts,
             dataset,
@@ -344,6 +356,8 @@ impl Trainer {
             done,
             last_loss,
             metrics,
+            events,
+            sheet_image,
         })
     }
 
@@ -476,6 +490,7 @@ impl Trainer {
         let metrics_path = self.opts.run_dir.join(checkpoint::METRICS);
         writeln!(self.metrics, "{}", serde_json::to_string(&record)?)
             .map_err(|e| Error::io(&metrics_path, e))?;
+        self.log_step(&record, t0.elapsed().as_secs_f64())?;
         (self.done, self.last_loss) = (step + 1, stats.loss);
         Ok(record)
     }
@@ -496,6 +511,7 @@ impl Trainer {
             fingerprint: self.fingerprint.clone(),
         };
         Checkpoint::save(run_dir, &state, &self.opt, self.opts.keep_checkpoints)?;
+        self.log_sheet()?;
         tracing::info!(
             "step {}/{}: loss {:.4}, checkpoint in {}",
             self.done,
@@ -548,8 +564,51 @@ impl Trainer {
                     .insert(t, serde_json::from_value(serde_json::to_value(r)?)?);
             }
         }
+        self.log_validation(&metrics)?;
         config.set_metrics(&metrics);
         Ok(BundleDir::new(config, tensors, &self.opts.run_dir)?)
+    }
+
+    /// A step's scalars in TensorBoard: `loss/total`, `loss/<task>`, `train/lr`,
+    /// `train/grad_norm`, `train/images_per_s`, `train/step_time_s`.
+    fn log_step(&self, r: &StepRecord, seconds: f64) -> Result<()> {
+        let mut values = vec![
+            ("loss/total".to_string(), r.loss),
+            ("train/lr".into(), r.lr),
+            ("train/grad_norm".into(), r.grad_norm),
+            ("train/images_per_s".into(), r.images_per_s),
+            ("train/step_time_s".into(), seconds),
+        ];
+        for (task, v) in &r.losses {
+            values.push((format!("loss/{task}"), v.as_f64().unwrap_or(f64::NAN)));
+        }
+        self.events.lock().expect("events").scalars(r.step, &values)
+    }
+
+    /// The prediction sheet of the fixed image (`predictions/<id>`), then a sync of
+    /// the event file: at each checkpoint.
+    fn log_sheet(&self) -> Result<()> {
+        let mut events = self.events.lock().expect("events");
+        if let Some(id) = &self.sheet_image {
+            let sheet = crate::predict::sample_sheet(&self.model, &self.dataset, id)?;
+            events.image(self.done, &format!("predictions/{id}"), &sheet)?;
+        }
+        events.flush()
+    }
+
+    /// Validation metrics as `val/<task>/<metric>` at the last step.
+    fn log_validation(&self, metrics: &Metrics) -> Result<()> {
+        let mut values = Vec::new();
+        for (task, m) in &metrics.val {
+            for (name, v) in &m.metrics {
+                values.push((format!("val/{task}/{name}"), *v));
+            }
+        }
+        let mut events = self.events.lock().expect("events");
+        if !values.is_empty() {
+            events.scalars(self.done, &values)?;
+        }
+        events.flush()
     }
 
     /// This run's provenance, with a per-task record for each task it trained.
