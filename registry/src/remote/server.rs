@@ -46,6 +46,7 @@ use crate::reference::TagName;
 use crate::store::Registry;
 
 mod attached;
+mod catalog;
 
 /// Default largest request body (one PUT or PATCH).
 pub const MAX_BODY: usize = 256 << 20;
@@ -483,6 +484,11 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
         return refused;
     }
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let path = uri.path().to_string();
+    let read = method == Method::GET || method == Method::HEAD;
+    if read && (path == "/" || path.starts_with(catalog::UI)) {
+        return with_index(st, move |st| catalog::answer(st, &path, &headers)).await;
+    }
     let Some(route) = route(uri.path()) else {
         return oci_error(
             StatusCode::NOT_FOUND,
