@@ -170,7 +170,7 @@ fn the_catalog_shows_what_show_prints_and_renders_hostile_strings_as_text() {
         .skip_while(|l| !l.starts_with("lineage"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
-        .map(|l| l.trim().split_whitespace().next().unwrap())
+        .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     assert_eq!(digests.len(), 2, "{show}");
     for d in digests {
