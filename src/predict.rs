@@ -160,8 +160,8 @@ struct Panel {
 /// colour legend per segmentation task.
 struct Sheet {
     rows: Vec<Vec<Panel>>,
-    /// `(task, classes shown)`.
-    legends: Vec<(String, Vec<usize>)>,
+    /// `(task, classes shown as (id, name))`.
+    legends: Vec<(String, Vec<(usize, String)>)>,
 }
 
 /// Height of a line of text: the 8x8 font drawn at twice its size, plus a margin.
@@ -232,7 +232,8 @@ impl Sheet {
             let label = format!("{task}:");
             draw_text(&mut sheet, pad, y, &label, [0, 0, 0]);
             let mut x = pad + (label.len() as u32 + 1) * 8 * TEXT_SCALE;
-            for &k in classes {
+            for (k, name) in classes {
+                let k = *k;
                 let side = 8 * TEXT_SCALE;
                 for dy in 0..side {
                     for dx in 0..side {
@@ -241,7 +242,7 @@ impl Sheet {
                         }
                     }
                 }
-                let name = k.to_string();
+                let name: String = name.chars().take(16).collect();
                 draw_text(&mut sheet, x + side + 4, y, &name, [0, 0, 0]);
                 x += side + 4 + (name.len() as u32 + 1) * 8 * TEXT_SCALE;
             }
@@ -369,7 +370,11 @@ fn render_sheet(
             classes.sort_unstable();
             classes.dedup();
             classes.truncate(24);
-            legends.push((name.clone(), classes));
+            let named = classes
+                .into_iter()
+                .map(|k| (k, head.spec.class_name(k)))
+                .collect();
+            legends.push((name.clone(), named));
         }
         top.push(Panel {
             caption: name.clone(),

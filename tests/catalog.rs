@@ -165,6 +165,10 @@ fn the_catalog_shows_what_show_prints_and_renders_hostile_strings_as_text() {
         }
     }
     assert!(!page.contains("<td>sal</td>"), "v2 dropped sal");
+    assert!(
+        page.contains("background, disc, box, triangle, figure"),
+        "class names: {page}"
+    );
     let digests: Vec<&str> = show
         .lines()
         .skip_while(|l| !l.starts_with("lineage"))

@@ -121,6 +121,7 @@ impl Dataset {
         }
         for t in &info.tasks {
             vmt_registry::bundle::validate_task_name(&t.name).map_err(|r| invalid(&path, r))?;
+            t.check_class_names().map_err(|r| invalid(&path, r))?;
             if let Some(c) = t.kind.fixed_channels() {
                 if t.channels != c {
                     return Err(invalid(

@@ -27,8 +27,19 @@ pub const PART_CLASSES: usize = 4;
 /// The tasks a synthetic dataset provides.
 pub fn synth_tasks() -> Vec<TaskSpec> {
     vec![
-        TaskSpec::new("semseg", TaskKind::Segmentation, SEMSEG_CLASSES),
-        TaskSpec::new("human_parts", TaskKind::Segmentation, PART_CLASSES),
+        TaskSpec::new("semseg", TaskKind::Segmentation, SEMSEG_CLASSES).with_classes(&[
+            "background",
+            "disc",
+            "box",
+            "triangle",
+            "figure",
+        ]),
+        TaskSpec::new("human_parts", TaskKind::Segmentation, PART_CLASSES).with_classes(&[
+            "background",
+            "head",
+            "torso",
+            "legs",
+        ]),
         TaskSpec::new("sal", TaskKind::Saliency, 1),
         TaskSpec::new("normals", TaskKind::Normals, 3),
         TaskSpec::new("depth", TaskKind::Depth, 1),

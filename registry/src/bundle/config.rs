@@ -271,10 +271,17 @@ pub struct TaskSpec {
     /// `tasks.<stored_as>.*` in component `task/<stored_as>`. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_as: Option<String>,
+    /// The classes' display names, by class id (segmentation), where the dataset
+    /// names them: legends and the catalog show them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
     /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+/// The longest class name (bytes).
+pub const MAX_CLASS_NAME: usize = 64;
 
 impl TaskSpec {
     /// A task with no stored alias.
@@ -284,8 +291,50 @@ impl TaskSpec {
             kind,
             channels,
             stored_as: None,
+            class_names: None,
             extra: Map::new(),
         }
+    }
+
+    /// The task with its classes named, by class id.
+    pub fn with_classes(mut self, names: &[&str]) -> Self {
+        self.class_names = Some(names.iter().map(|n| n.to_string()).collect());
+        self
+    }
+
+    /// The display name of class `k`: its name, else its id.
+    pub fn class_name(&self, k: usize) -> String {
+        self.class_names
+            .as_ref()
+            .and_then(|n| n.get(k).cloned())
+            .unwrap_or_else(|| k.to_string())
+    }
+
+    /// Checks `class_names`: one per channel, each short printable text.
+    ///
+    /// # Errors
+    /// A message naming the task and what is wrong.
+    pub fn check_class_names(&self) -> Result<(), String> {
+        let Some(names) = &self.class_names else {
+            return Ok(());
+        };
+        if names.len() != self.channels {
+            return Err(format!(
+                "task {}: {} class names for {} channels",
+                self.name,
+                names.len(),
+                self.channels
+            ));
+        }
+        for n in names {
+            if n.is_empty() || n.len() > MAX_CLASS_NAME || n.chars().any(char::is_control) {
+                return Err(format!(
+                    "task {}: class name {n:?} must be 1 to {MAX_CLASS_NAME} bytes of printable text",
+                    self.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The name in its tensor names and component: `stored_as`, else `name`.
@@ -393,6 +442,7 @@ impl BundleConfig {
         let mut stored = std::collections::BTreeSet::new();
         for t in &self.tasks {
             validate_task_name(&t.name)?;
+            t.check_class_names()?;
             if let Some(s) = &t.stored_as {
                 validate_task_name(s)?;
             }
@@ -742,6 +792,19 @@ pub struct InvalidConfig(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_are_one_per_channel_and_printable() {
+        let t = TaskSpec::new("semseg", TaskKind::Segmentation, 2);
+        assert_eq!(t.class_name(1), "1");
+        let named = t.clone().with_classes(&["background", "car"]);
+        assert_eq!(named.class_name(1), "car");
+        assert!(named.check_class_names().is_ok());
+        let short = t.clone().with_classes(&["background"]);
+        assert!(short.check_class_names().unwrap_err().contains("1 class names for 2"));
+        let hostile = t.with_classes(&["a", "b\u{1b}[31m"]);
+        assert!(hostile.check_class_names().unwrap_err().contains("printable"));
+    }
 
     /// `provenance` and `metrics` exactly as the untyped trainer wrote them (from a
     /// demo bundle): read into the typed structs and written back, the canonical JSON is

@@ -32,6 +32,50 @@ impl Nyud {
     }
 }
 
+/// NYUD-v2's 40 classes (Gupta et al. 2013), by id after the loaders' shift by one.
+const NYU40_CLASSES: [&str; 40] = [
+    "wall",
+    "floor",
+    "cabinet",
+    "bed",
+    "chair",
+    "sofa",
+    "table",
+    "door",
+    "window",
+    "bookshelf",
+    "picture",
+    "counter",
+    "blinds",
+    "desk",
+    "shelves",
+    "curtain",
+    "dresser",
+    "pillow",
+    "mirror",
+    "floor mat",
+    "clothes",
+    "ceiling",
+    "books",
+    "refrigerator",
+    "television",
+    "paper",
+    "towel",
+    "shower curtain",
+    "box",
+    "whiteboard",
+    "person",
+    "night stand",
+    "toilet",
+    "sink",
+    "lamp",
+    "bathtub",
+    "bag",
+    "otherstructure",
+    "otherfurniture",
+    "otherprop",
+];
+
 impl Layout for Nyud {
     fn name(&self) -> &'static str {
         "NYUD-v2 (multi-task)"
@@ -39,7 +83,7 @@ impl Layout for Nyud {
 
     fn tasks(&self) -> Vec<TaskSpec> {
         vec![
-            TaskSpec::new("semseg", TaskKind::Segmentation, 40),
+            TaskSpec::new("semseg", TaskKind::Segmentation, 40).with_classes(&NYU40_CLASSES),
             TaskSpec::new("depth", TaskKind::Depth, 1),
             TaskSpec::new("normals", TaskKind::Normals, 3),
         ]

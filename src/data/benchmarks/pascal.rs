@@ -99,6 +99,31 @@ impl Pascal {
     }
 }
 
+/// The 21 classes of PASCAL VOC, by id (MTI-Net's `VOC_CATEGORY_NAMES`).
+const VOC_CLASSES: [&str; 21] = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
 impl Layout for Pascal {
     fn name(&self) -> &'static str {
         "PASCAL-Context (multi-task)"
@@ -106,8 +131,16 @@ impl Layout for Pascal {
 
     fn tasks(&self) -> Vec<TaskSpec> {
         vec![
-            TaskSpec::new("semseg", TaskKind::Segmentation, 21),
-            TaskSpec::new("human_parts", TaskKind::Segmentation, 7),
+            TaskSpec::new("semseg", TaskKind::Segmentation, 21).with_classes(&VOC_CLASSES),
+            TaskSpec::new("human_parts", TaskKind::Segmentation, 7).with_classes(&[
+                "background",
+                "head",
+                "torso",
+                "upper arm",
+                "lower arm",
+                "upper leg",
+                "lower leg",
+            ]),
             TaskSpec::new("sal", TaskKind::Saliency, 1),
             TaskSpec::new("normals", TaskKind::Normals, 3),
         ]

@@ -235,7 +235,7 @@ fn tasks_table(manifest: &Manifest, config: &BundleConfig) -> Markup {
     html! {
         h3 { "Tasks" }
         table {
-            tr { th { "task" } th { "kind" } th { "channels" } th { "validation" } }
+            tr { th { "task" } th { "kind" } th { "channels" } th { "validation" } th { "classes" } }
             @for t in &config.tasks {
                 tr {
                     td { (t.name) }
@@ -248,6 +248,11 @@ fn tasks_table(manifest: &Manifest, config: &BundleConfig) -> Markup {
                                 @if strong { b { (k) " " (format!("{v:.4}")) } } @else { (k) " " (format!("{v:.4}")) }
                                 " "
                             }
+                        }
+                    }
+                    td {
+                        @if let Some(names) = &t.class_names {
+                            (names.join(", "))
                         }
                     }
                 }
