@@ -24,17 +24,11 @@ const PASSWORD: &str = "correct horse";
 
 /// Python with `cryptography` and `pynacl`, if here (see `common::tool_available`).
 fn python_with_cryptography() -> Option<String> {
-    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let here = Command::new(&python)
-        .args(["-c", "import cryptography, nacl.secret"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    common::tool_available(
-        "python3 with cryptography and pynacl",
-        here,
-        "python3 -m pip install cryptography pynacl",
+    common::python_with(
+        "cryptography and pynacl",
+        "import cryptography, nacl.secret",
+        "cryptography pynacl",
     )
-    .then_some(python)
 }
 
 fn independent(python: &str, args: &[&str]) -> String {
@@ -418,35 +412,40 @@ fn pull_verify_key_refuses_each_bad_signature_and_stores_nothing() {
         }
     }
     // The same rules from a trust policy (containers-policy.json): the signed
-    // repository needs the key, everything else is rejected.
+    // repository needs the key, and a signature for its name (signedIdentity, as
+    // containers/image checks it); everything else is rejected.
     let host = format!("127.0.0.1:{}", server.port);
+    ok(
+        &a,
+        &["push", "team/seg:v1", &format!("oci://{host}/policed:v1")],
+    );
+    let named = CosignSignature::new(&key, &format!("{host}/policed"), &d);
+    push_signatures(&base, "policed", &d, &[named], |_| {});
     let policy = tmp.path().join("policy.json");
+    let signed_by = r#"[{"type":"sigstoreSigned","keyPath":"team.pub","signedIdentity":{"type":"matchRepository"}}]"#;
+    let by_default = r#"[{"type":"sigstoreSigned","keyPath":"team.pub"}]"#;
     std::fs::write(
         &policy,
         format!(
             r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{
-                "{host}/good":[{{"type":"sigstoreSigned","keyPath":"team.pub"}}],
-                "{host}/stranger":[{{"type":"sigstoreSigned","keyPath":"team.pub"}}]}}}}}}"#
+                "{host}/policed":{signed_by}, "{host}/stranger":{signed_by},
+                "{host}/good":{signed_by}, "{host}/elsewhere":{by_default}}}}}}}"#
         ),
     )
     .unwrap();
     let p = policy.to_str().unwrap();
     let c = tmp.path().join("c");
-    let out = ok(
-        &c,
-        &["pull", &format!("oci://{host}/good:v1"), "--policy", p],
-    );
+    let pull = |repo: &str| format!("oci://{host}/{repo}:v1");
+    let out = ok(&c, &["pull", &pull("policed"), "--policy", p]);
     assert!(out.contains("verified: signed by key"), "{out}");
-    common::fails(
-        &c,
-        &["pull", &format!("oci://{host}/stranger:v1"), "--policy", p],
-        &["not signed by any of the keys"],
-    );
-    common::fails(
-        &c,
-        &["pull", &format!("oci://{host}/unsigned:v1"), "--policy", p],
-        &["refused by the trust policy", "policy.json"],
-    );
+    let refused =
+        |repo: &str, why: &[&str]| common::fails(&c, &["pull", &pull(repo), "--policy", p], why);
+    // `good` is signed by the key, but for `team/seg`, not for this repository.
+    refused("good", &["identity the trust policy requires", "team/seg"]);
+    // containers' default identity (matchRepoDigestOrExact) wants HOST/REPO:TAG exactly.
+    refused("elsewhere", &["identity the trust policy requires"]);
+    refused("stranger", &["identity the trust policy requires"]);
+    refused("unsigned", &["refused by the trust policy", "policy.json"]);
 }
 
 /// Must-show 4: `gc` keeps the signatures of a live bundle and frees them with it.
@@ -488,17 +487,11 @@ fn gc_keeps_signatures_of_live_bundles_and_frees_those_of_removed_ones() {
 /// Python with OpenSSF's `model_signing` 1.x (and `pyopenssl`, which it imports), if
 /// here (see `common::tool_available`).
 fn python_with_model_signing() -> Option<String> {
-    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let here = Command::new(&python)
-        .args(["-c", "import model_signing, OpenSSL"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    common::tool_available(
-        "python3 with model_signing",
-        here,
-        "python3 -m pip install model-signing==1.1.1 pyopenssl",
+    common::python_with(
+        "model_signing",
+        "import model_signing, OpenSSL",
+        "model-signing==1.1.1 pyopenssl",
     )
-    .then_some(python)
 }
 
 /// `python -m model_signing verify key` on `dir`: whether it accepts, and what it said.

@@ -12,20 +12,11 @@ use common::ok;
 
 /// Python with `tensorboard`, if here (see `common::tool_available`).
 fn python_with_tensorboard() -> Option<String> {
-    let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let here = Command::new(&python)
-        .args([
-            "-c",
-            "from tensorboard.backend.event_processing import event_accumulator",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    common::tool_available(
-        "python3 with tensorboard",
-        here,
-        "python3 -m pip install tensorboard",
+    common::python_with(
+        "tensorboard",
+        "from tensorboard.backend.event_processing import event_accumulator",
+        "tensorboard",
     )
-    .then_some(python)
 }
 
 /// What EventAccumulator reads from `run_dir`: `{"scalars": {tag: [steps]}, "images":

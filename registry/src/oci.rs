@@ -181,6 +181,7 @@ impl ArtifactManifest {
     pub fn artifact_type(&self) -> &str {
         self.artifact_type
             .as_deref()
+            .filter(|t| !t.is_empty())
             .unwrap_or(&self.config.media_type)
     }
 

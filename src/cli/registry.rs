@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use vmt_registry::bundle::{bundle_tensors, BundleDir};
+use vmt_registry::bundle::BundleDir;
 use vmt_registry::reference::TagName;
 use vmt_registry::store::{config_value, rebuild_index, DefaultRoot, OpenOptions};
 use vmt_registry::Registry;
@@ -129,7 +129,14 @@ pub fn list(root: Option<&Path>, tree: bool) -> anyhow::Result<()> {
     }
     let mut signed = std::collections::BTreeMap::new();
     for r in &rows {
-        let n = vmt_registry::sign::signatures(&reg, &r.digest, None)?.len();
+        // A damaged signature record must not hide the listing (`verify` reports it).
+        let n = match vmt_registry::sign::signatures(&reg, &r.digest, None) {
+            Ok(s) => s.len(),
+            Err(e) => {
+                eprintln!("warning: {}: signatures unreadable: {e}", r.tag);
+                0
+            }
+        };
         signed.insert(r.digest, n);
     }
     let line = |r: &vmt_registry::store::ListEntry, indent: &str| {
@@ -272,7 +279,9 @@ pub fn show(root: Option<&Path>, args: ShowArgs) -> anyhow::Result<()> {
     for s in &sigs {
         println!(
             "  cosign signature for {}",
-            s.docker_reference().unwrap_or_else(|| "?".into())
+            vmt_registry::remote::client::sanitize(
+                &s.docker_reference().unwrap_or_else(|| "?".into())
+            )
         );
     }
     println!(
@@ -288,14 +297,8 @@ pub fn print_summary(
     manifest: &vmt_registry::oci::Manifest,
     config: &vmt_registry::bundle::BundleConfig,
 ) {
-    let specs = bundle_tensors(config);
-    let params = |component: &str| -> usize {
-        specs
-            .iter()
-            .filter(|s| s.component == component)
-            .map(|s| s.numel())
-            .sum()
-    };
+    let per_component = vmt_registry::bundle::component_params(config);
+    let params = |component: &str| per_component.get(component).copied().unwrap_or(0);
     let g = &config.backbone;
     println!(
         "backbone: {} ({})",

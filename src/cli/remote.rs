@@ -317,11 +317,11 @@ pub fn run_pull(root: Option<&Path>, a: PullArgs) -> anyhow::Result<()> {
         credentials(&a.auth, &remote)?,
         a.auth.timeouts()?,
     );
+    let reference = remote.reference.to_string();
     let trust = super::sign::trust(
         &a.verify_key,
         a.policy.as_deref(),
-        &remote.host,
-        &remote.repo,
+        (&remote.host, &remote.repo, &reference),
     )?;
     let reg = super::registry::open(root)?;
     let r = pull_trusted(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use vmt_registry::sign::keys::{PublicKey, SigningKey};
-use vmt_registry::sign::policy::{Policy, Trust};
+use vmt_registry::sign::policy::{Policy, Signer, Trust};
 use vmt_registry::sign::sign;
 
 /// Environment variable holding the passphrase of a key file (cosign's name).
@@ -112,20 +112,19 @@ pub fn read_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
         .collect::<Result<_, _>>()?)
 }
 
-/// What a pull from `host/repo` requires: the keys given (any one of them), then the
-/// policy file's rule for it; nothing without either.
+/// What a pull of `host/repo` by `reference` requires: the keys given (any one of
+/// them), then the policy file's rule for it; nothing without either.
 pub fn trust(
     keys: &[PathBuf],
     policy: Option<&Path>,
-    host: &str,
-    repo: &str,
+    (host, repo, reference): (&str, &str, &str),
 ) -> anyhow::Result<Trust> {
     let mut sets = Vec::new();
     if !keys.is_empty() {
-        sets.push(read_keys(keys)?);
+        sets.push(Signer::keys(read_keys(keys)?));
     }
     if let Some(p) = policy {
-        match Policy::read(p)?.trust_for(host, repo)? {
+        match Policy::read(p)?.trust_for(host, repo, reference)? {
             Trust::SignedBy(more) => sets.extend(more),
             reject @ Trust::Reject { .. } => return Ok(reject),
             Trust::Anything => {}

@@ -586,12 +586,15 @@ impl Trainer {
     }
 
     /// The prediction sheet of the fixed image (`predictions/<id>`), then a sync of
-    /// the event file: at each checkpoint.
+    /// the event file: at each checkpoint. A sheet that cannot be drawn is a warning
+    /// (the run goes on); an event file that cannot be written is an error.
     fn log_sheet(&self) -> Result<()> {
         let mut events = self.events.lock().expect("events");
         if let Some(id) = &self.sheet_image {
-            let sheet = crate::predict::sample_sheet(&self.model, &self.dataset, id)?;
-            events.image(self.done, &format!("predictions/{id}"), &sheet)?;
+            match crate::predict::sample_sheet(&self.model, &self.dataset, id) {
+                Ok(sheet) => events.image(self.done, &format!("predictions/{id}"), &sheet)?,
+                Err(e) => tracing::warn!("TensorBoard: no prediction sheet of {id}: {e}"),
+            }
         }
         events.flush()
     }

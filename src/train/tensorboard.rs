@@ -97,8 +97,8 @@ fn read_events(bytes: &[u8]) -> Vec<Event> {
     while rest.len() >= 12 {
         let len_bytes: [u8; 8] = rest[..8].try_into().expect("8 bytes");
         let crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
-        let len = u64::from_le_bytes(len_bytes) as usize;
-        if crc != masked_crc(&len_bytes) || rest.len() < 16 + len {
+        let len = usize::try_from(u64::from_le_bytes(len_bytes)).unwrap_or(usize::MAX);
+        if crc != masked_crc(&len_bytes) || rest.len().saturating_sub(16) < len {
             break;
         }
         let data = &rest[12..12 + len];

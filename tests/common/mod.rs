@@ -165,15 +165,21 @@ pub fn skopeo() -> bool {
     tool_available("skopeo", here, "apt-get install -y skopeo")
 }
 
-/// The Python with oras-py (`VMT_PYTHON`, else python3), if it has it (see
-/// [`tool_available`]).
-pub fn python_with_oras() -> Option<String> {
+/// The Python (`VMT_PYTHON`, else python3) if `import` runs in it (see
+/// [`tool_available`]; `what` names it, `packages` are what pip installs).
+pub fn python_with(what: &str, import: &str, packages: &str) -> Option<String> {
     let python = std::env::var("VMT_PYTHON").unwrap_or_else(|_| "python3".into());
     let here = std::process::Command::new(&python)
-        .args(["-c", "import oras.client"])
+        .args(["-c", import])
         .output()
         .is_ok_and(|o| o.status.success());
-    tool_available("python3 with oras", here, "python3 -m pip install oras").then_some(python)
+    let install = format!("python3 -m pip install {packages}");
+    tool_available(&format!("python3 with {what}"), here, &install).then_some(python)
+}
+
+/// The Python with oras-py, if it has it.
+pub fn python_with_oras() -> Option<String> {
+    python_with("oras", "import oras.client", "oras")
 }
 
 /// Debian's docker-registry (distribution 2.8), if installed.

@@ -801,9 +801,15 @@ mod tests {
         assert_eq!(named.class_name(1), "car");
         assert!(named.check_class_names().is_ok());
         let short = t.clone().with_classes(&["background"]);
-        assert!(short.check_class_names().unwrap_err().contains("1 class names for 2"));
+        assert!(short
+            .check_class_names()
+            .unwrap_err()
+            .contains("1 class names for 2"));
         let hostile = t.with_classes(&["a", "b\u{1b}[31m"]);
-        assert!(hostile.check_class_names().unwrap_err().contains("printable"));
+        assert!(hostile
+            .check_class_names()
+            .unwrap_err()
+            .contains("printable"));
     }
 
     /// `provenance` and `metrics` exactly as the untyped trainer wrote them (from a

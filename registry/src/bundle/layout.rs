@@ -33,6 +33,15 @@ impl TensorSpec {
     }
 }
 
+/// The parameters of each component (`shared`, `task/<name>`) of the bundle.
+pub fn component_params(cfg: &BundleConfig) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in bundle_tensors(cfg) {
+        *out.entry(s.component.clone()).or_default() += s.numel();
+    }
+    out
+}
+
 /// Every tensor of the bundle, in the reference's `bundle_state()` order.
 pub fn bundle_tensors(cfg: &BundleConfig) -> Vec<TensorSpec> {
     let mut out = shared_tensors(cfg);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::client::{sanitize, Client};
 use super::transfer::fetch_manifest;
-use super::RemoteRef;
+use super::{valid_tag, RemoteRef};
 use crate::bundle::check::check_manifest;
 use crate::bundle::dir::parse_config;
 use crate::bundle::BundleConfig;
@@ -56,7 +56,12 @@ pub fn list_tags(client: &Client, remote: &RemoteRef, page: usize) -> Result<Vec
     let name = format!("oci://{}/{}", remote.host, remote.repo);
     let mut next = Some(format!("/v2/{}/tags/list?n={}", remote.repo, page.max(1)));
     let mut tags: Vec<String> = Vec::new();
-    while let Some(path) = next.take() {
+    while let Some(link) = next.take() {
+        // Relative, or absolute on this registry (both are the spec's).
+        let path = link
+            .strip_prefix(client.base.as_str())
+            .unwrap_or(&link)
+            .to_string();
         if !path.starts_with('/') {
             return Err(Error::remote(
                 &name,
@@ -69,9 +74,10 @@ pub fn list_tags(client: &Client, remote: &RemoteRef, page: usize) -> Result<Vec
         let body = reply.body(16 << 20, "tag list", &name)?;
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| Error::remote(&name, None, format!("tag list is not JSON: {e}")))?;
+        // Only names that are tags: a hostile registry's terminal escapes are dropped.
         let page_tags = v["tags"].as_array().map(|a| {
             a.iter()
-                .filter_map(|t| t.as_str().map(String::from))
+                .filter_map(|t| t.as_str().filter(|t| valid_tag(t)).map(String::from))
                 .collect::<Vec<_>>()
         });
         let Some(page_tags) = page_tags else {

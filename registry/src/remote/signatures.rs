@@ -13,9 +13,13 @@ use super::transfer::{upload_blob, Progress};
 use crate::bundle::check::MAX_MANIFEST_BYTES;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::oci::{ArtifactManifest, Descriptor, ImageIndex, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::oci::{
+    ArtifactManifest, Descriptor, ImageIndex, INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
+    MAX_ARTIFACT_LAYERS,
+};
 use crate::sign::cosign::{
-    signature_artifact, signatures_of, CosignSignature, COSIGN_SIG_ARTIFACT_TYPE, MAX_PAYLOAD_BYTES,
+    signature_artifact, signatures_of, CosignSignature, COSIGN_SIG_ARTIFACT_TYPE,
+    MAX_PAYLOAD_BYTES, SIMPLESIGNING_MEDIA_TYPE,
 };
 use crate::store::{signature_tag, Registry};
 
@@ -88,10 +92,27 @@ pub(crate) fn fetch(
             ),
         )
     })?;
-    let config = small_blob(client, repo, &parsed.config, MAX_PAYLOAD_BYTES, name)?;
     let signatures = signatures_of(&parsed, |l| {
         small_blob(client, repo, l, MAX_PAYLOAD_BYTES, name)
     })?;
+    // Kept as the remote has it only when this registry can store it whole (its config
+    // and signature layers, about this bundle); otherwise as vmt-hub writes the same
+    // signatures.
+    let whole = parsed
+        .layers
+        .iter()
+        .all(|l| l.media_type == SIMPLESIGNING_MEDIA_TYPE && l.size <= MAX_PAYLOAD_BYTES)
+        && parsed.subject.as_ref().is_none_or(|s| s.digest == *d);
+    if !whole {
+        let art = signature_artifact(&signatures);
+        return Ok(Some(Fetched {
+            tag: Some(signature_tag(d)),
+            manifest: art.manifest,
+            config: art.config,
+            signatures,
+        }));
+    }
+    let config = small_blob(client, repo, &parsed.config, MAX_PAYLOAD_BYTES, name)?;
     Ok(Some(Fetched {
         tag,
         manifest,
@@ -193,8 +214,11 @@ pub(crate) fn store(reg: &Registry, repository: &str, d: &Digest, f: &Fetched) -
 
 /// The signature manifest `bytes` as cosign's OCI 1.1 mode attaches it: the config's
 /// media type [`COSIGN_SIG_ARTIFACT_TYPE`], and bundle `d` as its subject.
-fn with_subject(bytes: &[u8], d: &Digest, size: u64) -> Vec<u8> {
-    let mut m = ArtifactManifest::parse(bytes).expect("made by signature_artifact");
+fn with_subject(bytes: &[u8], d: &Digest, size: u64) -> Result<Vec<u8>> {
+    let mut m = ArtifactManifest::parse(bytes).map_err(|reason| Error::Corrupt {
+        what: "signature manifest".into(),
+        reason,
+    })?;
     m.config.media_type = COSIGN_SIG_ARTIFACT_TYPE.into();
     m.subject = Some(Descriptor {
         media_type: MANIFEST_MEDIA_TYPE.into(),
@@ -202,7 +226,7 @@ fn with_subject(bytes: &[u8], d: &Digest, size: u64) -> Vec<u8> {
         size,
         annotations: Default::default(),
     });
-    serde_json::to_vec(&m).expect("manifest serialises")
+    Ok(serde_json::to_vec(&m).expect("manifest serialises"))
 }
 
 /// Pushes the local signatures of bundle `d`, merged with the remote's, to `repo`;
@@ -231,6 +255,16 @@ pub(crate) fn push(
     if all == before {
         return Ok(all.len());
     }
+    if all.len() > MAX_ARTIFACT_LAYERS {
+        return Err(Error::remote(
+            name,
+            None,
+            format!(
+                "{} signatures: more than the {MAX_ARTIFACT_LAYERS} one signature manifest holds",
+                all.len()
+            ),
+        ));
+    }
     let art = signature_artifact(&all);
     for bytes in std::iter::once(&art.config).chain(&art.payloads) {
         upload_blob(client, repo, bytes, progress)?;
@@ -246,7 +280,7 @@ pub(crate) fn push(
     };
     put(&signature_tag(d), &art.manifest)?;
     if referrers(client, repo, d, name)?.is_some() {
-        let copy = with_subject(&art.manifest, d, subject_size);
+        let copy = with_subject(&art.manifest, d, subject_size)?;
         put(&Digest::of(&copy).to_string(), &copy)?;
     }
     Ok(all.len())

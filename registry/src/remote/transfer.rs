@@ -508,8 +508,12 @@ pub fn pull_trusted(
         &received,
         &tag,
     )?;
+    // The bundle is stored (and verified when asked): signatures that cannot be kept
+    // beside it are a warning, not a failed pull.
     if let Some(f) = &signed {
-        super::signatures::store(reg, &tag.name, &d, f)?;
+        if let Err(e) = super::signatures::store(reg, &tag.name, &d, f) {
+            tracing::warn!("{name}: pulled, but its signatures were not stored: {e}");
+        }
     }
     progress.finish();
     Ok(report)

@@ -172,7 +172,8 @@ pub fn signature_artifact(signatures: &[CosignSignature]) -> SignatureArtifact {
 }
 
 /// The signatures a signature manifest holds, each payload read by `blob` (which must
-/// check the digest and bound the size). Layers of other media types are skipped.
+/// check the digest). Layers of other media types, and payloads over
+/// [`MAX_PAYLOAD_BYTES`], are skipped.
 ///
 /// # Errors
 /// What `blob` returns.
@@ -182,7 +183,8 @@ pub fn signatures_of<E>(
 ) -> Result<Vec<CosignSignature>, E> {
     let mut out = Vec::new();
     for layer in &manifest.layers {
-        if layer.media_type != SIMPLESIGNING_MEDIA_TYPE {
+        // Oversized payloads are no cosign signature, and are never read.
+        if layer.media_type != SIMPLESIGNING_MEDIA_TYPE || layer.size > MAX_PAYLOAD_BYTES {
             continue;
         }
         out.push(CosignSignature {

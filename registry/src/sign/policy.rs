@@ -38,8 +38,57 @@ pub enum Trust {
         /// Why (the policy scope that rejects).
         why: String,
     },
-    /// One valid signature per key set: by one of that set's keys.
-    SignedBy(Vec<Vec<PublicKey>>),
+    /// One valid signature per requirement: by one of its keys, for an identity it
+    /// accepts.
+    SignedBy(Vec<Signer>),
+}
+
+/// One `sigstoreSigned` requirement (or the keys of `--verify-key`).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// A signature by any one of these keys.
+    pub keys: Vec<PublicKey>,
+    /// The `docker-reference` the payload must name (containers' `signedIdentity`,
+    /// resolved for the image pulled); None: any (what `cosign verify` checks).
+    pub identity: Option<IdentityRule>,
+}
+
+impl Signer {
+    /// Any of `keys`, any identity (`--verify-key`, as `cosign verify --key`).
+    pub fn keys(keys: Vec<PublicKey>) -> Self {
+        Self {
+            keys,
+            identity: None,
+        }
+    }
+}
+
+/// What a payload's `docker-reference` must be, for the image being pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityRule {
+    /// Exactly this (`host/repo:tag`).
+    Exact(String),
+    /// This repository (`host/repo`), with any tag or digest.
+    Repository(String),
+}
+
+impl IdentityRule {
+    fn accepts(&self, reference: Option<&str>) -> bool {
+        let Some(r) = reference else { return false };
+        match self {
+            IdentityRule::Exact(want) => r == want,
+            IdentityRule::Repository(want) => repository_of(r) == want,
+        }
+    }
+}
+
+/// `host/repo` of `host/repo[:tag][@digest]` (a port's colon is kept).
+fn repository_of(reference: &str) -> &str {
+    let r = reference.split('@').next().unwrap_or(reference);
+    match r.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => r,
+    }
 }
 
 impl Trust {
@@ -60,9 +109,30 @@ impl Trust {
         match self {
             Trust::Anything => Ok(Vec::new()),
             Trust::Reject { why } => Err(refuse(format!("refused by the trust policy ({why})"))),
-            Trust::SignedBy(sets) => sets
+            Trust::SignedBy(signers) => signers
                 .iter()
-                .map(|keys| require_signed(signatures, keys, digest).map_err(refuse))
+                .map(|s| {
+                    let ok: Vec<CosignSignature> = match &s.identity {
+                        None => signatures.to_vec(),
+                        Some(rule) => signatures
+                            .iter()
+                            .filter(|sig| rule.accepts(sig.docker_reference().as_deref()))
+                            .cloned()
+                            .collect(),
+                    };
+                    if ok.is_empty() && !signatures.is_empty() {
+                        return Err(refuse(format!(
+                            "no signature is for the identity the trust policy requires \
+                             ({:?}; signatures name {:?})",
+                            s.identity,
+                            signatures
+                                .iter()
+                                .map(|s| s.docker_reference().unwrap_or_default())
+                                .collect::<Vec<_>>()
+                        )));
+                    }
+                    require_signed(&ok, &s.keys, digest).map_err(refuse)
+                })
                 .collect(),
         }
     }
@@ -74,7 +144,7 @@ impl Trust {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 enum Requirement {
     #[serde(rename = "insecureAcceptAnything")]
     AcceptAnything,
@@ -88,10 +158,30 @@ enum Requirement {
         key_paths: Option<Vec<String>>,
         #[serde(rename = "keyData")]
         key_data: Option<String>,
+        #[serde(rename = "signedIdentity")]
+        signed_identity: Option<SignedIdentity>,
+    },
+}
+
+/// containers-policy.json's `signedIdentity` (the forms about the image itself).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+enum SignedIdentity {
+    #[serde(rename = "matchRepoDigestOrExact")]
+    RepoDigestOrExact,
+    #[serde(rename = "matchRepository")]
+    Repository,
+    #[serde(rename = "matchExact")]
+    Exact,
+    #[serde(rename = "exactRepository")]
+    ExactRepository {
+        #[serde(rename = "dockerRepository")]
+        docker_repository: String,
     },
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PolicyFile {
     default: Vec<Requirement>,
     #[serde(default)]
@@ -125,23 +215,43 @@ impl Policy {
         })
     }
 
-    /// What it requires of `host/repo`.
+    /// What it requires of `host/repo` pulled by `reference` (a tag, or `sha256:...`).
+    /// Scopes, most specific first: `host/repo:tag` (or `@digest`), `host/repo`, each
+    /// shorter `host/namespace`, `host`, the transport's `""`, then `default`.
     ///
     /// # Errors
-    /// A key the policy names that cannot be read.
-    pub fn trust_for(&self, host: &str, repo: &str) -> Result<Trust> {
+    /// A key the policy names that cannot be read; an empty requirement list (invalid,
+    /// as containers/image says).
+    pub fn trust_for(&self, host: &str, repo: &str, reference: &str) -> Result<Trust> {
         let full = format!("{host}/{repo}");
+        let sep = if reference.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let image = format!("{full}{sep}{reference}");
         let scopes = self.file.transports.get("docker");
+        let mut candidates = vec![image.clone()];
         let mut scope = full.as_str();
-        let (name, reqs) = loop {
-            if let Some(r) = scopes.and_then(|s| s.get(scope)) {
-                break (scope.to_string(), r);
-            }
+        loop {
+            candidates.push(scope.to_string());
             match scope.rsplit_once('/') {
                 Some((shorter, _)) => scope = shorter,
-                None => break ("default".to_string(), &self.file.default),
+                None => break,
             }
-        };
+        }
+        candidates.push(String::new());
+        let (name, reqs) = candidates
+            .iter()
+            .find_map(|c| scopes.and_then(|s| s.get(c)).map(|r| (format!("{c:?}"), r)))
+            .unwrap_or(("default".to_string(), &self.file.default));
+        if reqs.is_empty() {
+            return Err(Error::Key {
+                origin: self.origin.clone(),
+                reason: format!("scope {name} has an empty requirement list (invalid)"),
+            });
+        }
+        let by_digest = sep == "@";
         let mut sets = Vec::new();
         for r in reqs {
             match r {
@@ -155,7 +265,25 @@ impl Policy {
                     key_path,
                     key_paths,
                     key_data,
-                } => sets.push(self.keys(key_path, key_paths, key_data)?),
+                    signed_identity,
+                } => {
+                    let identity = match signed_identity {
+                        None | Some(SignedIdentity::RepoDigestOrExact) if by_digest => {
+                            IdentityRule::Repository(full.clone())
+                        }
+                        None
+                        | Some(SignedIdentity::RepoDigestOrExact)
+                        | Some(SignedIdentity::Exact) => IdentityRule::Exact(image.clone()),
+                        Some(SignedIdentity::Repository) => IdentityRule::Repository(full.clone()),
+                        Some(SignedIdentity::ExactRepository { docker_repository }) => {
+                            IdentityRule::Repository(docker_repository.clone())
+                        }
+                    };
+                    sets.push(Signer {
+                        keys: self.keys(key_path, key_paths, key_data)?,
+                        identity: Some(identity),
+                    })
+                }
             }
         }
         Ok(if sets.is_empty() {
@@ -210,27 +338,51 @@ mod tests {
         let path = tmp.path().join("policy.json");
         std::fs::write(&path, policy).unwrap();
         let p = Policy::read(&path).unwrap();
-        assert!(
-            matches!(p.trust_for("reg:5000", "team/seg").unwrap(), Trust::SignedBy(s) if s[0][0] == key.public())
+        let Trust::SignedBy(s) = p.trust_for("reg:5000", "team/seg", "v1").unwrap() else {
+            panic!("team/seg needs a signature")
+        };
+        assert_eq!(s[0].keys, [key.public()]);
+        let exact = IdentityRule::Exact("reg:5000/team/seg:v1".into());
+        assert_eq!(
+            s[0].identity,
+            Some(exact),
+            "containers' default: matchRepoDigestOrExact"
         );
-        assert!(matches!(
-            p.trust_for("reg:5000", "team/scratch").unwrap(),
-            Trust::Anything
-        ));
-        assert!(matches!(
-            p.trust_for("reg:5000", "other").unwrap(),
-            Trust::Reject { .. }
-        ));
-        assert!(matches!(
-            p.trust_for("elsewhere", "team/seg").unwrap(),
-            Trust::Reject { .. }
-        ));
-        std::fs::write(
-            &path,
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let Trust::SignedBy(s) = p.trust_for("reg:5000", "team/seg", &digest).unwrap() else {
+            panic!()
+        };
+        let repository = IdentityRule::Repository("reg:5000/team/seg".into());
+        assert_eq!(s[0].identity, Some(repository));
+        let t = |h: &str, r: &str| p.trust_for(h, r, "v1").unwrap();
+        assert!(matches!(t("reg:5000", "team/scratch"), Trust::Anything));
+        assert!(matches!(t("reg:5000", "other"), Trust::Reject { .. }));
+        assert!(matches!(t("elsewhere", "team/seg"), Trust::Reject { .. }));
+        // Strict as containers/image: unknown types and fields, empty lists.
+        for bad in [
             r#"{"default":[{"type":"signedBy","keyType":"GPGKeys"}]}"#,
-        )
-        .unwrap();
-        let e = Policy::read(&path).unwrap_err().to_string();
-        assert!(e.contains("policy.json"), "{e}");
+            r#"{"default":[{"type":"sigstoreSigned","keyPath":"team.pub","fulcio":{}}]}"#,
+            r#"{"default":[{"type":"reject"}],"extra":1}"#,
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let e = Policy::read(&path).unwrap_err().to_string();
+            assert!(e.contains("policy.json"), "{e}");
+        }
+        std::fs::write(&path, r#"{"default":[]}"#).unwrap();
+        let e = Policy::read(&path).unwrap().trust_for("h", "r", "v1");
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("empty requirement list"), "{e}");
+    }
+
+    #[test]
+    fn identity_rules_read_the_payloads_reference() {
+        let r = IdentityRule::Repository("reg:5000/team/seg".into());
+        assert!(r.accepts(Some("reg:5000/team/seg")));
+        assert!(r.accepts(Some("reg:5000/team/seg:v1")));
+        assert!(!r.accepts(Some("reg:5000/team/other")));
+        assert!(!r.accepts(None));
+        let e = IdentityRule::Exact("reg:5000/team/seg:v1".into());
+        assert!(e.accepts(Some("reg:5000/team/seg:v1")));
+        assert!(!e.accepts(Some("reg:5000/team/seg")));
     }
 }

@@ -753,6 +753,16 @@ impl Registry {
                 return Ok(true);
             }
         }
+        drop(index);
+        // Or an artifact attached in `repo`: its manifest and blobs.
+        for subject in self.attached_subjects()? {
+            for r in self.referrers(&subject)? {
+                let here = r.repositories.contains_key(repo);
+                if here && (r.digest == *d || r.manifest.blobs().any(|b| b.digest == *d)) {
+                    return Ok(true);
+                }
+            }
+        }
         Ok(false)
     }
 
@@ -1103,7 +1113,7 @@ impl Registry {
         if let Some(grace) = opts.grace {
             self.keep_held_by_history(grace, &mut keep)?;
         }
-        let dead_subjects = self.keep_referrers(&mut keep)?;
+        let dead_subjects = self.keep_referrers(&mut keep, &young)?;
         let known: BTreeSet<Digest> = self
             .index()?
             .manifests()?
@@ -1143,6 +1153,11 @@ impl Registry {
             }
         }
         if !dry_run {
+            // Records first: a crash after them leaves unreferenced blobs, never a
+            // record naming a blob that is gone.
+            for subject in &dead_subjects {
+                self.forget_referrers(subject)?;
+            }
             for e in &report.removed {
                 if known.contains(&e.digest) {
                     self.index()?.forget_manifest(&e.digest)?;
@@ -1151,9 +1166,6 @@ impl Registry {
             }
             for d in known.iter().filter(|d| !keep.contains_key(d)) {
                 self.index()?.forget_manifest(d)?;
-            }
-            for subject in &dead_subjects {
-                self.forget_referrers(subject)?;
             }
             report.uploads_removed = self.blobs.clean_uploads()?;
         }
@@ -1184,12 +1196,16 @@ impl Registry {
     }
 
     /// Adds to `keep` every blob of an artifact attached to a kept bundle (a
-    /// signature lives as long as its bundle); returns the bundles no longer kept that
-    /// still have attachments (gc forgets those).
-    fn keep_referrers(&self, keep: &mut BTreeMap<Digest, Vec<String>>) -> Result<Vec<Digest>> {
+    /// signature lives as long as its bundle; a bundle `young` keeps counts as kept);
+    /// returns the bundles no longer kept that still have attachments (gc forgets those).
+    fn keep_referrers(
+        &self,
+        keep: &mut BTreeMap<Digest, Vec<String>>,
+        young: &dyn Fn(&Digest) -> bool,
+    ) -> Result<Vec<Digest>> {
         let mut dead = Vec::new();
         for subject in self.attached_subjects()? {
-            if !keep.contains_key(&subject) {
+            if !keep.contains_key(&subject) && !young(&subject) {
                 dead.push(subject);
                 continue;
             }

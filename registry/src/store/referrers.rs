@@ -21,6 +21,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{ArtifactManifest, IndexDescriptor};
 use crate::reference::valid_tag;
+use crate::sign::cosign::{MAX_PAYLOAD_BYTES, SIMPLESIGNING_MEDIA_TYPE};
 
 /// The folder of attachment records under a registry root.
 pub const REFERRERS_DIR: &str = "referrers";
@@ -60,6 +61,24 @@ impl Referrer {
             annotations: self.manifest.annotations.clone(),
         }
     }
+}
+
+/// The entries of `dir` named by a sha256 hex digest, sorted (none if it is absent).
+fn digest_names(dir: &Path) -> Result<Vec<Digest>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| Error::io(dir, e))?.file_name();
+        if let Ok(d) = format!("sha256:{}", name.to_string_lossy()).parse() {
+            out.push(d);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The subject a cosign-scheme tag names: `sha256-<hex>.<suffix>` → `sha256:<hex>`.
@@ -156,6 +175,17 @@ impl Registry {
                 what: "bundle the artifact is attached to".into(),
             });
         }
+        for layer in &manifest.layers {
+            if layer.media_type == SIMPLESIGNING_MEDIA_TYPE && layer.size > MAX_PAYLOAD_BYTES {
+                return Err(Error::Corrupt {
+                    what: "attached manifest".into(),
+                    reason: format!(
+                        "signature payload {} of {} bytes (at most {MAX_PAYLOAD_BYTES})",
+                        layer.digest, layer.size
+                    ),
+                });
+            }
+        }
         for desc in manifest.blobs() {
             if self.blobs.size(&desc.digest) != Some(desc.size) {
                 return Err(Error::MissingBlob {
@@ -179,7 +209,15 @@ impl Registry {
         }
         let path = self.record_path(subject, &d);
         let mut rec = self.read_record(&path)?.unwrap_or_default();
-        rec.repositories.insert(repo.into(), tag.map(Into::into));
+        // Pushed again by digest, an artifact keeps the tag it has.
+        match tag {
+            Some(t) => {
+                rec.repositories.insert(repo.into(), Some(t.into()));
+            }
+            None => {
+                rec.repositories.entry(repo.into()).or_insert(None);
+            }
+        }
         self.write_record(subject, &d, &rec)?;
         Ok(d)
     }
@@ -189,10 +227,10 @@ impl Registry {
     /// # Errors
     /// I/O errors naming the record.
     pub fn detach(&self, repo: &str, d: &Digest) -> Result<bool> {
+        let _w = WRITE.lock().unwrap_or_else(|e| e.into_inner());
         let Some(r) = self.referrer(d)? else {
             return Ok(false);
         };
-        let _w = WRITE.lock().unwrap_or_else(|e| e.into_inner());
         let mut rec = RecordFile {
             repositories: r.repositories,
         };
@@ -206,19 +244,9 @@ impl Registry {
     /// # Errors
     /// A record or manifest that cannot be read.
     pub fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>> {
-        let dir = self.referrers_dir().join(subject.hex());
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&dir, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name();
-            let Ok(d) = format!("sha256:{}", name.to_string_lossy()).parse::<Digest>() else {
-                continue; // a temp file of write_atomic
-            };
+        // Other names are temp files of write_atomic.
+        for d in digest_names(&self.referrers_dir().join(subject.hex()))? {
             if let Some(r) = self.load_referrer(subject, &d)? {
                 out.push(r);
             }
@@ -274,22 +302,7 @@ impl Registry {
 
     /// Every bundle something is attached to.
     pub(crate) fn attached_subjects(&self) -> Result<Vec<Digest>> {
-        let dir = self.referrers_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&dir, e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name();
-            if let Ok(d) = format!("sha256:{}", name.to_string_lossy()).parse() {
-                out.push(d);
-            }
-        }
-        out.sort();
-        Ok(out)
+        digest_names(&self.referrers_dir())
     }
 
     /// Forgets everything attached to `subject` (gc, once the bundle is freed).

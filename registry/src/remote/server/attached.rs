@@ -43,7 +43,11 @@ pub(super) fn put_attached(
             return manifest_invalid(format!("tag {t} does not name the subject {subject}"));
         }
     }
-    match st.reg.repo_has_blob(name, &subject) {
+    let in_repo = st
+        .reg
+        .knows_manifest(&subject)
+        .and_then(|k| Ok(k && st.reg.repo_has_blob(name, &subject)?));
+    match in_repo {
         Ok(true) => {}
         Ok(false) => {
             return oci_error(
@@ -150,9 +154,11 @@ pub(super) fn referrers(st: &ServerState, name: &str, digest: &str, uri: &Uri) -
         Err(e) => return internal(e),
     };
     let filter = query(uri, "artifactType");
+    // As the spec says: the manifests whose `subject` is the digest (cosign's tag
+    // scheme, without a subject, is read by its tag).
     let manifests = all
         .iter()
-        .filter(|r| r.repositories.contains_key(name))
+        .filter(|r| r.repositories.contains_key(name) && r.manifest.subject.is_some())
         .filter(|r| {
             filter
                 .as_deref()

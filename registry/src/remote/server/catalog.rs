@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
 use super::ServerState;
-use crate::bundle::{bundle_tensors, BundleConfig};
+use crate::bundle::{component_params, BundleConfig};
 use crate::oci::Manifest;
 
 /// The catalog's path prefix (never under `/v2/`).
@@ -180,7 +180,10 @@ fn bundle(st: &ServerState, reference: &str, headers: &HeaderMap) -> crate::Resu
     let config_bytes = st.reg.blob(&manifest.config.digest, "config")?;
     let config = crate::bundle::dir::parse_config(&config_bytes, std::path::Path::new("config"))?;
     let lineage = crate::compose::lineage(&st.reg, &d)?;
-    let signatures = crate::sign::signatures(&st.reg, &d, Some(name))?;
+    let signatures = crate::sign::signatures(&st.reg, &d, Some(name)).unwrap_or_else(|e| {
+        tracing::warn!("catalog: signatures of {reference}: {e}");
+        Vec::new()
+    });
     let pull = format!("vmt-hub pull oci://{}/{reference}", host(headers));
     Ok(page(
         reference,
@@ -217,14 +220,8 @@ fn bundle(st: &ServerState, reference: &str, headers: &HeaderMap) -> crate::Resu
 }
 
 fn tasks_table(manifest: &Manifest, config: &BundleConfig) -> Markup {
-    let specs = bundle_tensors(config);
-    let params = |component: &str| -> usize {
-        specs
-            .iter()
-            .filter(|s| s.component == component)
-            .map(|s| s.numel())
-            .sum()
-    };
+    let per_component = component_params(config);
+    let params = |component: &str| per_component.get(component).copied().unwrap_or(0);
     let metrics = config.metrics().unwrap_or_default();
     let g = &config.backbone;
     let total: usize = manifest
