@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$bin" --registry "$tmp/reg" import tests/fixtures/tiny/bundle --tag team/tiny:v1 >/dev/null
 "$bin" --registry "$tmp/reg" import tests/fixtures/tiny-lite/bundle --tag lite:v1 >/dev/null
 "$bin" --registry "$tmp/reg" rm lite:v1 >/dev/null
-mkdir -p $seeds/{safetensors,bundle_config,manifest,tag_record,reference,www_authenticate,content_range,serve_path,auth_file,mat,npy}
+mkdir -p $seeds/{safetensors,bundle_config,manifest,tag_record,reference,www_authenticate,content_range,serve_path,auth_file,signature_files,mat,npy}
 for f in "$tmp"/reg/blobs/sha256/*; do
   if grep -q schemaVersion "$f"; then cp "$f" $seeds/manifest/; fi
 done
@@ -54,3 +54,14 @@ for s in '{"auths": {"localhost:5000": {"auth": "YWxpY2U6czNjcmV0"}}}' \
   '{"auths": {"ghcr.io": {"username": "me", "password": "tok"}}, "credHelpers": {"gcr.io": "gcloud"}}' '{}'; do
   seed auth_file "$s"; done
 find $seeds -type f | wc -l
+# Signing: a key pair in cosign's format, a signature manifest, a trust policy.
+COSIGN_PASSWORD=seed "$bin" key generate --out "$tmp/seed" >/dev/null
+cp "$tmp/seed.key" $seeds/signature_files/cosign.key
+cp "$tmp/seed.pub" $seeds/signature_files/cosign.pub
+COSIGN_PASSWORD=seed "$bin" --registry "$tmp/reg" sign team/tiny:v1 --key "$tmp/seed.key" >/dev/null
+for f in "$tmp"/reg/blobs/sha256/*; do
+  if grep -q simplesigning "$f"; then cp "$f" $seeds/signature_files/signature-manifest.json; fi
+done
+cat > $seeds/signature_files/policy.json <<'JSON'
+{"default":[{"type":"reject"}],"transports":{"docker":{"reg:5000/team":[{"type":"sigstoreSigned","keyData":"","signedIdentity":{"type":"matchRepository"}}],"":[{"type":"insecureAcceptAnything"}]}}}
+JSON

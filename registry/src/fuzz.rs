@@ -135,6 +135,35 @@ pub fn auth_file(data: &[u8]) {
     crate::remote::logins::fuzz_auth_file(data);
 }
 
+/// What signing reads from files and peers: cosign key files (PEM, cosign's encrypted
+/// JSON; the passphrase is refused, so no scrypt runs), public keys, attached artifact
+/// manifests and trust policies. A public key that parses, written as PEM, parses to
+/// the same key; an artifact manifest that parses round-trips through its JSON.
+pub fn signature_files(data: &[u8]) {
+    use crate::sign::keys::{PublicKey, SigningKey};
+    let t = text(data);
+    let refused = || {
+        Err(crate::Error::Key {
+            origin: "fuzz".into(),
+            reason: "no passphrase".into(),
+        })
+    };
+    let _ = SigningKey::from_pem(t, "fuzz", refused);
+    if let Ok(k) = PublicKey::from_pem(t, "fuzz") {
+        let again = PublicKey::from_pem(&k.to_pem(), "again").expect("written key parses");
+        assert_eq!(again, k);
+    }
+    if let Ok(m) = crate::oci::ArtifactManifest::parse(data) {
+        let bytes = serde_json::to_vec(&m).expect("serialises");
+        let again = crate::oci::ArtifactManifest::parse(&bytes).expect("written manifest parses");
+        assert_eq!(again, m);
+        let _ = m.artifact_type();
+    }
+    if let Ok(p) = crate::sign::policy::Policy::parse(data, Path::new("/nonexistent/policy.json")) {
+        let _ = p.trust_for("reg:5000", "team/seg", "v1");
+    }
+}
+
 /// A fuzz target: its name (its folder under `fuzz/seeds/` and `fuzz/corpus/`) and its
 /// entry point.
 pub type Target = (&'static str, fn(&[u8]));
@@ -150,4 +179,5 @@ pub const TARGETS: &[Target] = &[
     ("content_range", content_range),
     ("serve_path", serve_path),
     ("auth_file", auth_file),
+    ("signature_files", signature_files),
 ];

@@ -204,7 +204,16 @@ impl Policy {
     /// parse (an unknown requirement type among them: refusing beats ignoring).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = crate::file::read_limited(path, 1 << 20).map_err(|e| Error::io(path, e))?;
-        let file: PolicyFile = serde_json::from_slice(&bytes).map_err(|e| Error::Key {
+        Self::parse(&bytes, path)
+    }
+
+    /// Parses the bytes of the policy file at `path` (key paths are relative to its
+    /// folder).
+    ///
+    /// # Errors
+    /// [`Error::Key`] naming `path` for a policy that does not parse.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let file: PolicyFile = serde_json::from_slice(bytes).map_err(|e| Error::Key {
             origin: path.display().to_string(),
             reason: format!("not a trust policy (containers-policy.json): {e}"),
         })?;
