@@ -1,8 +1,10 @@
-//! `vmt-hub serve`: the OCI Distribution API (the part push and pull use, plus tag
-//! listing and the catalog) answered from a local registry.
+//! `vmt-hub serve`: the OCI Distribution API (the part push and pull use, tag listing,
+//! the catalog, DELETE, the OCI 1.1 referrers API in `server/attached.rs`) answered
+//! from a local registry, and a web catalog for browsers (`server/catalog.rs`).
 //!
-//! Blobs are shared by all repositories of the server (the store is content-addressed),
-//! so a blob pushed under one name is found under every name.
+//! Blobs are stored once (the store is content-addressed) but belong to repositories,
+//! as in distribution: a blob is found in a repository once uploaded or mounted there,
+//! or as part of a bundle tagged or an artifact attached there.
 //!
 //! What a hostile client can make it do is bounded:
 //! - the bearer token is checked before any body is read;
