@@ -95,8 +95,11 @@ fn tensorboard_reads_the_runs_scalars_and_sheets_and_a_resume_logs_each_step_onc
             "32",
         ],
     );
+    let baseline = tmp.path().join("baseline.json");
+    std::fs::write(&baseline, r#"{"semseg": 10.0, "sal": 20.0}"#).unwrap();
+    let b = baseline.to_str().unwrap();
     let whole = tmp.path().join("whole");
-    train(&root, &data, &whole, &[]);
+    train(&root, &data, &whole, &["--baseline", b]);
     let got = accumulated(&python, &whole);
     let steps = |tag: &str| got["scalars"][tag].clone();
     for tag in [
@@ -121,6 +124,12 @@ fn tensorboard_reads_the_runs_scalars_and_sheets_and_a_resume_logs_each_step_onc
     for k in &val {
         assert_eq!(steps(k), serde_json::json!([4]), "{k}");
     }
+    assert_eq!(steps("val/delta_m"), serde_json::json!([4]), "{got}");
+    let show = ok(&root, &["show", "tb/run:v1"]);
+    assert!(
+        show.contains("\"delta_m\""),
+        "Δm is stored with the metrics: {show}"
+    );
     let images = got["images"].as_object().unwrap();
     assert_eq!(images.len(), 1, "one fixed image: {got}");
     let (tag, rows) = images.iter().next().unwrap();
@@ -146,8 +155,13 @@ fn tensorboard_reads_the_runs_scalars_and_sheets_and_a_resume_logs_each_step_onc
 
     // Stopped after step 3 (checkpoint at 2 and 3), resumed: each step once.
     let resumed = tmp.path().join("resumed");
-    train(&root, &data, &resumed, &["--stop-after", "3"]);
-    train(&root, &data, &resumed, &["--resume"]);
+    train(
+        &root,
+        &data,
+        &resumed,
+        &["--stop-after", "3", "--baseline", b],
+    );
+    train(&root, &data, &resumed, &["--resume", "--baseline", b]);
     let again = accumulated(&python, &resumed);
     for tag in ["loss/total", "loss/sal", "train/lr"] {
         assert_eq!(

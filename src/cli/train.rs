@@ -55,9 +55,15 @@ pub struct RunArgs {
     /// How many of the latest checkpoints the run directory keeps.
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
-    /// Run directory (metrics.jsonl, checkpoints). Default: runs/<name>-<tag>.
+    /// Run directory (metrics.jsonl, TensorBoard events, checkpoints). Default:
+    /// runs/<name>-<tag>.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Single-task baselines for the Δm of the final validation (stored with the
+    /// bundle's metrics, logged to TensorBoard): pascal-swin-t-stl, an `eval --json`
+    /// report, or a JSON file {"task": value}.
+    #[arg(long)]
+    pub baseline: Option<String>,
     /// Continue from the run directory's last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -281,6 +287,7 @@ pub fn run_train(root: Option<&Path>, a: TrainArgs) -> anyhow::Result<()> {
         a.tasks.clone()
     };
     let mut opts = run_options(&a.run, &tag, a.data, tasks, a.backbone);
+    opts.baseline = a.run.baseline.as_deref().map(read_baseline).transpose()?;
     opts.adapter = a.adapter;
     opts.reduction = a.reduction;
     opts.scale = a.scale;
@@ -328,6 +335,7 @@ pub fn run_add_task(root: Option<&Path>, a: AddTaskArgs) -> anyhow::Result<()> {
     )?;
     let mut opts = run_options(&a.run, &tag, a.data, names, backbone.to_string());
     opts.image_size = image_size_for(a.run.image_size, &loaded.bundle.config);
+    opts.baseline = a.run.baseline.as_deref().map(read_baseline).transpose()?;
     opts.base = Some(Base {
         bundle: loaded.bundle,
         parent: loaded.digest,

@@ -89,6 +89,9 @@ pub struct TrainOptions {
     /// add-task: a trained bundle whose shared adapter and tasks stay frozen; `tasks`
     /// are the new tasks, and the adapter/decoder settings come from this bundle.
     pub base: Option<Base>,
+    /// Single-task values (each task's primary metric) the final validation's Δm is
+    /// measured against; stored as `metrics.delta_m` and logged as `val/delta_m`.
+    pub baseline: Option<BTreeMap<String, f64>>,
 }
 
 impl Default for TrainOptions {
@@ -136,6 +139,7 @@ impl Default for TrainOptions {
             resume: false,
             stop_after: None,
             base: None,
+            baseline: None,
         }
     }
 }
@@ -558,6 +562,13 @@ impl Trainer {
                 o.batch,
                 o.workers,
             )?;
+            let report = match &o.baseline {
+                Some(b) => report.with_baseline(b),
+                None => report,
+            };
+            if let Some(dm) = report.delta_m {
+                metrics.extra.insert("delta_m".into(), json!(dm));
+            }
             for (t, r) in report.tasks {
                 metrics
                     .val
@@ -602,6 +613,9 @@ impl Trainer {
     /// Validation metrics as `val/<task>/<metric>` at the last step.
     fn log_validation(&self, metrics: &Metrics) -> Result<()> {
         let mut values = Vec::new();
+        if let Some(dm) = metrics.extra.get("delta_m").and_then(|v| v.as_f64()) {
+            values.push(("val/delta_m".to_string(), dm));
+        }
         for (task, m) in &metrics.val {
             for (name, v) in &m.metrics {
                 values.push((format!("val/{task}/{name}"), *v));

@@ -268,6 +268,9 @@ fn tasks_table(manifest: &Manifest, config: &BundleConfig) -> Markup {
                 }
             }
         }
+        @if let Some(dm) = metrics.extra.get("delta_m").and_then(|v| v.as_f64()) {
+            p { "Δm against single-task baselines: " b { (format!("{dm:+.2}")) } " %" }
+        }
         p { "trainable parameters: " (total) }
         h3 { "Backbone and adapter" }
         ul {
