@@ -411,6 +411,40 @@ fn pull_verify_key_refuses_each_bad_signature_and_stores_nothing() {
             );
         }
     }
+    // A signature manifest this registry would not store as it is (one more layer, of
+    // another type): the pull verifies and succeeds, and keeps the signature as vmt-hub
+    // writes it.
+    ok(
+        &a,
+        &[
+            "push",
+            "team/seg:v1",
+            &format!("oci://127.0.0.1:{}/odd:v1", server.port),
+        ],
+    );
+    let extra = b"an extra layer";
+    let extra_d = Digest::of(extra);
+    ureq::post(&format!("{base}/v2/odd/blobs/uploads/?digest={extra_d}"))
+        .send_bytes(extra)
+        .unwrap();
+    push_signatures(&base, "odd", &d, std::slice::from_ref(&good), |m| {
+        let layer =
+            serde_json::json!({"mediaType": "text/plain", "digest": extra_d, "size": extra.len()});
+        m["layers"].as_array_mut().unwrap().push(layer);
+    });
+    let odd = tmp.path().join("odd");
+    let out = ok(
+        &odd,
+        &[
+            "pull",
+            &format!("oci://127.0.0.1:{}/odd:v1", server.port),
+            "--verify-key",
+            public,
+        ],
+    );
+    assert!(out.contains("verified: signed by key"), "{out}");
+    let show = ok(&odd, &["show", "odd:v1"]);
+    assert!(show.contains("signatures: 1"), "{show}");
     // The same rules from a trust policy (containers-policy.json): the signed
     // repository needs the key, and a signature for its name (signedIdentity, as
     // containers/image checks it); everything else is rejected.
