@@ -65,3 +65,7 @@ done
 cat > $seeds/signature_files/policy.json <<'JSON'
 {"default":[{"type":"reject"}],"transports":{"docker":{"reg:5000/team":[{"type":"sigstoreSigned","keyData":"","signedIdentity":{"type":"matchRepository"}}],"":[{"type":"insecureAcceptAnything"}]}}}
 JSON
+COSIGN_PASSWORD=seed "$bin" --registry "$tmp/reg" export team/tiny:v1 "$tmp/exported" --sign "$tmp/seed.key" >/dev/null
+cp "$tmp/exported/model.sig" $seeds/signature_files/model.sig
+python3 -c 'import base64, json, sys; sys.stdout.buffer.write(base64.b64decode(json.load(open(sys.argv[1]))["dsseEnvelope"]["payload"]))' \
+  "$tmp/exported/model.sig" > $seeds/signature_files/statement.json

@@ -137,7 +137,7 @@ pub fn auth_file(data: &[u8]) {
 
 /// What signing reads from files and peers: cosign key files (PEM, cosign's encrypted
 /// JSON; the passphrase is refused, so no scrypt runs), public keys, attached artifact
-/// manifests and trust policies. A public key that parses, written as PEM, parses to
+/// manifests, trust policies and `model.sig` (envelope, statement). A public key that parses, written as PEM, parses to
 /// the same key; an artifact manifest that parses round-trips through its JSON.
 pub fn signature_files(data: &[u8]) {
     use crate::sign::keys::{PublicKey, SigningKey};
@@ -159,6 +159,10 @@ pub fn signature_files(data: &[u8]) {
         assert_eq!(again, m);
         let _ = m.artifact_type();
     }
+    if let Ok((payload, _)) = crate::sign::model::read_envelope(data) {
+        let _ = crate::sign::model::signed_files(&payload);
+    }
+    let _ = crate::sign::model::signed_files(data);
     if let Ok(p) = crate::sign::policy::Policy::parse(data, Path::new("/nonexistent/policy.json")) {
         let _ = p.trust_for("reg:5000", "team/seg", "v1");
     }

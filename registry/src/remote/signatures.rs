@@ -9,7 +9,7 @@
 //! finds no `.sig` tag reads the last such referrer.
 
 use super::client::{sanitize, Client};
-use super::transfer::{upload_blob, Progress};
+use super::transfer::{check_received, upload_blob, Progress};
 use crate::bundle::check::MAX_MANIFEST_BYTES;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -56,14 +56,8 @@ pub(crate) fn small_blob(
         &what,
     )?;
     let bytes = reply.body(desc.size, &what, name)?;
-    let actual = Digest::of(&bytes);
-    if actual != desc.digest || bytes.len() as u64 != desc.size {
-        return Err(Error::DigestMismatch {
-            what: format!("{what} from {name}"),
-            expected: format!("{} ({} bytes)", desc.digest, desc.size),
-            actual: format!("{actual} ({} bytes)", bytes.len()),
-        });
-    }
+    let got = (Digest::of(&bytes), bytes.len() as u64);
+    check_received(desc, got, &format!("{what} from {name}"))?;
     Ok(bytes)
 }
 

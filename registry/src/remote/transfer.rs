@@ -366,6 +366,25 @@ pub fn push(
     Ok(report)
 }
 
+/// Checks that what arrived (its digest and size) is what `desc` declares.
+///
+/// # Errors
+/// [`Error::DigestMismatch`] naming `what`.
+pub(crate) fn check_received(
+    desc: &crate::oci::Descriptor,
+    (actual, size): (Digest, u64),
+    what: &str,
+) -> Result<()> {
+    if actual != desc.digest || size != desc.size {
+        return Err(Error::DigestMismatch {
+            what: what.into(),
+            expected: format!("{} ({} bytes)", desc.digest, desc.size),
+            actual: format!("{actual} ({size} bytes)"),
+        });
+    }
+    Ok(())
+}
+
 /// GETs a blob into a temp file of the store (capped at its declared size, hashed on
 /// the way), retrying when the connection breaks mid-body. The file is checked
 /// against the declared digest and size before it is returned.
@@ -397,13 +416,7 @@ fn fetch_blob(
         });
         match got {
             Ok((size, actual)) => {
-                if actual != desc.digest || size != desc.size {
-                    return Err(Error::DigestMismatch {
-                        what: format!("{what} from {name}"),
-                        expected: format!("{} ({} bytes)", desc.digest, desc.size),
-                        actual: format!("{actual} ({size} bytes)"),
-                    });
-                }
+                check_received(desc, (actual, size), &format!("{what} from {name}"))?;
                 return Ok(file);
             }
             // A body longer than declared is a lie, not a broken connection.

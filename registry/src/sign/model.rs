@@ -165,6 +165,65 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The DSSE envelope of a `model.sig`: its payload and the DER signatures it carries
+/// (those that are not base64 are left out).
+///
+/// # Errors
+/// Not JSON, not a Sigstore bundle, not an in-toto payload, a payload not base64.
+pub fn read_envelope(bytes: &[u8]) -> std::result::Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let bundle: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if bundle["mediaType"] != BUNDLE_MEDIA_TYPE {
+        return Err(format!("not a Sigstore bundle ({BUNDLE_MEDIA_TYPE})"));
+    }
+    let envelope = &bundle["dsseEnvelope"];
+    if envelope["payloadType"] != PAYLOAD_TYPE {
+        return Err(format!("the payload is not {PAYLOAD_TYPE}"));
+    }
+    let b64 = |v: &Value| B64.decode(v.as_str().unwrap_or_default());
+    let payload = b64(&envelope["payload"]).map_err(|e| format!("payload: {e}"))?;
+    let sigs = envelope["signatures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| b64(&s["sig"]).ok())
+        .collect();
+    Ok((payload, sigs))
+}
+
+/// The files a model_signing v1.0 statement signs (relative path -> SHA-256), once its
+/// subject is checked to cover exactly their digests.
+///
+/// # Errors
+/// Not such a statement, a resource without name or hex digest, a subject that does
+/// not cover the files.
+pub fn signed_files(payload: &[u8]) -> std::result::Result<BTreeMap<String, Vec<u8>>, String> {
+    let st: Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    if st["_type"] != STATEMENT_TYPE || st["predicateType"] != PREDICATE_TYPE {
+        return Err("not a model_signing v1.0 statement".into());
+    }
+    let mut signed = BTreeMap::new();
+    let mut root = Sha256::new();
+    for r in st["predicate"]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let (Some(name), Some(digest)) = (r["name"].as_str(), r["digest"].as_str()) else {
+            return Err("a resource without name or digest".into());
+        };
+        let raw = hex::decode(digest).map_err(|e| format!("{name}: {e}"))?;
+        root.update(&raw);
+        signed.insert(name.to_string(), raw);
+    }
+    let subject = st["subject"][0]["digest"]["sha256"]
+        .as_str()
+        .unwrap_or_default();
+    if subject != hex::encode(root.finalize()) {
+        return Err("the subject's digest does not cover the files".into());
+    }
+    Ok(signed)
+}
+
 /// Checks `dir/model.sig` as `model_signing verify key` does: the signature by one of
 /// `keys` over the statement, the statement's subject over its file digests, and the
 /// files of `dir` exactly those of the statement with those digests. Returns the
@@ -177,31 +236,11 @@ pub fn verify_dir(dir: &Path, keys: &[PublicKey]) -> Result<Digest> {
     let path = dir.join(SIGNATURE_FILE);
     let bytes =
         crate::file::read_limited(&path, MAX_SIGNATURE_BYTES).map_err(|e| Error::io(&path, e))?;
-    let bundle: Value = serde_json::from_slice(&bytes).map_err(|e| sig_error(dir, e))?;
-    if bundle["mediaType"] != BUNDLE_MEDIA_TYPE {
-        return Err(sig_error(
-            dir,
-            format!("not a Sigstore bundle ({BUNDLE_MEDIA_TYPE})"),
-        ));
-    }
-    let envelope = &bundle["dsseEnvelope"];
-    if envelope["payloadType"] != PAYLOAD_TYPE {
-        return Err(sig_error(dir, format!("the payload is not {PAYLOAD_TYPE}")));
-    }
-    let b64 = |v: &Value, what: &str| {
-        B64.decode(v.as_str().unwrap_or_default())
-            .map_err(|e| sig_error(dir, format!("{what}: {e}")))
-    };
-    let payload = b64(&envelope["payload"], "payload")?;
+    let (payload, sigs) = read_envelope(&bytes).map_err(|e| sig_error(dir, e))?;
     let message = pae(&payload);
-    let sigs = envelope["signatures"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let key = sigs
         .iter()
-        .filter_map(|s| b64(&s["sig"], "signature").ok())
-        .find_map(|der| keys.iter().find(|k| k.verifies(&message, &der)))
+        .find_map(|der| keys.iter().find(|k| k.verifies(&message, der)))
         .ok_or_else(|| {
             let tried: Vec<String> = keys.iter().map(|k| k.fingerprint().to_string()).collect();
             sig_error(
@@ -212,33 +251,7 @@ pub fn verify_dir(dir: &Path, keys: &[PublicKey]) -> Result<Digest> {
                 ),
             )
         })?;
-    let st: Value = serde_json::from_slice(&payload).map_err(|e| sig_error(dir, e))?;
-    if st["_type"] != STATEMENT_TYPE || st["predicateType"] != PREDICATE_TYPE {
-        return Err(sig_error(dir, "not a model_signing v1.0 statement"));
-    }
-    let mut signed = BTreeMap::new();
-    let mut root = Sha256::new();
-    for r in st["predicate"]["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let (Some(name), Some(digest)) = (r["name"].as_str(), r["digest"].as_str()) else {
-            return Err(sig_error(dir, "a resource without name or digest"));
-        };
-        let raw = hex::decode(digest).map_err(|e| sig_error(dir, format!("{name}: {e}")))?;
-        root.update(&raw);
-        signed.insert(name.to_string(), raw);
-    }
-    let subject = st["subject"][0]["digest"]["sha256"]
-        .as_str()
-        .unwrap_or_default();
-    if subject != hex::encode(root.finalize()) {
-        return Err(sig_error(
-            dir,
-            "the subject's digest does not cover the files",
-        ));
-    }
+    let signed = signed_files(&payload).map_err(|e| sig_error(dir, e))?;
     let actual = hash_files(dir)?;
     for (name, d) in &actual {
         match signed.get(name) {
@@ -286,7 +299,9 @@ mod tests {
             .to_string()
             .contains("keys tried"));
         std::fs::write(dir.join("sub/b.bin"), "World\n").unwrap();
-        let e = verify_dir(&dir, &keys).unwrap_err().to_string();
+        let e = verify_dir(&dir, &keys).unwrap_err();
+        assert!(matches!(&e, Error::Signature { what, .. } if what.ends_with("model.sig")));
+        let e = e.to_string();
         assert!(
             e.contains("sub/b.bin changed") && e.contains("model.sig"),
             "{e}"
