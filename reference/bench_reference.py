@@ -79,9 +79,33 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def bench_gemm(a, dev):
+    """The GEMMs of `vmt-hub bench gemm`: Swin-T's linear layers, x @ w.t() forward and
+    grad @ w backward, the fastest of `--iters` runs each (GFLOP/s)."""
+    for stage in range(4):
+        tokens = a.batch * (a.size // 4 >> stage) ** 2
+        c = 96 << stage
+        for name, inp, out in [("qkv", c, 3 * c), ("proj", c, c), ("fc1", c, 4 * c), ("fc2", 4 * c, c)]:
+            w = torch.randn(out, inp, device=dev)
+            for backward in (False, True):
+                x = torch.randn(tokens, out if backward else inp, device=dev)
+                best = float("inf")
+                for _ in range(max(1, a.iters)):
+                    t = time.perf_counter()
+                    _ = x @ w if backward else x @ w.t()
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    best = min(best, time.perf_counter() - t)
+                print(json.dumps({
+                    "side": "pytorch", "mode": "gemm", "threads": a.threads,
+                    "layer": f"stage {stage + 1} {name} {'backward' if backward else 'forward'}",
+                    "gflops": 2 * tokens * inp * out / best / 1e9, "torch": torch.__version__,
+                }))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["train", "forward"])
+    ap.add_argument("mode", choices=["train", "forward", "gemm"])
     ap.add_argument("--tasks", type=int, default=4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
@@ -93,6 +117,9 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
+    if a.mode == "gemm":
+        bench_gemm(a, dev)
+        return
     model, bundle = model_for(a.tasks)
     model.to(dev)
     pixels = torch.randn(a.batch, 3, a.size, a.size, device=dev)

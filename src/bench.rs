@@ -199,6 +199,90 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> crate::Result<Vec<
     Ok(rows)
 }
 
+/// One GEMM of a Swin linear layer, timed with both ways of sharing it between threads.
+#[derive(Debug, Serialize)]
+pub struct GemmTiming {
+    /// The layer and pass, e.g. `stage 3 fc2 forward`.
+    pub layer: String,
+    /// Rows (tokens), columns (output features), inner dimension.
+    pub m: usize,
+    /// Output columns.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// GFLOP/s of the fastest of the timed runs, split as the fused layers do.
+    pub blocks_gflops: f64,
+    /// GFLOP/s of the fastest run with gemm's own split (candle's matmul).
+    pub gemm_gflops: f64,
+    /// Threads of the pool.
+    pub threads: usize,
+}
+
+impl std::fmt::Display for GemmTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<24} {:>5} x {:>4} x {:>4}: blocks {:6.1} GFLOP/s, gemm's split {:6.1} GFLOP/s ({} threads)",
+            self.layer, self.m, self.n, self.k, self.blocks_gflops, self.gemm_gflops, self.threads
+        )
+    }
+}
+
+/// Times the GEMMs of Swin-T's linear layers (qkv, proj, fc1, fc2 of each stage; the
+/// forward product `x Wᵀ` and the backward's input gradient `grad W`) at `batch` images
+/// of `size` pixels, the fastest of `iters` runs each, on a thread of the pool (as the
+/// model runs).
+pub fn bench_gemm(batch: usize, size: usize, iters: usize) -> Vec<GemmTiming> {
+    crate::model::on_pool(|| gemm_timings(batch, size, iters))
+}
+
+fn gemm_timings(batch: usize, size: usize, iters: usize) -> Vec<GemmTiming> {
+    use crate::model::fused::{gemm_split, GemmSplit};
+    let mut rows = Vec::new();
+    for stage in 0..4 {
+        let tokens = batch * ((size / 4) >> stage).pow(2);
+        let c = 96 << stage;
+        for (name, inp, out) in [
+            ("qkv", c, 3 * c),
+            ("proj", c, c),
+            ("fc1", c, 4 * c),
+            ("fc2", 4 * c, c),
+        ] {
+            for backward in [false, true] {
+                // forward: [tokens, in] x [out, in]ᵀ; backward: [tokens, out] x [out, in].
+                let (m, n, k) = if backward {
+                    (tokens, inp, out)
+                } else {
+                    (tokens, out, inp)
+                };
+                let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+                let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+                let best = |split| {
+                    (0..iters.max(1))
+                        .map(|_| {
+                            let t = Instant::now();
+                            std::hint::black_box(gemm_split((m, n, k), &x, &w, backward, split));
+                            t.elapsed().as_secs_f64()
+                        })
+                        .fold(f64::MAX, f64::min)
+                };
+                let flop = 2.0 * (m * n * k) as f64 / 1e9;
+                let pass = if backward { "backward" } else { "forward" };
+                rows.push(GemmTiming {
+                    layer: format!("stage {} {name} {pass}", stage + 1),
+                    m,
+                    n,
+                    k,
+                    blocks_gflops: flop / best(GemmSplit::Blocks),
+                    gemm_gflops: flop / best(GemmSplit::Gemm),
+                    threads: rayon::current_num_threads(),
+                });
+            }
+        }
+    }
+    rows
+}
+
 /// One measured training configuration.
 #[derive(Debug, Serialize)]
 pub struct TrainTiming {
@@ -427,5 +511,24 @@ impl std::fmt::Display for RegistryTiming {
             self.median_s * 1e3,
             self.bytes as f64 / 1e6
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `bench gemm` times every linear layer of the four stages, both passes, with the
+    /// shapes of the batch's tokens.
+    #[test]
+    fn bench_gemm_covers_every_layer_of_swin_t() {
+        let rows = super::bench_gemm(1, 32, 1);
+        assert_eq!(rows.len(), 4 * 4 * 2);
+        assert_eq!(rows[0].layer, "stage 1 qkv forward");
+        assert_eq!((rows[0].m, rows[0].n, rows[0].k), (64, 288, 96));
+        let last = rows.last().unwrap();
+        assert_eq!(last.layer, "stage 4 fc2 backward");
+        assert_eq!((last.m, last.n, last.k), (1, 3072, 768));
+        assert!(rows
+            .iter()
+            .all(|r| r.blocks_gflops > 0.0 && r.gemm_gflops > 0.0));
     }
 }

@@ -59,6 +59,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The GEMMs of Swin-T's linear layers, split between threads as the fused layers
+    /// do and as gemm does.
+    Gemm {
+        /// Images per batch (the layers' rows are the tokens of the batch).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Square image side in pixels.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed runs per GEMM (the fastest counts).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Print one line of JSON per result.
+        #[arg(long)]
+        json: bool,
+    },
     /// Push and pull throughput against a remote (e.g. a local docker-registry or
     /// `vmt-hub serve` on loopback).
     Transfer {
@@ -120,6 +136,16 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 &backbone, &tasks, batch, size, steps, add_task, &device,
             )?;
             print(r.to_string(), serde_json::to_string(&r)?, json);
+        }
+        BenchCommand::Gemm {
+            batch,
+            size,
+            iters,
+            json,
+        } => {
+            for r in vmt_hub::bench::bench_gemm(batch, size, iters) {
+                print(r.to_string(), serde_json::to_string(&r)?, json);
+            }
         }
         BenchCommand::Transfer {
             remote,

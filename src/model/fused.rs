@@ -123,27 +123,99 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let tracks_x = x.track_op();
         let x = x.detach();
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = centred.broadcast_mul(&rstd)?;
         let d = *x.dims().last().unwrap_or(&1);
         let rows = x.elem_count() / d.max(1);
-        let grad_w = (grad * &xhat)?.reshape((rows, d))?.sum(0)?;
-        let grad_b = grad.reshape((rows, d))?.sum(0)?;
-        let g = grad.broadcast_mul(w)?;
-        let inner = g
-            .broadcast_sub(&g.mean_keepdim(D::Minus1)?)?
-            .sub(&xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?;
-        let grad_x = inner.broadcast_mul(&rstd)?;
-        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+        let grad = grad.contiguous()?;
+        let grad_x = tracks_x
+            .then(|| {
+                let (x, w) = (x.contiguous()?, w.detach().contiguous()?);
+                x.apply_op3_no_bwd(&w, &grad, &LayerNormGradOp { eps: self.eps })
+            })
+            .transpose()?;
+        // A frozen backbone's weight and bias track nothing: no row sums for them.
+        let grad_w = w
+            .track_op()
+            .then(|| {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centred = x.broadcast_sub(&mean)?;
+                let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+                    .sqrt()?
+                    .recip()?;
+                let xhat = centred.broadcast_mul(&rstd)?;
+                (&grad * &xhat)?.reshape((rows, d))?.sum(0)
+            })
+            .transpose()?;
+        let grad_b = b
+            .track_op()
+            .then(|| grad.reshape((rows, d))?.sum(0))
+            .transpose()?;
+        Ok((grad_x, grad_w, grad_b))
+    }
+}
+
+/// The input gradient of [`LayerNormOp`] in one pass per row: with `x̂` the normalised
+/// row, `rstd` its `1 / sqrt(var + eps)` and `g = grad * weight`,
+/// `dx = rstd (g - mean(g) - x̂ mean(g x̂))`. Inputs: `x`, `weight`, `grad`.
+struct LayerNormGradOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm backward input")?;
+        let w = f32_slice(s2, l2, "layer_norm backward weight")?;
+        let grad = f32_slice(s3, l3, "layer_norm backward gradient")?;
+        let d = l1.dims().last().copied().unwrap_or(1);
+        if grad.len() != x.len() || w.len() != d {
+            candle_core::bail!(
+                "layer_norm backward: input {:?}, weight {:?}, gradient {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let eps = self.eps as f32;
+        let mut dx = vec![0f32; x.len()];
+        let step = d * rows_per_task(d);
+        dx.par_chunks_mut(step)
+            .zip(x.par_chunks(step).zip(grad.par_chunks(step)))
+            .for_each(|(dx, (x, grad))| {
+                let rows = dx.chunks_mut(d).zip(x.chunks(d).zip(grad.chunks(d)));
+                for (dx, (row, grad)) in rows {
+                    let mean = sum16(row, |v| v) / d as f32;
+                    let var = sum16(row, |v| (v - mean) * (v - mean)) / d as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    // dx holds g = grad * weight until the last loop.
+                    for i in 0..d {
+                        dx[i] = grad[i] * w[i];
+                    }
+                    let mean_g = sum16(dx, |g| g) / d as f32;
+                    let mean_gx = simd::dot16(dx, row, mean) * rstd / d as f32;
+                    for i in 0..d {
+                        let xhat = (row[i] - mean) * rstd;
+                        dx[i] = rstd * (dx[i] - mean_g - xhat * mean_gx);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
@@ -283,31 +355,27 @@ impl CustomOp3 for LinearOp {
                 l3.dims()
             )
         }
-        let mut y = vec![0f32; rows * out];
-        y.par_chunks_mut(out * rows_per_task(out))
-            .for_each(|y| y.chunks_mut(out).for_each(|r| r.copy_from_slice(b)));
+        // y starts as the bias in every row (written once: no zeroed buffer first).
+        let mut y = Vec::with_capacity(rows * out);
+        y.spare_capacity_mut()
+            .par_chunks_mut(out * rows_per_task(out))
+            .for_each(|y| {
+                y.chunks_mut(out).for_each(|r| {
+                    r.iter_mut().zip(b).for_each(|(r, b)| {
+                        r.write(*b);
+                    })
+                })
+            });
+        // SAFETY: every element was written above.
+        unsafe { y.set_len(rows * out) };
         // y += x Wᵀ; SAFETY: x is rows x inp, W is out x inp (read transposed), y rows x out.
         unsafe {
-            gemm::gemm(
-                rows,
-                out,
-                inp,
+            par_gemm(
+                (rows, out, inp),
                 y.as_mut_ptr(),
-                1,
-                out as isize,
                 true,
-                x.as_ptr(),
-                1,
-                inp as isize,
-                w.as_ptr(),
-                inp as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                (x.as_ptr(), inp),
+                (w.as_ptr(), inp, true),
             )
         }
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
@@ -321,7 +389,13 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad_x = x.track_op().then(|| grad.matmul(&w.detach())).transpose()?;
+        let grad_x = x
+            .track_op()
+            .then(|| {
+                grad.contiguous()?
+                    .apply_op2_no_bwd(&w.detach(), &LinearGradOp)
+            })
+            .transpose()?;
         let grad_w = w
             .track_op()
             .then(|| grad.t()?.matmul(&x.detach()))
@@ -329,6 +403,151 @@ impl CustomOp3 for LinearOp {
         let grad_b = b.track_op().then(|| grad.sum(0)).transpose()?;
         Ok((grad_x, grad_w, grad_b))
     }
+}
+
+/// The input gradient of a linear layer, `grad W` for `grad` `[rows, out]` and `W`
+/// `[out, in]`: [`par_gemm`] (candle's matmul leaves a thread idle at the deep stages'
+/// few rows).
+struct LinearGradOp;
+
+impl CustomOp2 for LinearGradOp {
+    fn name(&self) -> &'static str {
+        "vmt-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s1, l1, "linear backward gradient")?;
+        let w = f32_slice(s2, l2, "linear backward weight")?;
+        let (rows, out) = l1.shape().dims2()?;
+        let (out_w, inp) = l2.shape().dims2()?;
+        if out != out_w {
+            candle_core::bail!(
+                "linear backward: gradient {:?}, weight {:?}",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let mut x = vec![0f32; rows * inp];
+        // x = grad W; SAFETY: grad is rows x out, W out x inp, x rows x inp.
+        unsafe {
+            par_gemm(
+                (rows, inp, out),
+                x.as_mut_ptr(),
+                false,
+                (g.as_ptr(), out),
+                (w.as_ptr(), inp, false),
+            )
+        }
+        Ok((CpuStorage::F32(x), Shape::from((rows, inp))))
+    }
+}
+
+/// Rows per thread from which [`par_gemm`] gives each thread a block of rows.
+const ROWS_PER_THREAD: usize = 256;
+
+/// Columns per thread from which [`par_gemm`] gives each thread a block of columns when
+/// there are too few rows.
+const COLS_PER_THREAD: usize = 64;
+
+/// `dst = lhs rhs` (`dst += lhs rhs` with `accumulate`) for row-major `[m, k] x [k, n]`
+/// (`lhs` row-major with the given row stride, `rhs` as in [`gemm_f32`], `dst` with row
+/// stride `n`) on every thread of the pool, each thread running gemm on one block of the
+/// output: a block of rows where there are enough, else a block of columns. gemm's own
+/// split leaves a thread idle at the deep stages' few rows (98 x 3072 x 768 on 2 threads
+/// of CPU-2i: 70 GFLOP/s against 110 by columns) and is a few percent slower than blocks
+/// of rows at the first stages' many (docs/benchmarks.md).
+///
+/// # Safety
+/// Every operand must cover the elements its shape and strides address.
+unsafe fn par_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    accumulate: bool,
+    (lhs, lhs_s): (*const f32, usize),
+    (rhs, rhs_s, rhs_t): (*const f32, usize, bool),
+) {
+    let alpha = accumulate.then_some(1.0);
+    let threads = rayon::current_num_threads();
+    let (rows, cols) = if m >= ROWS_PER_THREAD * threads {
+        (m.div_ceil(threads), n)
+    } else if n >= COLS_PER_THREAD * threads {
+        (m, n.div_ceil(threads).next_multiple_of(16))
+    } else {
+        let (rhs, par) = ((rhs, rhs_s, rhs_t), gemm::Parallelism::Rayon(threads));
+        return gemm_f32(
+            (m, n, k),
+            (dst, n),
+            alpha,
+            (lhs, lhs_s, false),
+            rhs,
+            1.0,
+            par,
+        );
+    };
+    let blocks: Vec<(usize, usize)> = (0..m.div_ceil(rows))
+        .flat_map(|i| (0..n.div_ceil(cols)).map(move |j| (i * rows, j * cols)))
+        .collect();
+    // Raw pointers are not Send: they cross to the pool's threads as addresses.
+    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    blocks.into_par_iter().for_each(|(r0, c0)| {
+        let lhs = ((lhs as *const f32).add(r0 * lhs_s), lhs_s, false);
+        // Column c of rhs starts at c (row-major) or at row c (read transposed).
+        let rhs = (rhs as *const f32).add(if rhs_t { c0 * rhs_s } else { c0 });
+        let dst = (dst as *mut f32).add(r0 * n + c0);
+        let block = (rows.min(m - r0), cols.min(n - c0), k);
+        let par = gemm::Parallelism::None;
+        gemm_f32(block, (dst, n), alpha, lhs, (rhs, rhs_s, rhs_t), 1.0, par);
+    });
+}
+
+/// How a GEMM of [`gemm_split`] shares its work between the pool's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GemmSplit {
+    /// [`par_gemm`]'s blocks, as the fused linear layers run.
+    Blocks,
+    /// gemm's own split (`Parallelism::Rayon`), as candle's matmul runs.
+    Gemm,
+}
+
+/// `x wᵀ` (`w` `[n, k]`) or, with `w_t`, `x w` (`w` `[k, n]`) for `x` `[m, k]`, shared
+/// between the threads as `split` says: what `vmt-hub bench gemm` times.
+pub(crate) fn gemm_split(
+    (m, n, k): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    w_t: bool,
+    split: GemmSplit,
+) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "gemm_split: operands too short"
+    );
+    let mut y = vec![0f32; m * n];
+    let (rhs_s, rhs_t) = if w_t { (n, false) } else { (k, true) };
+    // SAFETY: x is m x k, w n x k (or k x n), y m x n: checked above.
+    unsafe {
+        match split {
+            GemmSplit::Blocks => par_gemm(
+                (m, n, k),
+                y.as_mut_ptr(),
+                false,
+                (x.as_ptr(), k),
+                (w.as_ptr(), rhs_s, rhs_t),
+            ),
+            GemmSplit::Gemm => {
+                let par = gemm::Parallelism::Rayon(rayon::current_num_threads());
+                let (lhs, rhs) = ((x.as_ptr(), k, false), (w.as_ptr(), rhs_s, rhs_t));
+                gemm_f32((m, n, k), (y.as_mut_ptr(), n), None, lhs, rhs, 1.0, par)
+            }
+        }
+    }
+    y
 }
 
 /// Window attention from the qkv projection: `qkv` `[B*nW, N, 3C]` (queries, keys and
@@ -398,6 +617,7 @@ unsafe fn gemm_f32(
     (lhs, lhs_s, lhs_t): (*const f32, usize, bool),
     (rhs, rhs_s, rhs_t): (*const f32, usize, bool),
     beta: f32,
+    parallelism: gemm::Parallelism,
 ) {
     let strides = |s: usize, t: bool| if t { (s as isize, 1) } else { (1, s as isize) };
     let (lhs_cs, lhs_rs) = strides(lhs_s, lhs_t);
@@ -421,7 +641,7 @@ unsafe fn gemm_f32(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        parallelism,
     )
 }
 
@@ -448,6 +668,7 @@ impl WindowAttentionOp {
                 (x.as_ptr().add(h * hd), 3 * c, false),
                 (x.as_ptr().add(c + h * hd), 3 * c, true),
                 scale,
+                gemm::Parallelism::None,
             )
         }
         simd::softmax_rows(p, s, n);
@@ -490,6 +711,7 @@ impl CustomOp2 for WindowAttentionOp {
                                 (p.as_ptr(), n, false),
                                 (x.as_ptr().add(2 * c + h * hd), 3 * c, false),
                                 1.0,
+                                gemm::Parallelism::None,
                             )
                         }
                     }
@@ -570,6 +792,7 @@ impl CustomOp3 for WindowAttentionGradOp {
                                 (p.as_ptr(), n, true),
                                 (g.as_ptr().add(h * hd), c, false),
                                 1.0,
+                                gemm::Parallelism::None,
                             );
                             // dp = g vᵀ (into s)
                             gemm_f32(
@@ -579,6 +802,7 @@ impl CustomOp3 for WindowAttentionGradOp {
                                 (g.as_ptr().add(h * hd), c, false),
                                 (x.as_ptr().add(v), 3 * c, true),
                                 1.0,
+                                gemm::Parallelism::None,
                             );
                         }
                         simd::softmax_grad_rows(s, p, n); // s = ds
@@ -591,6 +815,7 @@ impl CustomOp3 for WindowAttentionGradOp {
                                 (s.as_ptr(), n, false),
                                 (x.as_ptr().add(k), 3 * c, false),
                                 scale,
+                                gemm::Parallelism::None,
                             );
                             // dk = dsᵀ q scale
                             gemm_f32(
@@ -600,6 +825,7 @@ impl CustomOp3 for WindowAttentionGradOp {
                                 (s.as_ptr(), n, true),
                                 (x.as_ptr().add(q), 3 * c, false),
                                 scale,
+                                gemm::Parallelism::None,
                             );
                         }
                     }
@@ -1093,6 +1319,16 @@ mod tests {
             );
             assert!(d < 1e-4, "layer norm grad of {name}: {d}");
         }
+        // A frozen weight and bias (the backbone's) get no gradient; x gets the same one.
+        let (w0, b0) = (w.as_tensor().detach(), b.as_tensor().detach());
+        let frozen = LayerNorm::new(w0.clone(), b0.clone(), 1e-5);
+        let g = grads_of(frozen.forward(x.as_tensor()).unwrap(), &probe);
+        assert!(g.get(&w0).is_none() && g.get(&b0).is_none());
+        let gx = (
+            g.get(x.as_tensor()).unwrap(),
+            gp.get(x.as_tensor()).unwrap(),
+        );
+        assert!(max_diff(gx.0, gx.1) < 1e-4);
 
         let fused = softmax_last_dim(x.as_tensor()).unwrap();
         let plain = softmax_plain(x.as_tensor()).unwrap();
@@ -1252,12 +1488,57 @@ mod tests {
         }
     }
 
+    /// Both ways of sharing a GEMM between threads give candle's product, `x wᵀ` and `x w`,
+    /// on 2 and 3 threads, with rows, columns and neither to split.
+    #[test]
+    fn gemm_splits_equal_candles_matmul() {
+        use super::{gemm_split, GemmSplit};
+        let dev = Device::Cpu;
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (m, n, k) in [(1100, 40, 24), (301, 250, 24), (301, 19, 37)] {
+                let x = Tensor::randn(0f32, 1f32, (m, k), &dev).unwrap();
+                let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for w_t in [false, true] {
+                    let w_dims = if w_t { (k, n) } else { (n, k) };
+                    let w = Tensor::randn(0f32, 1f32, w_dims, &dev).unwrap();
+                    let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let want = if w_t {
+                        x.matmul(&w)
+                    } else {
+                        x.matmul(&w.t().unwrap())
+                    };
+                    let want = want.unwrap();
+                    for split in [GemmSplit::Blocks, GemmSplit::Gemm] {
+                        let y = pool.install(|| gemm_split((m, n, k), &xs, &ws, w_t, split));
+                        let y = Tensor::from_vec(y, (m, n), &dev).unwrap();
+                        let d = max_diff(&y, &want);
+                        assert!(d < 1e-4, "{split:?} {m}x{n}x{k} w_t={w_t}: {d}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The fused linear layer gives the plain ops' output and the gradients of its input,
     /// weight and bias; a frozen (constant) weight and bias get none.
     #[test]
     fn fused_linear_equals_plain() {
+        // On 2 and 3 threads: blocks of rows, of columns (too few rows), gemm's own split
+        // (too few of both); sizes that do not divide evenly.
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+            for dims in [(1100, 24, 40), (301, 24, 250), (301, 37, 19)] {
+                pool.as_ref().unwrap().install(|| linear_equals_plain(dims));
+            }
+        }
+    }
+
+    fn linear_equals_plain((rows, inp, out): (usize, usize, usize)) {
         let dev = Device::Cpu;
-        let (rows, inp, out) = (301, 37, 19);
         let var = |dims: (usize, usize)| {
             Var::from_tensor(&Tensor::randn(0f32, 1f32, dims, &dev).unwrap()).unwrap()
         };

@@ -21,6 +21,22 @@ pub(crate) fn sum16(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// `sum(a * (b - shift))` with sixteen independent accumulators (see [`sum16`]).
+pub(crate) fn dot16(a: &[f32], b: &[f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let rest: f32 = (ca.remainder().iter())
+        .zip(cb.remainder())
+        .map(|(a, b)| a * (b - shift))
+        .sum();
+    for (a, b) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += a[i] * (b[i] - shift);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// Maximum with sixteen independent accumulators (`-inf` for an empty slice).
 #[inline(always)]
 fn max16(v: &[f32]) -> f32 {
