@@ -257,11 +257,13 @@ fn gemm_timings(batch: usize, size: usize, iters: usize) -> Vec<GemmTiming> {
                 };
                 let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
                 let w: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
-                let best = |split| {
+                let mut y = vec![0f32; m * n];
+                let mut best = |split| {
                     (0..iters.max(1))
                         .map(|_| {
                             let t = Instant::now();
-                            std::hint::black_box(gemm_split((m, n, k), &x, &w, backward, split));
+                            gemm_split((m, n, k), (&x, &w, backward), &mut y, split);
+                            std::hint::black_box(&y);
                             t.elapsed().as_secs_f64()
                         })
                         .fold(f64::MAX, f64::min)

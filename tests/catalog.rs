@@ -253,6 +253,131 @@ fn with_a_token_the_catalog_asks_for_it() {
     assert!(r.into_string().unwrap().contains("team/seg:v1"));
 }
 
+/// `GET url`: the status and the body.
+fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+/// The `href` of the link with `rel`, as a browser reads it (`&amp;` is `&`).
+fn link(html: &str, rel: &str) -> Option<String> {
+    let start = format!("rel=\"{rel}\" href=\"");
+    let at = html.find(&start)? + start.len();
+    Some(html[at..at + html[at..].find('"')?].replace("&amp;", "&"))
+}
+
+#[test]
+fn the_catalog_searches_and_pages_its_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("served");
+    let tiny = common::fixtures().join("tiny/bundle");
+    ok(
+        &root,
+        &["import", tiny.to_str().unwrap(), "--tag", "team/seg:v1"],
+    );
+    for tag in ["team/seg:v2", "team/seg:rc3", "other/depth:v1"] {
+        ok(&root, &["tag", "team/seg:v1", tag]);
+    }
+    let (child, port) = spawn_serve(&root, &[]);
+    let _serve = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Repositories by name, ignoring case; the search form keeps the search.
+    let (code, home) = get(&format!("{base}/?q=SEG"));
+    assert_eq!(code, 200);
+    assert!(home.contains("href=\"/ui/repo/team/seg\""), "{home}");
+    assert!(!home.contains("other/depth"), "{home}");
+    assert!(home.contains("<form method=\"get\" action=\"/\">") && home.contains("value=\"SEG\""));
+    assert!(home.contains("1-1 of 1"), "{home}");
+
+    // Tags in pages of two: the next link leads to the last page, which links back.
+    let (_, first) = get(&format!("{base}/ui/repo/team/seg?n=2"));
+    assert_eq!(
+        first.matches("<a href=\"/ui/bundle/team/seg:").count(),
+        2,
+        "{first}"
+    );
+    assert!(
+        first.contains("1-2 of 3") && link(&first, "prev").is_none(),
+        "{first}"
+    );
+    let next = link(&first, "next").expect("a next page");
+    assert_eq!(next, "/ui/repo/team/seg?page=2&n=2");
+    let (_, last) = get(&format!("{base}{next}"));
+    assert_eq!(
+        last.matches("<a href=\"/ui/bundle/team/seg:").count(),
+        1,
+        "{last}"
+    );
+    assert!(
+        last.contains("3-3 of 3") && link(&last, "next").is_none(),
+        "{last}"
+    );
+    assert_eq!(link(&last, "prev").unwrap(), "/ui/repo/team/seg?page=1&n=2");
+    let shown = |html: &str| {
+        ["v1", "v2", "rc3"]
+            .into_iter()
+            .filter(|t| html.contains(&format!("/ui/bundle/team/seg:{t}\"")))
+            .count()
+    };
+    assert_eq!(
+        shown(&first) + shown(&last),
+        3,
+        "every tag on one of the pages"
+    );
+
+    // Tags by tag name or by task name; the search travels with the page links.
+    let (_, rc) = get(&format!("{base}/ui/repo/team/seg?q=RC"));
+    assert_eq!(shown(&rc), 1, "{rc}");
+    assert!(rc.contains("seg:rc3"), "{rc}");
+    let (_, by_task) = get(&format!("{base}/ui/repo/team/seg?q=normals&n=1"));
+    assert_eq!(shown(&by_task), 1, "{by_task}");
+    assert_eq!(
+        link(&by_task, "next").unwrap(),
+        "/ui/repo/team/seg?q=normals&page=2&n=1"
+    );
+    let (_, none) = get(&format!("{base}/ui/repo/team/seg?q=depth"));
+    assert_eq!(shown(&none), 0, "{none}");
+
+    // A page past the last shows the last; a bad query is a 400 that says why.
+    let (_, past) = get(&format!("{base}/ui/repo/team/seg?n=2&page=9"));
+    assert!(past.contains("3-3 of 3"), "{past}");
+    let long = "x".repeat(300);
+    for (query, why) in [
+        ("n=0", "n must be 1 to 1000"),
+        ("n=1001", "n must be 1 to 1000"),
+        ("page=0", "pages count from 1"),
+        ("page=two", "the query"),
+        ("sort=name", "the query"),
+        (&format!("q={long}") as &str, "more than 256 bytes"),
+    ] {
+        let (code, body) = get(&format!("{base}/ui/repo/team/seg?{query}"));
+        assert_eq!(code, 400, "{query}");
+        assert!(body.contains(why), "{query}: {body}");
+    }
+
+    // A hostile search is text in the form, in the raw page and in a real browser.
+    let q = "%22%3E%3Cscript%3Edocument.body.setAttribute(%27data-pwned%27,%271%27)%3C/script%3E";
+    let (_, raw) = get(&format!("{base}/?q={q}"));
+    assert!(
+        raw.contains("value=\"&quot;&gt;&lt;script&gt;document"),
+        "{raw}"
+    );
+    assert_eq!(raw.matches("<script").count(), 0, "{raw}");
+    let Some(bin) = chromium() else { return };
+    let dom = browse(
+        bin,
+        &format!("{base}/?q={q}"),
+        &["--dump-dom"],
+        &tmp.path().join("profile"),
+    );
+    assert!(dom.contains("name=\"q\""), "{dom}");
+    assert!(!dom.contains("data-pwned=\"1\""), "a script ran: {dom}");
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -433,16 +433,20 @@ impl CustomOp2 for LinearGradOp {
                 l2.dims()
             )
         }
-        let mut x = vec![0f32; rows * inp];
-        // x = grad W; SAFETY: grad is rows x out, W out x inp, x rows x inp.
+        // x = grad W, written into uninitialised capacity (gemm does not read dst when it
+        // does not accumulate, and writes every element, zeros where out is 0).
+        // SAFETY: grad is rows x out, W out x inp, x rows x inp; every element is written
+        // before set_len.
+        let mut x: Vec<f32> = Vec::with_capacity(rows * inp);
         unsafe {
             par_gemm(
                 (rows, inp, out),
-                x.as_mut_ptr(),
+                x.spare_capacity_mut().as_mut_ptr().cast(),
                 false,
                 (g.as_ptr(), out),
                 (w.as_ptr(), inp, false),
-            )
+            );
+            x.set_len(rows * inp);
         }
         Ok((CpuStorage::F32(x), Shape::from((rows, inp))))
     }
@@ -455,16 +459,28 @@ const ROWS_PER_THREAD: usize = 256;
 /// there are too few rows.
 const COLS_PER_THREAD: usize = 64;
 
+/// A pointer that crosses to the pool's threads (each uses it for its own block only).
+#[derive(Clone, Copy)]
+struct SendPtr<T>(T);
+
+// SAFETY: par_gemm gives each thread a block of dst no other thread touches, and the
+// operands are only read.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
 /// `dst = lhs rhs` (`dst += lhs rhs` with `accumulate`) for row-major `[m, k] x [k, n]`
 /// (`lhs` row-major with the given row stride, `rhs` as in [`gemm_f32`], `dst` with row
 /// stride `n`) on every thread of the pool, each thread running gemm on one block of the
-/// output: a block of rows where there are enough, else a block of columns. gemm's own
-/// split leaves a thread idle at the deep stages' few rows (98 x 3072 x 768 on 2 threads
-/// of CPU-2i: 70 GFLOP/s against 110 by columns) and is a few percent slower than blocks
-/// of rows at the first stages' many (docs/benchmarks.md).
+/// output: blocks of rows where there are at least [`ROWS_PER_THREAD`] per thread, else
+/// blocks of columns where there are at least [`COLS_PER_THREAD`], else gemm's own split.
+/// Measured, not explained: gemm's own split is slower at the deep stages' few rows
+/// (98 x 768 x 3072, stage 4's fc2, on 2 threads of CPU-2i: 72 GFLOP/s against 121 by
+/// columns) and a few percent slower than blocks of rows at the first stages' many
+/// (`vmt-hub bench gemm`, docs/benchmarks.md).
 ///
 /// # Safety
-/// Every operand must cover the elements its shape and strides address.
+/// Every operand must cover the elements its shape and strides address, and `dst` must
+/// not overlap `lhs` or `rhs` nor be touched by anything else during the call.
 unsafe fn par_gemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
@@ -472,11 +488,14 @@ unsafe fn par_gemm(
     (lhs, lhs_s): (*const f32, usize),
     (rhs, rhs_s, rhs_t): (*const f32, usize, bool),
 ) {
+    if m == 0 || n == 0 {
+        return;
+    }
     let alpha = accumulate.then_some(1.0);
     let threads = rayon::current_num_threads();
-    let (rows, cols) = if m >= ROWS_PER_THREAD * threads {
+    let (rows, cols) = if m >= ROWS_PER_THREAD * threads && k > 0 {
         (m.div_ceil(threads), n)
-    } else if n >= COLS_PER_THREAD * threads {
+    } else if n >= COLS_PER_THREAD * threads && k > 0 {
         (m, n.div_ceil(threads).next_multiple_of(16))
     } else {
         let (rhs, par) = ((rhs, rhs_s, rhs_t), gemm::Parallelism::Rayon(threads));
@@ -493,13 +512,13 @@ unsafe fn par_gemm(
     let blocks: Vec<(usize, usize)> = (0..m.div_ceil(rows))
         .flat_map(|i| (0..n.div_ceil(cols)).map(move |j| (i * rows, j * cols)))
         .collect();
-    // Raw pointers are not Send: they cross to the pool's threads as addresses.
-    let (dst, lhs, rhs) = (dst as usize, lhs as usize, rhs as usize);
+    let (dst, lhs, rhs) = (SendPtr(dst), SendPtr(lhs), SendPtr(rhs));
     blocks.into_par_iter().for_each(|(r0, c0)| {
-        let lhs = ((lhs as *const f32).add(r0 * lhs_s), lhs_s, false);
+        let (dst, lhs, rhs) = (dst, lhs, rhs);
+        let lhs = (lhs.0.add(r0 * lhs_s), lhs_s, false);
         // Column c of rhs starts at c (row-major) or at row c (read transposed).
-        let rhs = (rhs as *const f32).add(if rhs_t { c0 * rhs_s } else { c0 });
-        let dst = (dst as *mut f32).add(r0 * n + c0);
+        let rhs = rhs.0.add(if rhs_t { c0 * rhs_s } else { c0 });
+        let dst = dst.0.add(r0 * n + c0);
         let block = (rows.min(m - r0), cols.min(n - c0), k);
         let par = gemm::Parallelism::None;
         gemm_f32(block, (dst, n), alpha, lhs, (rhs, rhs_s, rhs_t), 1.0, par);
@@ -515,20 +534,25 @@ pub(crate) enum GemmSplit {
     Gemm,
 }
 
-/// `x wᵀ` (`w` `[n, k]`) or, with `w_t`, `x w` (`w` `[k, n]`) for `x` `[m, k]`, shared
-/// between the threads as `split` says: what `vmt-hub bench gemm` times.
+/// `y = x wᵀ` (`w` `[n, k]`) or, with `w_t`, `y = x w` (`w` `[k, n]`) for `x` `[m, k]`,
+/// shared between the threads as `split` says: what `vmt-hub bench gemm` times.
+///
+/// # Panics
+/// If an operand or `y` is shorter than its shape.
 pub(crate) fn gemm_split(
     (m, n, k): (usize, usize, usize),
-    x: &[f32],
-    w: &[f32],
-    w_t: bool,
+    (x, w, w_t): (&[f32], &[f32], bool),
+    y: &mut [f32],
     split: GemmSplit,
-) -> Vec<f32> {
+) {
+    let len = |a: usize, b: usize| a.checked_mul(b).expect("gemm_split: shape overflows");
     assert!(
-        x.len() >= m * k && w.len() >= n * k,
+        x.len() >= len(m, k) && w.len() >= len(n, k) && y.len() >= len(m, n),
         "gemm_split: operands too short"
     );
-    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 {
+        return;
+    }
     let (rhs_s, rhs_t) = if w_t { (n, false) } else { (k, true) };
     // SAFETY: x is m x k, w n x k (or k x n), y m x n: checked above.
     unsafe {
@@ -547,7 +571,6 @@ pub(crate) fn gemm_split(
             }
         }
     }
-    y
 }
 
 /// Window attention from the qkv projection: `qkv` `[B*nW, N, 3C]` (queries, keys and
@@ -1499,7 +1522,13 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for (m, n, k) in [(1100, 40, 24), (301, 250, 24), (301, 19, 37)] {
+            // rows; columns; gemm's split (above its threading threshold, and below it)
+            for (m, n, k) in [
+                (1100, 40, 24),
+                (301, 250, 24),
+                (301, 100, 64),
+                (301, 19, 37),
+            ] {
                 let x = Tensor::randn(0f32, 1f32, (m, k), &dev).unwrap();
                 let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 for w_t in [false, true] {
@@ -1513,11 +1542,21 @@ mod tests {
                     };
                     let want = want.unwrap();
                     for split in [GemmSplit::Blocks, GemmSplit::Gemm] {
-                        let y = pool.install(|| gemm_split((m, n, k), &xs, &ws, w_t, split));
+                        let mut y = vec![f32::NAN; m * n];
+                        pool.install(|| gemm_split((m, n, k), (&xs, &ws, w_t), &mut y, split));
                         let y = Tensor::from_vec(y, (m, n), &dev).unwrap();
                         let d = max_diff(&y, &want);
                         assert!(d < 1e-4, "{split:?} {m}x{n}x{k} w_t={w_t}: {d}");
                     }
+                }
+            }
+            // Empty shapes: nothing to write, or (no inner dimension) zeros.
+            for (m, n, k) in [(0, 200, 8), (600, 0, 8), (301, 200, 0), (600, 40, 0)] {
+                let (x, w) = (vec![1f32; m * k], vec![1f32; n * k]);
+                for split in [GemmSplit::Blocks, GemmSplit::Gemm] {
+                    let mut y = vec![f32::NAN; m * n];
+                    pool.install(|| gemm_split((m, n, k), (&x, &w, false), &mut y, split));
+                    assert!(y.iter().all(|v| *v == 0.0), "{split:?} {m}x{n}x{k}");
                 }
             }
         }
@@ -1527,11 +1566,18 @@ mod tests {
     /// weight and bias; a frozen (constant) weight and bias get none.
     #[test]
     fn fused_linear_equals_plain() {
-        // On 2 and 3 threads: blocks of rows, of columns (too few rows), gemm's own split
-        // (too few of both); sizes that do not divide evenly.
+        // On 2 and 3 threads, sizes that do not divide evenly.
         for threads in [2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-            for dims in [(1100, 24, 40), (301, 24, 250), (301, 37, 19)] {
+            // (rows, in, out): forward (rows, out, in), backward (rows, in, out) as
+            // (m, n, k): rows both; columns forward, gemm's backward; gemm's forward,
+            // columns backward; gemm's both.
+            for dims in [
+                (1100, 24, 40),
+                (301, 24, 250),
+                (301, 250, 24),
+                (301, 37, 19),
+            ] {
                 pool.as_ref().unwrap().install(|| linear_equals_plain(dims));
             }
         }

@@ -23,6 +23,7 @@ pub(crate) fn sum16(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// `sum(a * (b - shift))` with sixteen independent accumulators (see [`sum16`]).
 pub(crate) fn dot16(a: &[f32], b: &[f32], shift: f32) -> f32 {
+    debug_assert_eq!(a.len(), b.len(), "dot16 of slices of different lengths");
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let rest: f32 = (ca.remainder().iter())

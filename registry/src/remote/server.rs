@@ -489,7 +489,11 @@ async fn handle_request(st: &Shared, req: Request) -> Response {
     let path = uri.path().to_string();
     let read = method == Method::GET || method == Method::HEAD;
     if read && (path == "/" || path.starts_with(catalog::UI)) {
-        return with_index(st, move |st| catalog::answer(st, &path, &headers)).await;
+        let query = uri.query().map(str::to_string);
+        return with_index(st, move |st| {
+            catalog::answer(st, &path, query.as_deref(), &headers)
+        })
+        .await;
     }
     let Some(route) = route(uri.path()) else {
         return oci_error(

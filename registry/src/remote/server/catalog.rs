@@ -1,7 +1,10 @@
 //! `serve`'s catalog: server-side HTML for browsers, no JavaScript. `GET /` lists the
 //! repositories, `/ui/repo/<name>` a repository's tags, `/ui/bundle/<name>:<tag>` a
 //! bundle: tasks, parameters and bytes, backbone, adapter, validation metrics,
-//! provenance, lineage, signatures and the `vmt-hub pull` command.
+//! provenance, lineage, signatures and the `vmt-hub pull` command. Both lists take a
+//! search (`?q=`: repositories by name; tags by tag or task name, ignoring case) and come
+//! in pages (`?n=` rows, 100 unless given, at most 1000; `?page=`, from 1), with a plain
+//! GET form for the search and links to the previous and next page.
 //!
 //! Everything a pushed bundle carries is untrusted: every value goes through maud's
 //! `html!`, which escapes it, and the pages are sent with a Content-Security-Policy
@@ -18,6 +21,101 @@ use crate::oci::Manifest;
 
 /// The catalog's path prefix (never under `/v2/`).
 pub(super) const UI: &str = "/ui/";
+
+/// Rows per page unless `?n=` says otherwise.
+const PAGE_ROWS: usize = 100;
+
+/// The most rows `?n=` may ask for.
+const MAX_PAGE_ROWS: usize = 1000;
+
+/// The longest search accepted, in bytes.
+const MAX_SEARCH: usize = 256;
+
+/// A list's query: `?q=SEARCH&n=ROWS&page=P`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Substring searched for, ignoring case.
+    #[serde(default)]
+    q: String,
+    /// Rows per page.
+    n: Option<usize>,
+    /// Page, from 1.
+    page: Option<usize>,
+}
+
+impl ListQuery {
+    /// Parses a query string; `Err` is the page that says what is wrong with it.
+    fn parse(query: Option<&str>) -> Result<Self, Box<Response>> {
+        let q: Self = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| bad_request(&format!("the query: {e}")))?;
+        if q.q.len() > MAX_SEARCH {
+            return Err(bad_request(&format!(
+                "a search of more than {MAX_SEARCH} bytes"
+            )));
+        }
+        if q.n.is_some_and(|n| n == 0 || n > MAX_PAGE_ROWS) {
+            return Err(bad_request(&format!("n must be 1 to {MAX_PAGE_ROWS}")));
+        }
+        if q.page == Some(0) {
+            return Err(bad_request("pages count from 1"));
+        }
+        Ok(q)
+    }
+
+    fn rows(&self) -> usize {
+        self.n.unwrap_or(PAGE_ROWS)
+    }
+
+    /// Whether `text` holds the search, ignoring case.
+    fn matches(&self, text: &str) -> bool {
+        text.to_lowercase().contains(&self.q.to_lowercase())
+    }
+
+    /// This page's slice of `items`, and the markup that says where it is and links to
+    /// the neighbouring pages of `base`.
+    fn page<'a, T>(&self, items: &'a [T], base: &str) -> (&'a [T], Markup) {
+        let rows = self.rows();
+        let pages = items.len().div_ceil(rows).max(1);
+        let page = self.page.unwrap_or(1).min(pages);
+        let shown = &items[(page - 1) * rows..(page * rows).min(items.len())];
+        let link = |page: usize| {
+            let mut pairs = vec![("page", page.to_string())];
+            if !self.q.is_empty() {
+                pairs.insert(0, ("q", self.q.clone()));
+            }
+            if let Some(n) = self.n {
+                pairs.push(("n", n.to_string()));
+            }
+            format!(
+                "{base}?{}",
+                serde_urlencoded::to_string(pairs).unwrap_or_default()
+            )
+        };
+        let first = (page - 1) * rows + 1;
+        let nav = html! {
+            p class="pages" {
+                @if shown.is_empty() { "none" } @else {
+                    (first) "-" (first + shown.len() - 1) " of " (items.len())
+                }
+                @if page > 1 { " " a rel="prev" href=(link(page - 1)) { "previous" } }
+                @if page < pages { " " a rel="next" href=(link(page + 1)) { "next" } }
+            }
+        };
+        (shown, nav)
+    }
+
+    /// The search form, sent to `action` with GET.
+    fn form(&self, action: &str, what: &str) -> Markup {
+        html! {
+            form method="get" action=(action) {
+                input type="search" name="q" value=(self.q) placeholder=(what) aria-label=(what);
+                @if let Some(n) = self.n { input type="hidden" name="n" value=(n); }
+                " " button type="submit" { "search" }
+            }
+        }
+    }
+}
 
 const STYLE: &str =
     "body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 2em;max-width:66em;\
@@ -45,7 +143,7 @@ fn page(title: &str, body: Markup) -> Response {
             ("Content-Type", "text/html; charset=utf-8"),
             (
                 "Content-Security-Policy",
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'none'; frame-ancestors 'none'",
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
             ),
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "no-referrer"),
@@ -64,6 +162,15 @@ fn not_found(what: &str) -> Response {
     r
 }
 
+fn bad_request(what: &str) -> Box<Response> {
+    let mut r = page(
+        "bad request",
+        html! { p { "This catalog cannot read " (what) "." } },
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    Box::new(r)
+}
+
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("catalog: {e}");
     let mut r = page(
@@ -74,13 +181,19 @@ fn internal(e: impl std::fmt::Display) -> Response {
     r
 }
 
-/// Answers a catalog path (`/` or below [`UI`]).
-pub(super) fn answer(st: &ServerState, path: &str, headers: &HeaderMap) -> Response {
+/// Answers a catalog path (`/` or below [`UI`]) with its query string.
+pub(super) fn answer(
+    st: &ServerState,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
     let rest = path.strip_prefix(UI).unwrap_or("");
+    let list = || ListQuery::parse(query);
     let result = if path == "/" || rest.is_empty() {
-        repositories(st)
+        list().map_or_else(|e| Ok(*e), |q| repositories(st, &q))
     } else if let Some(name) = rest.strip_prefix("repo/") {
-        repository(st, name)
+        list().map_or_else(|e| Ok(*e), |q| repository(st, name, &q))
     } else if let Some(reference) = rest.strip_prefix("bundle/") {
         bundle(st, reference, headers)
     } else {
@@ -89,35 +202,43 @@ pub(super) fn answer(st: &ServerState, path: &str, headers: &HeaderMap) -> Respo
     result.unwrap_or_else(internal)
 }
 
-fn repositories(st: &ServerState) -> crate::Result<Response> {
+fn repositories(st: &ServerState, query: &ListQuery) -> crate::Result<Response> {
     let mut names: std::collections::BTreeMap<String, usize> = Default::default();
     for (tag, _) in st.reg.tag_list()? {
         if let Some((name, _)) = tag.rsplit_once(':') {
             *names.entry(name.to_string()).or_default() += 1;
         }
     }
+    let any = !names.is_empty();
+    let found: Vec<_> = names
+        .into_iter()
+        .filter(|(n, _)| query.matches(n))
+        .collect();
+    let (shown, nav) = query.page(&found, "/");
     Ok(page(
         "repositories",
         html! {
             h2 { "Repositories" }
-            @if names.is_empty() {
+            @if !any {
                 p { "No bundle has been pushed yet." }
             } @else {
+                (query.form("/", "repository name"))
                 table {
                     tr { th { "repository" } th { "tags" } }
-                    @for (name, count) in &names {
+                    @for (name, count) in shown {
                         tr {
                             td { a href={ (UI) "repo/" (name) } { (name) } }
                             td { (count) }
                         }
                     }
                 }
+                (nav)
             }
         },
     ))
 }
 
-fn repository(st: &ServerState, name: &str) -> crate::Result<Response> {
+fn repository(st: &ServerState, name: &str, query: &ListQuery) -> crate::Result<Response> {
     let rows: Vec<_> = st
         .reg
         .list()?
@@ -127,21 +248,31 @@ fn repository(st: &ServerState, name: &str) -> crate::Result<Response> {
     if rows.is_empty() {
         return Ok(not_found(&format!("repository {name}")));
     }
+    let tag =
+        |e: &crate::store::ListEntry| e.tag.rsplit_once(':').map_or("", |(_, t)| t).to_string();
+    let found: Vec<_> = rows
+        .into_iter()
+        .filter(|e| query.matches(&tag(e)) || e.tasks.iter().any(|t| query.matches(t)))
+        .collect();
+    let base = format!("{UI}repo/{name}");
+    let (shown, nav) = query.page(&found, &base);
     Ok(page(
         name,
         html! {
             h2 { "Repository " code { (name) } }
+            (query.form(&base, "tag or task"))
             table {
                 tr { th { "tag" } th { "digest" } th { "tasks" } th { "size" } }
-                @for e in &rows {
+                @for e in shown {
                     tr {
-                        td { a href={ (UI) "bundle/" (e.tag) } { (e.tag.rsplit_once(':').map_or("", |(_, t)| t)) } }
+                        td { a href={ (UI) "bundle/" (e.tag) } { (tag(e)) } }
                         td { code { (e.digest.short()) } }
                         td { (e.tasks.join(", ")) }
                         td { (human_bytes(e.size)) }
                     }
                 }
             }
+            (nav)
         },
     ))
 }
