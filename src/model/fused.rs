@@ -573,6 +573,170 @@ pub(crate) fn gemm_split(
     }
 }
 
+/// Where a Swin block's windows come from: a `[b, h, w, c]` map, zero-padded to `hp x wp`
+/// (whole windows of `ws`), cyclically shifted up and left by `shift`, cut into
+/// `b * (hp / ws) * (wp / ws)` windows of `ws * ws` rows of `c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowMap {
+    /// Images.
+    pub b: usize,
+    /// Map height.
+    pub h: usize,
+    /// Map width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// Window side.
+    pub ws: usize,
+    /// Cyclic shift (0 for the unshifted blocks).
+    pub shift: usize,
+    /// Height padded to whole windows.
+    pub hp: usize,
+    /// Width padded to whole windows.
+    pub wp: usize,
+}
+
+impl WindowMap {
+    fn windows_len(&self) -> usize {
+        self.b * self.hp * self.wp * self.c
+    }
+
+    fn map_len(&self) -> usize {
+        self.b * self.h * self.w * self.c
+    }
+
+    fn check(&self) -> Result<()> {
+        let ok = self.ws > 0
+            && self.hp % self.ws == 0
+            && self.wp % self.ws == 0
+            && (self.h..self.h + self.ws).contains(&self.hp)
+            && (self.w..self.w + self.ws).contains(&self.wp)
+            && self.shift < self.ws;
+        if !ok {
+            candle_core::bail!("window map: {self:?} is not a map padded to whole windows")
+        }
+        Ok(())
+    }
+
+    /// For map row `y`: the row index within the windows' grid of rows.
+    fn window_row(&self, y: usize) -> usize {
+        (y + self.hp - self.shift) % self.hp
+    }
+
+    /// Copies between the map and the windows, one `c`-long row per map position:
+    /// `to_windows` gathers map rows into window rows, else scatters back. Window rows of
+    /// padding are not touched.
+    ///
+    /// # Safety
+    /// `map` must hold [`Self::map_len`] and `windows` [`Self::windows_len`] elements;
+    /// the written one must not be touched by anything else during the call.
+    unsafe fn copy(&self, map: *mut f32, windows: *mut f32, to_windows: bool) {
+        let &Self { b, h, w, c, ws, .. } = self;
+        let (nw, n) = (self.wp / ws, ws * ws);
+        let (map, windows) = (SendPtr(map), SendPtr(windows));
+        (0..b * h).into_par_iter().for_each(|row| {
+            let (map, windows) = (map, windows);
+            let (bi, y) = (row / h, row % h);
+            let i = self.window_row(y);
+            let (wy, py) = (i / ws, i % ws);
+            for x in 0..w {
+                let j = (x + self.wp - self.shift) % self.wp;
+                let (wx, px) = (j / ws, j % ws);
+                let window = (bi * (self.hp / ws) + wy) * nw + wx;
+                let at_window = windows.0.add((window * n + py * ws + px) * c);
+                let at_map = map.0.add((row * w + x) * c);
+                if to_windows {
+                    std::ptr::copy_nonoverlapping(at_map, at_window, c);
+                } else {
+                    std::ptr::copy_nonoverlapping(at_window, at_map, c);
+                }
+            }
+        });
+    }
+}
+
+/// A block's windows `[b * nW, ws * ws, c]` from its map `[b, h * w, c]` (padded, shifted
+/// and cut in one copy, where the plain ops pad, roll twice and permute: four copies,
+/// each kept for backward). Its backward is [`window_merge`]'s copy.
+pub fn window_partition(map: &Tensor, wm: WindowMap) -> Result<Tensor> {
+    map.contiguous()?.apply_op1(WindowOp {
+        wm,
+        to_windows: true,
+    })
+}
+
+/// The map `[b, h * w, c]` from a block's windows `[b * nW, ws * ws, c]`: the inverse of
+/// [`window_partition`] (padding dropped).
+pub fn window_merge(windows: &Tensor, wm: WindowMap) -> Result<Tensor> {
+    windows.contiguous()?.apply_op1(WindowOp {
+        wm,
+        to_windows: false,
+    })
+}
+
+/// [`window_partition`] (`to_windows`) or [`window_merge`].
+struct WindowOp {
+    wm: WindowMap,
+    to_windows: bool,
+}
+
+impl CustomOp1 for WindowOp {
+    fn name(&self) -> &'static str {
+        if self.to_windows {
+            "vmt-window-partition"
+        } else {
+            "vmt-window-merge"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let wm = self.wm;
+        wm.check()?;
+        let src = f32_slice(s, l, self.name())?;
+        let (from, to) = match self.to_windows {
+            true => (wm.map_len(), wm.windows_len()),
+            false => (wm.windows_len(), wm.map_len()),
+        };
+        if src.len() != from {
+            candle_core::bail!("{}: input {:?} for {wm:?}", self.name(), l.dims())
+        }
+        let padded = (wm.hp, wm.wp) != (wm.h, wm.w);
+        let mut out: Vec<f32> = if self.to_windows && padded {
+            vec![0f32; to] // the padding's rows stay zero
+        } else {
+            Vec::with_capacity(to)
+        };
+        let dst = out.as_mut_ptr(); // valid for `to` writes: the capacity
+                                    // SAFETY: src holds `from`, dst `to` elements (checked); every element of dst is a
+                                    // copied row or (padding, zeroed above) none; the copy writes only dst.
+        unsafe {
+            let src = src.as_ptr().cast_mut();
+            match self.to_windows {
+                true => wm.copy(src, dst, true),
+                false => wm.copy(dst, src, false),
+            }
+            out.set_len(to);
+        }
+        let shape = match self.to_windows {
+            true => Shape::from((
+                wm.b * (wm.hp / wm.ws) * (wm.wp / wm.ws),
+                wm.ws * wm.ws,
+                wm.c,
+            )),
+            false => Shape::from((wm.b, wm.h * wm.w, wm.c)),
+        };
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let back = WindowOp {
+            wm: self.wm,
+            to_windows: !self.to_windows,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
 /// Window attention from the qkv projection: `qkv` `[B*nW, N, 3C]` (queries, keys and
 /// values, each `heads` heads of `C / heads` side by side), `bias` the relative-position
 /// bias `[heads, N, N]`, `mask` `[nW, N, N]` for shifted windows (both constants of the
@@ -1509,6 +1673,119 @@ mod tests {
             let diff = max_diff(f, p);
             assert!(diff < 1e-5 * scale.max(1.0), "KEM gradient {i}: {diff}");
         }
+    }
+
+    /// Windows cut by the plain ops: pad, roll up and left, permute.
+    fn partition_plain(map: &Tensor, wm: super::WindowMap) -> Tensor {
+        let super::WindowMap {
+            b,
+            h,
+            w,
+            c,
+            ws,
+            shift,
+            hp,
+            wp,
+        } = wm;
+        let s = -(shift as i32);
+        (map.reshape((b, h, w, c)).unwrap())
+            .pad_with_zeros(2, 0, wp - w)
+            .and_then(|m| m.pad_with_zeros(1, 0, hp - h))
+            .and_then(|m| m.roll(s, 1))
+            .and_then(|m| m.roll(s, 2))
+            .and_then(|m| m.reshape((b, hp / ws, ws, wp / ws, ws, c)))
+            .and_then(|m| m.permute((0, 1, 3, 2, 4, 5)))
+            .and_then(|m| m.reshape((b * (hp / ws) * (wp / ws), ws * ws, c)))
+            .unwrap()
+    }
+
+    /// The map back from windows by the plain ops: permute, roll down and right, narrow.
+    fn merge_plain(windows: &Tensor, wm: super::WindowMap) -> Tensor {
+        let super::WindowMap {
+            b,
+            h,
+            w,
+            c,
+            ws,
+            shift,
+            hp,
+            wp,
+        } = wm;
+        let s = shift as i32;
+        (windows.reshape((b, hp / ws, wp / ws, ws, ws, c)).unwrap())
+            .permute((0, 1, 3, 2, 4, 5))
+            .and_then(|m| m.reshape((b, hp, wp, c)))
+            .and_then(|m| m.roll(s, 1))
+            .and_then(|m| m.roll(s, 2))
+            .and_then(|m| m.narrow(1, 0, h))
+            .and_then(|m| m.narrow(2, 0, w))
+            .and_then(|m| m.reshape((b, h * w, c)))
+            .unwrap()
+    }
+
+    /// Partition and merge in one copy each give the plain ops' windows and map and
+    /// gradients: shifted or not, padded or not; merging a partition gives the map back.
+    #[test]
+    fn window_partition_and_merge_equal_the_plain_ops() {
+        use super::{window_merge, window_partition, WindowMap};
+        let dev = Device::Cpu;
+        for (h, w, shift) in [
+            (14usize, 14usize, 3usize),
+            (9, 12, 3),
+            (11, 7, 0),
+            (14, 14, 0),
+        ] {
+            let (ws, b, c) = (7, 2, 5);
+            let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+            let wm = WindowMap {
+                b,
+                h,
+                w,
+                c,
+                ws,
+                shift,
+                hp,
+                wp,
+            };
+            let what = format!("{h}x{w} shift {shift}");
+            let map =
+                Var::from_tensor(&Tensor::randn(0f32, 1f32, (b, h * w, c), &dev).unwrap()).unwrap();
+            let n = b * (hp / ws) * (wp / ws);
+            let probe = Tensor::randn(0f32, 1f32, (n, ws * ws, c), &dev).unwrap();
+            let fused = window_partition(map.as_tensor(), wm).unwrap();
+            let plain = partition_plain(map.as_tensor(), wm);
+            assert_eq!(fused.dims(), plain.dims(), "{what}");
+            assert_same(
+                &what,
+                (fused.clone(), plain),
+                &map,
+                &probe,
+                (0.0 + 1e-12, 1e-6),
+            );
+            let back = window_merge(&fused, wm).unwrap();
+            assert_eq!(max_diff(&back, map.as_tensor()), 0.0, "{what}");
+
+            let windows = Var::from_tensor(&probe).unwrap();
+            let probe = Tensor::randn(0f32, 1f32, (b, h * w, c), &dev).unwrap();
+            let fused = window_merge(windows.as_tensor(), wm).unwrap();
+            let plain = merge_plain(windows.as_tensor(), wm);
+            assert_same(&what, (fused, plain), &windows, &probe, (1e-12, 1e-6));
+        }
+        let bad = WindowMap {
+            b: 1,
+            h: 7,
+            w: 7,
+            c: 2,
+            ws: 7,
+            shift: 0,
+            hp: 14,
+            wp: 7,
+        };
+        let map = Tensor::zeros((1, 49, 2), candle_core::DType::F32, &dev).unwrap();
+        assert!(
+            window_partition(&map, bad).is_err(),
+            "a pad of a whole window"
+        );
     }
 
     /// Both ways of sharing a GEMM between threads give candle's product, `x wᵀ` and `x w`,

@@ -346,9 +346,29 @@ impl SwinBlock {
         let (ws, h, w) = (self.window, layout.h, layout.w);
         let shift = if self.shifted { layout.shift } else { 0 };
         let (hp, wp) = (layout.h_pad, layout.w_pad);
-        let mut map = self
-            .layernorm_before
-            .forward(x)?
+        let mask = if shift > 0 {
+            layout.mask.as_ref()
+        } else {
+            None
+        };
+        let normed = self.layernorm_before.forward(x)?;
+        if super::fused::enabled(x) {
+            // Pad, shift and partition in one copy, and back in one.
+            let wm = super::fused::WindowMap {
+                b,
+                h,
+                w,
+                c,
+                ws,
+                shift,
+                hp,
+                wp,
+            };
+            let windows = super::fused::window_partition(&normed, wm)?;
+            let attended = self.attention.forward(&windows, mask)?;
+            return x + super::fused::window_merge(&attended, wm)?;
+        }
+        let mut map = normed
             .reshape((b, h, w, c))?
             .pad_with_zeros(2, 0, wp - w)?
             .pad_with_zeros(1, 0, hp - h)?;
@@ -360,11 +380,6 @@ impl SwinBlock {
             .reshape((b, nh, ws, nw, ws, c))?
             .permute((0, 1, 3, 2, 4, 5))?
             .reshape((b * nh * nw, ws * ws, c))?;
-        let mask = if shift > 0 {
-            layout.mask.as_ref()
-        } else {
-            None
-        };
         let attended = self.attention.forward(&windows, mask)?;
         let mut map = attended
             .reshape((b, nh, nw, ws, ws, c))?
