@@ -607,8 +607,8 @@ impl WindowMap {
 
     fn check(&self) -> Result<()> {
         let ok = self.ws > 0
-            && self.hp % self.ws == 0
-            && self.wp % self.ws == 0
+            && self.hp.is_multiple_of(self.ws)
+            && self.wp.is_multiple_of(self.ws)
             && (self.h..self.h + self.ws).contains(&self.hp)
             && (self.w..self.w + self.ws).contains(&self.wp)
             && self.shift < self.ws;
