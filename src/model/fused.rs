@@ -1675,59 +1675,12 @@ mod tests {
         }
     }
 
-    /// Windows cut by the plain ops: pad, roll up and left, permute.
-    fn partition_plain(map: &Tensor, wm: super::WindowMap) -> Tensor {
-        let super::WindowMap {
-            b,
-            h,
-            w,
-            c,
-            ws,
-            shift,
-            hp,
-            wp,
-        } = wm;
-        let s = -(shift as i32);
-        (map.reshape((b, h, w, c)).unwrap())
-            .pad_with_zeros(2, 0, wp - w)
-            .and_then(|m| m.pad_with_zeros(1, 0, hp - h))
-            .and_then(|m| m.roll(s, 1))
-            .and_then(|m| m.roll(s, 2))
-            .and_then(|m| m.reshape((b, hp / ws, ws, wp / ws, ws, c)))
-            .and_then(|m| m.permute((0, 1, 3, 2, 4, 5)))
-            .and_then(|m| m.reshape((b * (hp / ws) * (wp / ws), ws * ws, c)))
-            .unwrap()
-    }
-
-    /// The map back from windows by the plain ops: permute, roll down and right, narrow.
-    fn merge_plain(windows: &Tensor, wm: super::WindowMap) -> Tensor {
-        let super::WindowMap {
-            b,
-            h,
-            w,
-            c,
-            ws,
-            shift,
-            hp,
-            wp,
-        } = wm;
-        let s = shift as i32;
-        (windows.reshape((b, hp / ws, wp / ws, ws, ws, c)).unwrap())
-            .permute((0, 1, 3, 2, 4, 5))
-            .and_then(|m| m.reshape((b, hp, wp, c)))
-            .and_then(|m| m.roll(s, 1))
-            .and_then(|m| m.roll(s, 2))
-            .and_then(|m| m.narrow(1, 0, h))
-            .and_then(|m| m.narrow(2, 0, w))
-            .and_then(|m| m.reshape((b, h * w, c)))
-            .unwrap()
-    }
-
     /// Partition and merge in one copy each give the plain ops' windows and map and
     /// gradients: shifted or not, padded or not; merging a partition gives the map back.
     #[test]
     fn window_partition_and_merge_equal_the_plain_ops() {
         use super::{window_merge, window_partition, WindowMap};
+        use crate::model::swin::{window_merge_plain, window_partition_plain};
         let dev = Device::Cpu;
         for (h, w, shift) in [
             (14usize, 14usize, 3usize),
@@ -1753,7 +1706,7 @@ mod tests {
             let n = b * (hp / ws) * (wp / ws);
             let probe = Tensor::randn(0f32, 1f32, (n, ws * ws, c), &dev).unwrap();
             let fused = window_partition(map.as_tensor(), wm).unwrap();
-            let plain = partition_plain(map.as_tensor(), wm);
+            let plain = window_partition_plain(map.as_tensor(), wm).unwrap();
             assert_eq!(fused.dims(), plain.dims(), "{what}");
             assert_same(
                 &what,
@@ -1768,7 +1721,7 @@ mod tests {
             let windows = Var::from_tensor(&probe).unwrap();
             let probe = Tensor::randn(0f32, 1f32, (b, h * w, c), &dev).unwrap();
             let fused = window_merge(windows.as_tensor(), wm).unwrap();
-            let plain = merge_plain(windows.as_tensor(), wm);
+            let plain = window_merge_plain(windows.as_tensor(), wm).unwrap();
             assert_same(&what, (fused, plain), &windows, &probe, (1e-12, 1e-6));
         }
         let bad = WindowMap {

@@ -13,6 +13,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::error::ModelError;
+use super::fused::WindowMap;
 use super::ops::{softmax_last_dim, LayerNorm, Linear};
 use super::tensors::NamedTensors;
 use vmt_registry::bundle::SwinGeometry;
@@ -351,47 +352,30 @@ impl SwinBlock {
         } else {
             None
         };
+        let wm = WindowMap {
+            b,
+            h,
+            w,
+            c,
+            ws,
+            shift,
+            hp,
+            wp,
+        };
         let normed = self.layernorm_before.forward(x)?;
-        if super::fused::enabled(x) {
-            // Pad, shift and partition in one copy, and back in one.
-            let wm = super::fused::WindowMap {
-                b,
-                h,
-                w,
-                c,
-                ws,
-                shift,
-                hp,
-                wp,
-            };
-            let windows = super::fused::window_partition(&normed, wm)?;
-            let attended = self.attention.forward(&windows, mask)?;
-            return x + super::fused::window_merge(&attended, wm)?;
-        }
-        let mut map = normed
-            .reshape((b, h, w, c))?
-            .pad_with_zeros(2, 0, wp - w)?
-            .pad_with_zeros(1, 0, hp - h)?;
-        if shift > 0 {
-            map = map.roll(-(shift as i32), 1)?.roll(-(shift as i32), 2)?;
-        }
-        let (nh, nw) = (hp / ws, wp / ws);
-        let windows = map
-            .reshape((b, nh, ws, nw, ws, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .reshape((b * nh * nw, ws * ws, c))?;
+        // Fused: pad, shift and partition in one copy, and back in one.
+        let fused = super::fused::enabled(x);
+        let windows = if fused {
+            super::fused::window_partition(&normed, wm)?
+        } else {
+            window_partition_plain(&normed, wm)?
+        };
         let attended = self.attention.forward(&windows, mask)?;
-        let mut map = attended
-            .reshape((b, nh, nw, ws, ws, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .reshape((b, hp, wp, c))?;
-        if shift > 0 {
-            map = map.roll(shift as i32, 1)?.roll(shift as i32, 2)?;
+        if fused {
+            x + super::fused::window_merge(&attended, wm)?
+        } else {
+            x + window_merge_plain(&attended, wm)?
         }
-        if (hp, wp) != (h, w) {
-            map = map.narrow(1, 0, h)?.narrow(2, 0, w)?;
-        }
-        x + map.reshape((b, h * w, c))?
     }
 
     /// The block's MLP on `h = LN_after(x1)`: `fc2(gelu(fc1(h)))` (exact, erf GELU).
@@ -405,6 +389,58 @@ impl SwinBlock {
         let x1 = self.attend(x, layout)?;
         &x1 + self.mlp(&self.layernorm_after.forward(&x1)?)?
     }
+}
+
+/// A block's windows `[b * nW, ws * ws, c]` from its map `[b, h * w, c]` by the plain
+/// ops: pad to whole windows, roll up and left by the shift, permute (the fused path
+/// does it in one copy: [`super::fused::window_partition`]).
+pub(crate) fn window_partition_plain(map: &Tensor, wm: WindowMap) -> Result<Tensor> {
+    let WindowMap {
+        b,
+        h,
+        w,
+        c,
+        ws,
+        shift,
+        hp,
+        wp,
+    } = wm;
+    let mut map = map
+        .reshape((b, h, w, c))?
+        .pad_with_zeros(2, 0, wp - w)?
+        .pad_with_zeros(1, 0, hp - h)?;
+    if shift > 0 {
+        map = map.roll(-(shift as i32), 1)?.roll(-(shift as i32), 2)?;
+    }
+    map.reshape((b, hp / ws, ws, wp / ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b * (hp / ws) * (wp / ws), ws * ws, c))
+}
+
+/// The map `[b, h * w, c]` back from a block's windows by the plain ops: permute, roll
+/// down and right, drop the padding (fused: [`super::fused::window_merge`]).
+pub(crate) fn window_merge_plain(windows: &Tensor, wm: WindowMap) -> Result<Tensor> {
+    let WindowMap {
+        b,
+        h,
+        w,
+        c,
+        ws,
+        shift,
+        hp,
+        wp,
+    } = wm;
+    let mut map = windows
+        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .reshape((b, hp, wp, c))?;
+    if shift > 0 {
+        map = map.roll(shift as i32, 1)?.roll(shift as i32, 2)?;
+    }
+    if (hp, wp) != (h, w) {
+        map = map.narrow(1, 0, h)?.narrow(2, 0, w)?;
+    }
+    map.reshape((b, h * w, c))
 }
 
 /// Patch merging: 2x2 neighbours concatenated (odd maps zero-padded), LayerNorm, `4C -> 2C`.
