@@ -204,7 +204,7 @@ pub fn bench_registry(dir: &std::path::Path, iters: usize) -> crate::Result<Vec<
 pub struct GemmTiming {
     /// The layer and pass, e.g. `stage 3 fc2 forward`.
     pub layer: String,
-    /// Rows (tokens), columns (output features), inner dimension.
+    /// Rows (the tokens of the batch).
     pub m: usize,
     /// Output columns.
     pub n: usize,
